@@ -1,0 +1,291 @@
+package brood
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/brood-go/brood/internal/ipc"
+	"github.com/brood-go/brood/internal/listener"
+	"github.com/brood-go/brood/internal/proc"
+)
+
+// The environment contract between the master and a child. The master sets these
+// when it starts a child; the child reads them and removes them from its
+// environment, so programs it starts are not mistaken for brood children.
+const (
+	envRole        = "BROOD_ROLE"         // "agent" or "worker"
+	envID          = "BROOD_ID"           // worker slot 1..N, 0 for the agent
+	envIPCFD       = "BROOD_IPC_FD"       // the child's end of the socketpair: 3
+	envListenFDs   = "BROOD_LISTEN_FDS"   // number of listeners, at fds IPC_FD+1 ... in Config.Listen order
+	envMasterPID   = "BROOD_MASTER_PID"   // for logs and sanity checks
+	envProtocol    = "BROOD_PROTOCOL"     // ipc.Version the master speaks
+	envName        = "BROOD_NAME"         // Config.Name as the master resolved it (also the --name flag's variable)
+	envStopTimeout = "BROOD_STOP_TIMEOUT" // Config.StopTimeout as the master resolved it
+)
+
+var childOnlyEnv = []string{envRole, envID, envIPCFD, envListenFDs, envMasterPID, envProtocol}
+
+func isChildEnv(kv string) bool {
+	for _, k := range childOnlyEnv {
+		if strings.HasPrefix(kv, k+"=") {
+			return true
+		}
+	}
+	return false
+}
+
+// isChild reports whether this process was started by a brood master.
+func isChild() bool { return os.Getenv(envRole) != "" }
+
+// childSpec says which child to run and how it is connected.
+type childSpec struct {
+	role      Role
+	id        int
+	pid       uint32 // messenger address
+	conn      net.Conn
+	listeners []net.Listener
+	single    bool
+}
+
+// childFromEnv reads (and removes) the contract variables and opens the
+// inherited descriptors.
+func childFromEnv(cfg *Config) (childSpec, error) {
+	get := func(k string) string {
+		v := os.Getenv(k)
+		os.Unsetenv(k)
+		return v
+	}
+	var cs childSpec
+	switch r := get(envRole); r {
+	case "agent":
+		cs.role = Agent
+	case "worker":
+		cs.role = Worker
+	default:
+		return cs, fmt.Errorf("brood: %s=%q: want agent or worker", envRole, r)
+	}
+	var err error
+	if cs.id, err = strconv.Atoi(get(envID)); err != nil {
+		return cs, fmt.Errorf("brood: %s: %w", envID, err)
+	}
+	if v := get(envProtocol); v != strconv.Itoa(ipc.Version) {
+		return cs, fmt.Errorf("brood: the master speaks IPC protocol %q, this binary speaks %d", v, ipc.Version)
+	}
+	get(envMasterPID)
+	if v := os.Getenv(envName); v != "" {
+		cfg.Name = v
+	}
+	if v := os.Getenv(envStopTimeout); v != "" {
+		if d, err := time.ParseDuration(v); err == nil {
+			cfg.StopTimeout = d
+		}
+	}
+	fd, err := strconv.Atoi(get(envIPCFD))
+	if err != nil {
+		return cs, fmt.Errorf("brood: %s: %w", envIPCFD, err)
+	}
+	n, err := strconv.Atoi(get(envListenFDs))
+	if err != nil {
+		return cs, fmt.Errorf("brood: %s: %w", envListenFDs, err)
+	}
+	cs.pid = uint32(os.Getpid())
+	if cs.conn, err = proc.ConnFromFD(fd, "brood ipc"); err != nil {
+		return cs, fmt.Errorf("brood: %w", err)
+	}
+	files := make([]*os.File, n)
+	for i := range files {
+		files[i] = os.NewFile(uintptr(fd+1+i), "inherited listener "+strconv.Itoa(i))
+	}
+	if cs.listeners, err = listener.Inherit(files); err != nil {
+		cs.conn.Close()
+		return cs, fmt.Errorf("brood: %w", err)
+	}
+	return cs, nil
+}
+
+// runChildProcess is the whole life of a child process started by the master:
+// it returns when the process should exit. ctx, SIGTERM and the loss of the
+// master each start a graceful stop.
+func runChildProcess(ctx context.Context, cfg Config) error {
+	cs, err := childFromEnv(&cfg)
+	if err != nil {
+		return err
+	}
+	// The master orchestrates stops: it alone reacts to Ctrl-C (SIGINT reaches the
+	// whole foreground process group) and to SIGHUP. SIGPIPE is ignored so that a
+	// write to a dead master's stderr pipe fails instead of killing the process
+	// before it drains.
+	signal.Ignore(syscall.SIGINT, syscall.SIGHUP, syscall.SIGPIPE)
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM)
+	defer stop()
+	return runChild(ctx, cfg, cs)
+}
+
+// childExitCode reports a child's end the way the master reads it: 0 after a
+// clean stop, 2 after a panic (printed as the Go runtime would), 1 otherwise.
+func childExitCode(err error) int {
+	var pe *panicError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &pe):
+		fmt.Fprintf(os.Stderr, "panic: %v\n\n%s", pe.value, pe.stack)
+		return 2
+	default:
+		return 1
+	}
+}
+
+// panicError is a panic that escaped the user's Agent or Worker function.
+type panicError struct {
+	value any
+	stack []byte
+}
+
+func (e *panicError) Error() string { return fmt.Sprintf("panic: %v", e.value) }
+
+var errMasterGone = errors.New("the master is gone (IPC channel closed)")
+
+// runChild runs the user's function for one child, real or in single-process
+// mode, and returns when the child has stopped.
+func runChild(ctx context.Context, cfg Config, cs childSpec) error {
+	defer cs.conn.Close()
+	w := ipc.NewWriter(cs.conn, 0, cfg.MaxFrame)
+	p := newProcess(ctx, cs.role, cs.id, int(cs.pid), cfg.Name, cfg.Logger)
+	p.single, p.listeners, p.stopTime = cs.single, cs.listeners, cfg.StopTimeout
+	defer func() {
+		for _, l := range p.listeners {
+			l.Close()
+		}
+	}()
+	m := newMessenger(w, cs.pid, cs.role, cfg.MaxFrame, p.log)
+	m.p = p
+	p.messenger = m
+	header := func(k ipc.Kind) *ipc.Header {
+		return &ipc.Header{Kind: k, Role: ipc.Role(cs.role), From: cs.pid}
+	}
+	p.onReady = func() { _ = w.Append(header(ipc.KindReady), "", nil) }
+	p.onFault = func(reason string) {
+		switch {
+		case cs.role == Agent:
+			p.log.Warn("the agent keeps running after a guarded panic")
+		case cs.single:
+			p.log.Warn("single-process mode: the worker keeps running after a guarded panic")
+		default:
+			_ = w.Append(header(ipc.KindReplaceMe), "", []byte(reason))
+			p.stop(fmt.Errorf("replaced after a guarded %s", reason))
+		}
+	}
+
+	if err := w.Append(header(ipc.KindHello), "", []byte(strconv.Itoa(ipc.Version))); err != nil {
+		w.Close(time.Now())
+		m.close(0)
+		return fmt.Errorf("brood: %s %d: hello: %w", cs.role, cs.id, err)
+	}
+	readDone := make(chan struct{})
+	go func() {
+		defer close(readDone)
+		rd := ipc.NewReader(cs.conn, cfg.MaxFrame)
+		for {
+			f, err := rd.Next()
+			if err != nil {
+				p.stop(errMasterGone)
+				return
+			}
+			m.handleFrame(f)
+		}
+	}()
+	finish := func(runErr error) error {
+		p.log.Debug("stopping", "err", runErr)
+		deadline := time.Now().Add(cfg.StopTimeout)
+		if !waitTimeout(&p.goroutines, time.Until(deadline)) && runErr == nil {
+			runErr = errors.New("goroutines started with Process.Go did not return within StopTimeout")
+		}
+		if runErr != nil {
+			var pe *panicError
+			msg := runErr.Error()
+			if errors.As(runErr, &pe) {
+				msg = pe.Error()
+			} else {
+				p.log.Error("exiting with an error", "err", runErr)
+			}
+			_ = w.Append(header(ipc.KindFatal), "", []byte(msg))
+		}
+		m.close(max(time.Until(deadline), 0))
+		w.Close(time.Now().Add(time.Second))
+		cs.conn.Close()
+		<-readDone
+		p.log.Debug("stopped")
+		return runErr
+	}
+
+	// Wait for the master's first member table, so SendTo and AgentPID work from
+	// the first line of user code.
+	select {
+	case <-m.welcomed:
+	case <-p.ctx.Done():
+		return finish(fmt.Errorf("brood: %s %d: stopped before the handshake: %w", cs.role, cs.id, context.Cause(p.ctx)))
+	}
+
+	fn := cfg.Worker
+	if cs.role == Agent {
+		fn = cfg.Agent
+	}
+	result := make(chan error, 1)
+	go func() {
+		defer func() {
+			if r := recover(); r != nil {
+				result <- &panicError{value: r, stack: debug.Stack()}
+			}
+		}()
+		result <- fn(p.ctx, p)
+	}()
+
+	var err error
+	select {
+	case err = <-result:
+		if err == nil && p.ctx.Err() == nil {
+			// Egg style: the function set things up and returned; stay alive.
+			p.Ready()
+			<-p.ctx.Done()
+		}
+	case <-p.ctx.Done():
+		t := time.NewTimer(cfg.StopTimeout)
+		select {
+		case err = <-result:
+		case <-t.C:
+			err = fmt.Errorf("brood: %s %d did not return within StopTimeout (%v) of being asked to stop", cs.role, cs.id, cfg.StopTimeout)
+		}
+		t.Stop()
+	}
+	if err != nil && !errors.As(err, new(*panicError)) {
+		err = fmt.Errorf("brood: %s %d: %w", cs.role, cs.id, err)
+	}
+	return finish(err)
+}
+
+// waitTimeout waits for wg up to d and reports whether it finished.
+func waitTimeout(wg interface{ Wait() }, d time.Duration) bool {
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+		return false
+	}
+}

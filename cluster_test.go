@@ -1,0 +1,298 @@
+package brood_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/brood-go/brood/internal/helperproc"
+)
+
+const startTimeout = 20 * time.Second
+
+// get makes one request on a new connection and returns the body.
+func get(t *testing.T, client *http.Client, url string) string {
+	t.Helper()
+	resp, err := client.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("GET %s: %d %q %v", url, resp.StatusCode, b, err)
+	}
+	return string(b)
+}
+
+func newConnClient() *http.Client {
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+}
+
+// requireAllGone fails unless every pid has exited within d.
+func requireAllGone(t *testing.T, pids []int, d time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	if alive := helperproc.WaitGone(ctx, pids); len(alive) > 0 {
+		t.Fatalf("processes still alive after %v: %v", d, alive)
+	}
+}
+
+func TestStartOrder(t *testing.T) {
+	c := helperproc.Start(t, "hello", []string{"--workers", "3"})
+	c.WaitReady(startTimeout)
+	// Each process appends to the events file when it gets brood:ready; wait for all 4.
+	c.WaitFor(startTimeout, "brood:ready in every process", func(helperproc.Line) bool {
+		return countPrefix(c.ReadEvents(), "", ":brood-ready") == 4
+	})
+	ev := c.ReadEvents()
+	idx := func(e string) int {
+		i := slices.Index(ev, e)
+		if i < 0 {
+			t.Fatalf("event %q missing from %v", e, ev)
+		}
+		return i
+	}
+	agentReady := idx("agent:ready")
+	lastWorkerReady, firstBroodReady := 0, len(ev)
+	for id := 1; id <= 3; id++ {
+		if init := idx(fmt.Sprintf("worker:%d:init", id)); init < agentReady {
+			t.Errorf("worker %d started before the agent was ready: %v", id, ev)
+		}
+		lastWorkerReady = max(lastWorkerReady, idx(fmt.Sprintf("worker:%d:ready", id)))
+		firstBroodReady = min(firstBroodReady, idx(fmt.Sprintf("worker:%d:brood-ready", id)))
+	}
+	firstBroodReady = min(firstBroodReady, idx("agent:0:brood-ready"))
+	if firstBroodReady < lastWorkerReady {
+		t.Errorf("brood:ready arrived before every worker was ready: %v", ev)
+	}
+	if i := idx("agent:init"); i > agentReady {
+		t.Errorf("agent ready before its init: %v", ev)
+	}
+	c.Signal(syscall.SIGTERM)
+	if code := c.Wait(10 * time.Second); code != 0 {
+		t.Fatalf("exit code %d, want 0", code)
+	}
+}
+
+func countPrefix(lines []string, prefix, suffix string) int {
+	n := 0
+	for _, l := range lines {
+		if strings.HasPrefix(l, prefix) && strings.HasSuffix(l, suffix) {
+			n++
+		}
+	}
+	return n
+}
+
+func TestWorkersShareOnePort(t *testing.T) {
+	c := helperproc.Start(t, "hello", []string{"--workers", "2"})
+	addr := c.WaitReady(startTimeout)
+	client := newConnClient()
+	seen := map[string]int{}
+	for range 40 {
+		body := get(t, client, "http://"+addr+"/")
+		seen[strings.Fields(body)[3]]++
+	}
+	if len(seen) != 2 {
+		t.Fatalf("40 connections reached %d worker pid(s) %v, want 2", len(seen), seen)
+	}
+	workers := c.ChildPIDs("worker")
+	for pid := range seen {
+		if !slices.Contains(workers, atoi(pid)) {
+			t.Errorf("answer from pid %s, not a worker the master started (%v)", pid, workers)
+		}
+	}
+	t.Logf("distribution over 40 connections: %v", seen)
+	c.Signal(syscall.SIGTERM)
+	c.Wait(10 * time.Second)
+}
+
+func atoi(s string) int {
+	var n int
+	fmt.Sscan(s, &n)
+	return n
+}
+
+func TestUnixSocketListener(t *testing.T) {
+	dir, err := os.MkdirTemp("", "brood-unix")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "app.sock")
+	c := helperproc.Start(t, "hello", []string{"--workers", "2", "--listen", "unix://" + sock + ",127.0.0.1:0"})
+	c.WaitReady(startTimeout)
+	if got := c.Addr(0); got != sock {
+		t.Fatalf("first listener %q, want %q", got, sock)
+	}
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+		},
+	}}
+	if body := get(t, client, "http://unix/"); !strings.HasPrefix(body, "worker ") {
+		t.Fatalf("over the unix socket: %q", body)
+	}
+	if body := get(t, newConnClient(), "http://"+c.Addr(1)+"/"); !strings.HasPrefix(body, "worker ") {
+		t.Fatalf("over the second listener (tcp): %q", body)
+	}
+	c.Signal(syscall.SIGTERM)
+	if code := c.Wait(10 * time.Second); code != 0 {
+		t.Fatalf("exit code %d, want 0", code)
+	}
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Fatalf("socket file left behind after stop: %v", err)
+	}
+}
+
+func TestPortInUse(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	c := helperproc.Start(t, "hello", []string{"--workers", "2", "--listen", l.Addr().String()})
+	if code := c.Wait(10 * time.Second); code != 1 {
+		t.Fatalf("exit code %d, want 1", code)
+	}
+	out := c.Stderr()
+	if !strings.Contains(out, "address already in use") || !strings.Contains(out, l.Addr().String()) {
+		t.Fatalf("error does not name the address %s:\n%s", l.Addr(), out)
+	}
+	if pids := c.AllPIDs(); len(pids) != 0 {
+		t.Fatalf("children were started: %v", pids)
+	}
+}
+
+func TestBadListenAddress(t *testing.T) {
+	c := helperproc.Start(t, "hello", []string{"--listen", "udp://127.0.0.1:9"})
+	if code := c.Wait(10 * time.Second); code != 1 {
+		t.Fatalf("exit code %d, want 1", code)
+	}
+	if out := c.Stderr(); !strings.Contains(out, `"udp://127.0.0.1:9"`) || !strings.Contains(out, "unsupported network") {
+		t.Fatalf("error does not explain the address:\n%s", out)
+	}
+}
+
+func TestUnknownFlag(t *testing.T) {
+	c := helperproc.Start(t, "hello", []string{"--wrokers", "2"})
+	if code := c.Wait(10 * time.Second); code != 2 {
+		t.Fatalf("exit code %d, want 2 (usage)", code)
+	}
+	if out := c.Stderr(); !strings.Contains(out, "unknown flag: --wrokers") {
+		t.Fatalf("stderr does not name the flag:\n%s", out)
+	}
+}
+
+func TestWorkerFailsBeforeReady(t *testing.T) {
+	c := helperproc.Start(t, "fail-before-ready", []string{"--workers", "2"})
+	if code := c.Wait(20 * time.Second); code != 1 {
+		t.Fatalf("exit code %d, want 1", code)
+	}
+	out := c.Stderr()
+	if !strings.Contains(out, "start worker 2") || !strings.Contains(out, "database at db.internal:5432 unreachable") {
+		t.Fatalf("the start error does not carry the worker's message:\n%s", out)
+	}
+	if c.Count(helperproc.MasterMsg("cluster ready")) != 0 {
+		t.Fatal("the cluster reported ready")
+	}
+	requireAllGone(t, c.AllPIDs(), time.Second)
+}
+
+func TestSIGTERMDrainsInFlightRequest(t *testing.T) {
+	c := helperproc.Start(t, "hello", []string{"--workers", "2"})
+	addr := c.WaitReady(startTimeout)
+	type result struct {
+		body string
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		resp, err := newConnClient().Get("http://" + addr + "/slow?ms=500")
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		done <- result{string(b), err}
+	}()
+	c.WaitFor(5*time.Second, "the slow request to start", func(helperproc.Line) bool {
+		return countPrefix(c.ReadEvents(), "slow:start:", "") == 1
+	})
+	pids := c.AllPIDs()
+	c.Signal(syscall.SIGTERM)
+	r := <-done
+	if r.err != nil || !strings.HasPrefix(r.body, "slow done") {
+		t.Fatalf("in-flight request: %q, %v; want it to complete", r.body, r.err)
+	}
+	if code := c.Wait(10 * time.Second); code != 0 {
+		t.Fatalf("exit code %d, want 0", code)
+	}
+	requireAllGone(t, pids, time.Second)
+}
+
+func TestIdleStopIsFast(t *testing.T) {
+	c := helperproc.Start(t, "hello", []string{"--workers", "2"})
+	c.WaitReady(startTimeout)
+	pids := append(c.AllPIDs(), c.Cmd.Process.Pid)
+	c.Signal(syscall.SIGTERM)
+	if code := c.Wait(10 * time.Second); code != 0 {
+		t.Fatalf("exit code %d, want 0", code)
+	}
+	requireAllGone(t, pids, time.Second)
+}
+
+func TestMasterSIGKILLLeavesNoChild(t *testing.T) {
+	c := helperproc.Start(t, "hello", []string{"--workers", "2", "--stop-timeout", "3s"})
+	c.WaitReady(startTimeout)
+	pids := c.AllPIDs()
+	if len(pids) != 3 {
+		t.Fatalf("children %v, want agent and 2 workers", pids)
+	}
+	c.Signal(syscall.SIGKILL)
+	c.Wait(5 * time.Second)
+	requireAllGone(t, pids, 3*time.Second)
+}
+
+// A worker is killed and replaced; afterwards a graceful stop still completes in
+// time (regression: forking used to switch the shared socket to blocking mode,
+// which hung http.Server.Shutdown in the surviving worker).
+func TestStopAfterRefork(t *testing.T) {
+	c := helperproc.Start(t, "hello", []string{"--workers", "2", "--stop-timeout", "5s"})
+	addr := c.WaitReady(startTimeout)
+	victim := c.ChildPIDs("worker")[0]
+	syscall.Kill(victim, syscall.SIGKILL)
+	c.WaitFor(10*time.Second, "the replacement", func(l helperproc.Line) bool {
+		return helperproc.MasterMsg("restarted")(l)
+	})
+	var wg sync.WaitGroup
+	client := newConnClient()
+	for range 10 {
+		wg.Go(func() { get(t, client, "http://"+addr+"/") })
+	}
+	wg.Wait()
+	pids := append(c.AllPIDs(), c.Cmd.Process.Pid)
+	start := time.Now()
+	c.Signal(syscall.SIGTERM)
+	if code := c.Wait(10 * time.Second); code != 0 {
+		t.Fatalf("exit code %d, want 0", code)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Fatalf("graceful stop took %v after a refork", took)
+	}
+	requireAllGone(t, pids, time.Second)
+}

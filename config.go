@@ -1,0 +1,194 @@
+package brood
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"time"
+
+	"github.com/brood-go/brood/internal/ipc"
+	"github.com/brood-go/brood/internal/relay"
+)
+
+// Config describes a cluster. The zero value of every optional field is replaced
+// by the default its comment names.
+type Config struct {
+	// Name names the application in process titles (`ps` shows "<name> worker 2"),
+	// run-dir files and log lines. Defaults to the executable's base name.
+	Name string
+
+	// Workers is the number of worker processes. 0 means runtime.NumCPU().
+	Workers int
+
+	// Listen lists the addresses the master opens and every worker inherits, in
+	// this order (Process.Listeners): "tcp://host:port", "host:port", ":7001",
+	// ":0" (a free port, logged and reported by status), "unix:///run/app.sock".
+	Listen []string
+
+	// Agent, if set, runs in the single agent process: timers, schedules,
+	// long-lived clients. See Worker for the contract.
+	Agent func(ctx context.Context, p *Process) error
+
+	// Worker runs in every worker process; it is required. It should initialise,
+	// call p.Ready (ServeHTTP does), and return when ctx is done, having drained
+	// its work. Returning an error ends the process with that error (during the
+	// first start, it aborts the start). Returning nil before ctx is done marks
+	// the process ready and keeps it alive for its message handlers and p.Go
+	// goroutines until the cluster stops it, as an Egg agent.js that only
+	// registers handlers would.
+	Worker func(ctx context.Context, p *Process) error
+
+	// ReadyTimeout bounds the time from starting a process to its Ready.
+	// Defaults to 30s.
+	ReadyTimeout time.Duration
+
+	// StopTimeout bounds a graceful stop of one process: drain, then SIGKILL.
+	// Defaults to 10s.
+	StopTimeout time.Duration
+
+	// HeartbeatInterval is how often the master pings every child. Defaults to 1s.
+	HeartbeatInterval time.Duration
+
+	// HeartbeatTimeout is how long a child may go without answering before it is
+	// killed and replaced as hung. Pings are answered by the IPC reader, off the
+	// request path, so busy handlers do not trip it. Defaults to 30s.
+	HeartbeatTimeout time.Duration
+
+	// MaxRSS, if non-zero, is the resident memory in bytes above which a worker is
+	// replaced gracefully (a new one is started and ready before the old drains).
+	MaxRSS uint64
+
+	// Restart is the crash-restart policy. Zero fields take the defaults of
+	// DefaultRestartPolicy.
+	Restart RestartPolicy
+
+	// MaxFrame bounds one IPC frame (header, action and payload). Sending a larger
+	// message is an error to the sender. Defaults to 16 MiB.
+	MaxFrame int
+
+	// MaxPending bounds, per process, the messages the master holds for it while it
+	// starts or restarts, and those it was sent and has not finished handling.
+	// Beyond it a message is refused: the sender's Messenger logs and counts it.
+	// Defaults to 65536.
+	MaxPending int
+
+	// ReusePort gives each TCP listener SO_REUSEPORT. The master still opens one
+	// socket per address and every worker shares it; the option exists for
+	// deployments that bind the same port from other programs. See the README for
+	// the trade-off of per-worker sockets.
+	ReusePort bool
+
+	// Single runs the agent and one worker as goroutines of this process, with the
+	// in-memory messenger: same API, same events. For development and debuggers.
+	Single bool
+
+	// RunDir holds the control socket and pid file. Defaults to
+	// $XDG_RUNTIME_DIR/brood/<name>, or /tmp/brood-<uid>/<name>.
+	RunDir string
+
+	// Logger receives structured logs; every process adds role, id and pid.
+	// Defaults to a text handler on standard error.
+	Logger *slog.Logger
+}
+
+// RestartPolicy says how fast a crashed process is replaced. The first crash of
+// a slot is replaced at once; each further crash within ResetAfter of the
+// previous start waits twice as long as the last, from MinDelay up to MaxDelay.
+type RestartPolicy struct {
+	MinDelay   time.Duration // defaults to 100ms
+	MaxDelay   time.Duration // defaults to 30s
+	ResetAfter time.Duration // a process that stays up this long resets the backoff; defaults to 10s
+}
+
+// DefaultRestartPolicy is the policy used for zero fields of Config.Restart.
+var DefaultRestartPolicy = RestartPolicy{MinDelay: 100 * time.Millisecond, MaxDelay: 30 * time.Second, ResetAfter: 10 * time.Second}
+
+// delay returns the wait before restart number n (1-based) of a crash loop.
+func (rp RestartPolicy) delay(n int) time.Duration {
+	if n <= 1 {
+		return 0
+	}
+	d := rp.MinDelay
+	for i := 2; i < n && d < rp.MaxDelay; i++ {
+		d *= 2
+	}
+	return min(d, rp.MaxDelay)
+}
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// withDefaults returns a copy of c with defaults applied, or an error naming the
+// bad field.
+func (c Config) withDefaults() (Config, error) {
+	if c.Worker == nil {
+		return c, errors.New("brood: Config.Worker is required")
+	}
+	if c.Name == "" {
+		c.Name = defaultName()
+	}
+	if !nameRE.MatchString(c.Name) {
+		return c, fmt.Errorf("brood: Config.Name %q: use letters, digits, '.', '_' or '-' (at most 64)", c.Name)
+	}
+	switch {
+	case c.Workers == 0:
+		c.Workers = runtime.NumCPU()
+	case c.Workers < 0:
+		return c, fmt.Errorf("brood: Config.Workers is %d; want 0 (one per CPU) or more", c.Workers)
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.ReadyTimeout, 30*time.Second)
+	def(&c.StopTimeout, 10*time.Second)
+	def(&c.HeartbeatInterval, time.Second)
+	def(&c.HeartbeatTimeout, 30*time.Second)
+	def(&c.Restart.MinDelay, DefaultRestartPolicy.MinDelay)
+	def(&c.Restart.MaxDelay, DefaultRestartPolicy.MaxDelay)
+	def(&c.Restart.ResetAfter, DefaultRestartPolicy.ResetAfter)
+	if c.MaxFrame <= 0 {
+		c.MaxFrame = ipc.DefaultMaxFrame
+	}
+	if c.MaxFrame < ipc.HeaderSize+ipc.MaxActionLen {
+		return c, fmt.Errorf("brood: Config.MaxFrame %d is below the minimum of %d", c.MaxFrame, ipc.HeaderSize+ipc.MaxActionLen)
+	}
+	if c.MaxPending <= 0 {
+		c.MaxPending = relay.DefaultMaxPending
+	}
+	if c.RunDir == "" {
+		c.RunDir = DefaultRunDir(c.Name)
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	return c, nil
+}
+
+// DefaultRunDir is where a cluster named name keeps its control socket and pid
+// file when Config.RunDir is empty: $XDG_RUNTIME_DIR/brood/<name>, or
+// /tmp/brood-<uid>/<name>.
+func DefaultRunDir(name string) string {
+	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
+		return filepath.Join(d, "brood", name)
+	}
+	return filepath.Join(os.TempDir(), fmt.Sprintf("brood-%d", os.Getuid()), name)
+}
+
+// defaultName is the executable's base name, as a valid Name.
+func defaultName() string {
+	exe, err := os.Executable()
+	if err != nil {
+		exe = os.Args[0]
+	}
+	name := regexp.MustCompile(`[^A-Za-z0-9._-]`).ReplaceAllString(filepath.Base(exe), "-")
+	if name == "" || !nameRE.MatchString(name) {
+		return "brood"
+	}
+	return name
+}

@@ -1,0 +1,63 @@
+// Package brood runs one Go program as a self-healing multi-process service, the
+// way Egg.js's cluster does for Node.js: a master that only manages processes and
+// relays messages, one agent for singleton background work, and N workers that
+// serve requests on listeners they share.
+//
+//	               +--------+          +-------+
+//	               | master |<-------->| agent |
+//	               +--------+          +-------+
+//	               ^   ^    ^
+//	              /    |     \        (IPC: one socketpair per child;
+//	             v     v      v        worker<->worker and agent<->worker
+//	  +----------+ +----------+ +----------+   traffic is relayed by the master)
+//	  | worker 1 | | worker 2 | | worker 3 |
+//	  +----------+ +----------+ +----------+
+//	       \___________|___________/
+//	        one listening socket, opened by the master, inherited by every worker
+//
+// # Writing a program
+//
+// Call Main (or Run) with a Config naming the Agent and Worker functions. The same
+// binary runs in every process: the master starts its own executable again for
+// each child, with the role in the environment, and Main calls the function for
+// that role. Each function initialises, calls Process.Ready (ServeHTTP does it),
+// and returns once its context is cancelled.
+//
+// # Lifecycle
+//
+// Start, in Egg's order: the master opens every listener (a port in use is an
+// error naming the address, exit code 1); starts the agent and waits for its
+// Ready; starts the workers in parallel and waits for all of them; then sends
+// brood:ready to every process. A child that fails or times out during this first
+// start aborts it: everything started is stopped and the child's error is
+// reported. Later, a crashed process is replaced at once (with exponential
+// backoff if it keeps crashing) and the others are told (brood:worker-exit, ...).
+//
+// Stop (SIGTERM, SIGINT, or the end of Run's context): the workers stop accepting
+// and drain in parallel (Config.StopTimeout, then SIGKILL), then the agent stops,
+// then the master closes the listeners and exits 0. A second SIGINT forces it.
+// Children die with the master: they have SIGTERM as parent-death signal and treat
+// the end of their IPC channel as a request to stop.
+//
+// # Signals
+//
+// Master: SIGTERM and SIGINT stop gracefully, a second SIGINT forces. Children:
+// SIGTERM stops gracefully; SIGINT and SIGHUP are ignored (the master
+// orchestrates; Ctrl-C reaches the whole process group).
+//
+// # Environment and descriptors of a child
+//
+// BROOD_ROLE (agent|worker), BROOD_ID (slot), BROOD_IPC_FD (3, the child's end of
+// the socketpair), BROOD_LISTEN_FDS (count n; the listeners are fds 4..3+n in
+// Config.Listen order), BROOD_MASTER_PID, BROOD_PROTOCOL (IPC version),
+// BROOD_NAME and BROOD_STOP_TIMEOUT. The child removes the first six from its
+// environment once read, so programs it starts are not mistaken for brood
+// children. The wire format is documented in internal/ipc.
+//
+// # Caveats
+//
+// `go run` works (the master re-executes the temporary binary), but a rolling
+// reload picks up a new build only when the program runs from a stable path.
+// Linux only: the master relies on socketpair, SO_PEERCRED, /proc and
+// PR_SET_PDEATHSIG.
+package brood

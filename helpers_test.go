@@ -1,0 +1,71 @@
+package brood_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/brood-go/brood"
+	"github.com/brood-go/brood/internal/helperproc"
+)
+
+// registerHelpers declares the programs the tests run as real clusters. Each is a
+// main function: the test binary re-enters it as master, agent and workers.
+func registerHelpers() {
+	helperproc.Register("hello", helloMain)
+	helperproc.Register("fail-before-ready", failBeforeReadyMain)
+}
+
+// helloConfig is a small HTTP cluster that records what it does in the events
+// file: agent:init, agent:ready, worker:N:init, worker:N:ready, and
+// <role>:<id>:brood-ready when the brood:ready event arrives.
+func helloConfig() brood.Config {
+	return brood.Config{
+		Name:   "hello-test",
+		Listen: []string{"127.0.0.1:0"},
+		Logger: helperproc.Logger(),
+		Agent: func(ctx context.Context, p *brood.Process) error {
+			helperproc.Event("agent:init")
+			p.Messenger().On(brood.ActionReady, func(brood.Message) { helperproc.Event("agent:0:brood-ready") })
+			helperproc.Event("agent:ready")
+			p.Ready()
+			<-ctx.Done()
+			return nil
+		},
+		Worker: func(ctx context.Context, p *brood.Process) error {
+			helperproc.Event("worker:%d:init", p.ID())
+			p.Messenger().On(brood.ActionReady, func(brood.Message) { helperproc.Event("worker:%d:brood-ready", p.ID()) })
+			mux := http.NewServeMux()
+			mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+				fmt.Fprintf(w, "worker %d pid %d\n", p.ID(), os.Getpid())
+			})
+			mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
+				ms, _ := strconv.Atoi(r.URL.Query().Get("ms"))
+				helperproc.Event("slow:start:%d", os.Getpid())
+				time.Sleep(time.Duration(ms) * time.Millisecond) // the work a slow request does
+				fmt.Fprintf(w, "slow done by pid %d\n", os.Getpid())
+			})
+			helperproc.Event("worker:%d:ready", p.ID())
+			return brood.ServeHTTP(ctx, p, &http.Server{Handler: mux})
+		},
+	}
+}
+
+func helloMain() { brood.Main(helloConfig()) }
+
+// failBeforeReadyMain: worker 2 cannot initialise.
+func failBeforeReadyMain() {
+	cfg := helloConfig()
+	serve := cfg.Worker
+	cfg.Worker = func(ctx context.Context, p *brood.Process) error {
+		if p.ID() == 2 {
+			return errors.New("database at db.internal:5432 unreachable")
+		}
+		return serve(ctx, p)
+	}
+	brood.Main(cfg)
+}

@@ -1,0 +1,154 @@
+// Package cli is the command tree every brood program gets through brood.Main.
+// It knows nothing of clusters: package brood hands it the actions to run.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+)
+
+// Exit codes.
+const (
+	ExitOK          = 0
+	ExitFailure     = 1 // the command failed; a start that fails is not worth retrying blindly
+	ExitUsage       = 2 // bad flags or arguments
+	ExitNotRunning  = 3 // status: no instance is running (LSB)
+	ExitInterrupted = 130
+)
+
+// Options are the settings shared by every command. Flags override the
+// environment (BROOD_*), which overrides the program's Config.
+type Options struct {
+	Name        string
+	Workers     int
+	Listen      []string
+	RunDir      string
+	StopTimeout time.Duration
+	Single      bool
+}
+
+// App is what package brood plugs into the command tree.
+type App struct {
+	Defaults Options
+	// Run runs the cluster in the foreground until ctx is done.
+	Run func(ctx context.Context, opts Options) error
+	// Stdout and Stderr default to the process's.
+	Stdout, Stderr io.Writer
+}
+
+// ExitError carries an exit code through cobra.
+type ExitError struct {
+	Code int
+	Err  error
+}
+
+func (e *ExitError) Error() string { return e.Err.Error() }
+func (e *ExitError) Unwrap() error { return e.Err }
+
+// Execute runs the command line args (without the program name) and returns the
+// exit code.
+func Execute(ctx context.Context, app App, args []string) int {
+	if app.Stdout == nil {
+		app.Stdout = os.Stdout
+	}
+	if app.Stderr == nil {
+		app.Stderr = os.Stderr
+	}
+	root := newRoot(ctx, &app)
+	root.SetArgs(args)
+	root.SetOut(app.Stdout)
+	root.SetErr(app.Stderr)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return ExitOK
+	}
+	var ee *ExitError
+	if errors.As(err, &ee) {
+		if ee.Err != nil {
+			fmt.Fprintln(app.Stderr, "Error:", ee.Err)
+		}
+		return ee.Code
+	}
+	// cobra's own errors: unknown flag or command, bad argument.
+	fmt.Fprintln(app.Stderr, "Error:", err)
+	fmt.Fprintf(app.Stderr, "Run '%s --help' for usage.\n", root.CommandPath())
+	return ExitUsage
+}
+
+func newRoot(ctx context.Context, app *App) *cobra.Command {
+	opts := app.Defaults
+	name := opts.Name
+	root := &cobra.Command{
+		Use:           name,
+		Short:         name + ": a brood cluster (master, agent, workers)",
+		Long:          name + " runs as a brood cluster: one master that manages processes, an optional agent for background work, and N workers sharing the listeners.\nWithout a command it runs in the foreground, like '" + name + " run'.",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Args:          cobra.NoArgs,
+	}
+	pf := root.PersistentFlags()
+	pf.StringVar(&opts.Name, "name", opts.Name, "application name: process titles, run-dir files, logs (env BROOD_NAME)")
+	pf.IntVarP(&opts.Workers, "workers", "w", opts.Workers, "number of worker processes; 0 = one per CPU (env BROOD_WORKERS)")
+	pf.StringSliceVarP(&opts.Listen, "listen", "l", opts.Listen, "listen address, repeatable or comma-separated: :7001, tcp://127.0.0.1:0, unix:///run/app.sock (env BROOD_LISTEN)")
+	pf.StringVar(&opts.RunDir, "run-dir", opts.RunDir, "directory for the control socket and pid file (env BROOD_RUN_DIR)")
+	pf.DurationVar(&opts.StopTimeout, "stop-timeout", opts.StopTimeout, "time a process gets to drain before SIGKILL (env BROOD_STOP_TIMEOUT)")
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		return applyEnv(cmd.Flags(), &opts)
+	}
+
+	runCmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run the cluster in the foreground (the default)",
+		Long:  "Run the cluster in the foreground, logging to standard error. SIGTERM or Ctrl-C stops it gracefully; a second Ctrl-C forces it.",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runForeground(cmd.Context(), app, opts)
+		},
+	}
+	runCmd.Flags().BoolVar(&opts.Single, "single", opts.Single, "run the agent and one worker in this process (development; env BROOD_SINGLE)")
+	root.Flags().AddFlagSet(runCmd.Flags())
+	root.RunE = runCmd.RunE
+	root.AddCommand(runCmd)
+	return root
+}
+
+func runForeground(ctx context.Context, app *App, opts Options) error {
+	if err := app.Run(ctx, opts); err != nil {
+		return &ExitError{Code: ExitFailure, Err: err}
+	}
+	return nil
+}
+
+// applyEnv fills options whose flags were not given from BROOD_* variables.
+func applyEnv(fs *pflag.FlagSet, opts *Options) error {
+	env := func(flag, key string, set func(string) error) error {
+		if fs.Lookup(flag) == nil || fs.Changed(flag) {
+			return nil
+		}
+		v, ok := os.LookupEnv(key)
+		if !ok || v == "" {
+			return nil
+		}
+		if err := set(v); err != nil {
+			return fmt.Errorf("%s=%q: %w", key, v, err)
+		}
+		return nil
+	}
+	return errors.Join(
+		env("name", "BROOD_NAME", func(v string) error { opts.Name = v; return nil }),
+		env("workers", "BROOD_WORKERS", func(v string) (err error) { opts.Workers, err = strconv.Atoi(v); return }),
+		env("listen", "BROOD_LISTEN", func(v string) error { opts.Listen = strings.Split(v, ","); return nil }),
+		env("run-dir", "BROOD_RUN_DIR", func(v string) error { opts.RunDir = v; return nil }),
+		env("stop-timeout", "BROOD_STOP_TIMEOUT", func(v string) (err error) { opts.StopTimeout, err = time.ParseDuration(v); return }),
+		env("single", "BROOD_SINGLE", func(v string) (err error) { opts.Single, err = strconv.ParseBool(v); return }),
+	)
+}

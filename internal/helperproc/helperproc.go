@@ -1,0 +1,431 @@
+// Package helperproc runs brood clusters for real in tests, with the helper-process
+// pattern of os/exec's tests: the test binary is the only binary. A test starts it
+// with BROOD_TEST_HELPER=<name>; TestMain calls Dispatch, which runs the named
+// helper (a main function that calls brood.Main); the master re-executes the same
+// binary for its children, which inherit the variable and re-enter the helper,
+// where brood takes the role from the environment.
+//
+// Helpers log JSON to stderr (see Logger). The Cluster handle parses the master's
+// stderr (its own lines and, relayed through it, its children's) and lets tests
+// wait for a line with a deadline instead of sleeping.
+package helperproc
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const envHelper = "BROOD_TEST_HELPER"
+
+// EnvEvents names a file helpers append events to (see Event).
+const EnvEvents = "BROOD_TEST_EVENTS"
+
+var (
+	helpers = map[string]func(){}
+	usedMu  sync.Mutex
+	used    = map[string]bool{}
+)
+
+// Register adds a helper. main must not return normally: it should call
+// brood.Main or os.Exit.
+func Register(name string, main func()) {
+	if _, dup := helpers[name]; dup {
+		panic("helperproc: duplicate helper " + name)
+	}
+	helpers[name] = main
+}
+
+// Dispatch runs the helper named in the environment, if any, and exits. Call it
+// first in TestMain.
+func Dispatch() {
+	name := os.Getenv(envHelper)
+	if name == "" {
+		return
+	}
+	h, ok := helpers[name]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "helperproc: no helper %q\n", name)
+		os.Exit(2)
+	}
+	h()
+	fmt.Fprintf(os.Stderr, "helperproc: helper %q returned\n", name)
+	os.Exit(2)
+}
+
+// CheckAllUsed fails if a registered helper was never started (when the whole
+// suite ran), so dead helpers do not accumulate. Call it after m.Run.
+func CheckAllUsed(runFlag string) error {
+	if runFlag != "" {
+		return nil
+	}
+	usedMu.Lock()
+	defer usedMu.Unlock()
+	var unused []string
+	for name := range helpers {
+		if !used[name] {
+			unused = append(unused, name)
+		}
+	}
+	if len(unused) > 0 {
+		sort.Strings(unused)
+		return fmt.Errorf("helperproc: helpers registered but never used: %v", unused)
+	}
+	return nil
+}
+
+// Logger is the logger helpers use: JSON on stderr, debug level.
+func Logger() *slog.Logger {
+	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// Event appends one line to the events file (if the test set one). Appends of a
+// line are atomic, so the file records the order in which processes did things.
+func Event(format string, args ...any) {
+	path := os.Getenv(EnvEvents)
+	if path == "" {
+		return
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	f.WriteString(fmt.Sprintf(format, args...) + "\n")
+}
+
+// Line is one line of the cluster's stderr: a JSON log record, or raw text.
+type Line struct {
+	Raw    string
+	Fields map[string]any
+}
+
+// Msg is the record's message.
+func (l Line) Msg() string { return l.Str("msg") }
+
+// Str returns a field as a string.
+func (l Line) Str(k string) string {
+	switch v := l.Fields[k].(type) {
+	case string:
+		return v
+	case float64:
+		return strconv.FormatFloat(v, 'f', -1, 64)
+	case nil:
+		return ""
+	default:
+		return fmt.Sprint(v)
+	}
+}
+
+// Int returns a numeric field.
+func (l Line) Int(k string) int {
+	n, _ := strconv.Atoi(l.Str(k))
+	return n
+}
+
+// Cluster is a running master started from a helper.
+type Cluster struct {
+	t      testing.TB
+	Cmd    *exec.Cmd
+	Events string // path of the events file
+
+	mu      sync.Mutex
+	lines   []Line
+	changed chan struct{} // closed and replaced whenever lines grow or the master exits
+	exited  bool
+	exitErr error
+	done    chan struct{}
+}
+
+// Options adjust Start.
+type Options struct {
+	Env []string // extra environment
+	Dir string
+}
+
+// Start runs helper as a master with args (brood command-line flags). The
+// cluster is killed (process group) when the test ends; on failure its stderr is
+// printed.
+func Start(t testing.TB, helper string, args []string, opts ...Options) *Cluster {
+	t.Helper()
+	usedMu.Lock()
+	used[helper] = true
+	usedMu.Unlock()
+	var o Options
+	if len(opts) > 0 {
+		o = opts[0]
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Cluster{t: t, Events: t.TempDir() + "/events", changed: make(chan struct{}), done: make(chan struct{})}
+	cmd := exec.Command(exe, args...)
+	// GORACE: the race runtime otherwise sleeps a second at every exit, which
+	// would hide how long stops really take.
+	cmd.Env = append(os.Environ(), envHelper+"="+helper, EnvEvents+"="+c.Events, "GORACE=atexit_sleep_ms=0")
+	cmd.Env = append(cmd.Env, o.Env...)
+	cmd.Dir = o.Dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c.Cmd = cmd
+	go c.read(stderr)
+	t.Cleanup(c.cleanup)
+	return c
+}
+
+func (c *Cluster) read(r interface{ Read([]byte) (int, error) }) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	for sc.Scan() {
+		l := Line{Raw: sc.Text()}
+		if strings.HasPrefix(l.Raw, "{") {
+			_ = json.Unmarshal([]byte(l.Raw), &l.Fields)
+		}
+		c.mu.Lock()
+		c.lines = append(c.lines, l)
+		close(c.changed)
+		c.changed = make(chan struct{})
+		c.mu.Unlock()
+	}
+	err := c.Cmd.Wait()
+	c.mu.Lock()
+	c.exited, c.exitErr = true, err
+	close(c.changed)
+	c.changed = make(chan struct{})
+	c.mu.Unlock()
+	close(c.done)
+}
+
+func (c *Cluster) cleanup() {
+	pids := c.AllPIDs()
+	_ = syscall.Kill(-c.Cmd.Process.Pid, syscall.SIGKILL)
+	for _, p := range pids {
+		_ = syscall.Kill(p, syscall.SIGKILL)
+	}
+	select {
+	case <-c.done:
+	case <-time.After(10 * time.Second):
+		c.t.Errorf("helperproc: master %d did not exit after SIGKILL", c.Cmd.Process.Pid)
+	}
+	if c.t.Failed() {
+		c.t.Logf("cluster stderr:\n%s", c.Stderr())
+	}
+}
+
+// Stderr returns everything the cluster wrote to stderr so far.
+func (c *Cluster) Stderr() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var b strings.Builder
+	for _, l := range c.lines {
+		b.WriteString(l.Raw)
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+// Lines returns the lines so far.
+func (c *Cluster) Lines() []Line {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.lines)
+}
+
+// WaitFor waits until a line satisfies match, or fails the test after timeout
+// (or if the master exits first). It returns the first matching line.
+func (c *Cluster) WaitFor(timeout time.Duration, what string, match func(Line) bool) Line {
+	c.t.Helper()
+	l, err := c.waitFor(timeout, match)
+	if err != nil {
+		c.t.Fatalf("waiting for %s: %v", what, err)
+	}
+	return l
+}
+
+func (c *Cluster) waitFor(timeout time.Duration, match func(Line) bool) (Line, error) {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	seen := 0
+	for {
+		c.mu.Lock()
+		for ; seen < len(c.lines); seen++ {
+			if match(c.lines[seen]) {
+				l := c.lines[seen]
+				c.mu.Unlock()
+				return l, nil
+			}
+		}
+		exited, changed := c.exited, c.changed
+		c.mu.Unlock()
+		if exited {
+			return Line{}, fmt.Errorf("the master exited (%v) first", c.exitErr)
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			return Line{}, fmt.Errorf("not seen within %v", timeout)
+		}
+	}
+}
+
+// Count returns how many lines so far satisfy match.
+func (c *Cluster) Count(match func(Line) bool) int {
+	n := 0
+	for _, l := range c.Lines() {
+		if match(l) {
+			n++
+		}
+	}
+	return n
+}
+
+// MasterMsg matches a master log line with the given message.
+func MasterMsg(msg string) func(Line) bool {
+	return func(l Line) bool { return l.Str("role") == "master" && l.Msg() == msg }
+}
+
+// WaitReady waits for "cluster ready" and returns the first bound address
+// without its scheme (host:port or socket path).
+func (c *Cluster) WaitReady(timeout time.Duration) string {
+	c.t.Helper()
+	c.WaitFor(timeout, "cluster ready", MasterMsg("cluster ready"))
+	return c.Addr(0)
+}
+
+// Addr returns the i-th bound listener address from the "listening" lines,
+// without its scheme.
+func (c *Cluster) Addr(i int) string {
+	c.t.Helper()
+	n := 0
+	for _, l := range c.Lines() {
+		if MasterMsg("listening")(l) {
+			if n == i {
+				a := l.Str("addr")
+				a = strings.TrimPrefix(a, "tcp://")
+				return strings.TrimPrefix(a, "unix://")
+			}
+			n++
+		}
+	}
+	c.t.Fatalf("no listener %d in the log", i)
+	return ""
+}
+
+// ChildPIDs returns the pids of children the master started and has not seen
+// exit, by role ("agent", "worker" or "" for all).
+func (c *Cluster) ChildPIDs(role string) []int {
+	alive := map[int]bool{}
+	for _, l := range c.Lines() {
+		if l.Str("role") != "master" || (role != "" && l.Str("child_role") != role) {
+			continue
+		}
+		switch l.Msg() {
+		case "started":
+			alive[l.Int("child_pid")] = true
+		case "exited", "crashed", "exited before it was ready":
+			delete(alive, l.Int("child_pid"))
+		}
+	}
+	var out []int
+	for p := range alive {
+		out = append(out, p)
+	}
+	sort.Ints(out)
+	return out
+}
+
+// AllPIDs returns every child pid the master ever started.
+func (c *Cluster) AllPIDs() []int {
+	var out []int
+	for _, l := range c.Lines() {
+		if MasterMsg("started")(l) {
+			out = append(out, l.Int("child_pid"))
+		}
+	}
+	return out
+}
+
+// Signal sends sig to the master.
+func (c *Cluster) Signal(sig syscall.Signal) {
+	c.t.Helper()
+	if err := c.Cmd.Process.Signal(sig); err != nil {
+		c.t.Fatalf("signal master: %v", err)
+	}
+}
+
+// Wait waits for the master to exit and returns its exit code (-1 if killed by
+// a signal). It fails the test after timeout.
+func (c *Cluster) Wait(timeout time.Duration) int {
+	c.t.Helper()
+	select {
+	case <-c.done:
+	case <-time.After(timeout):
+		c.t.Fatalf("master did not exit within %v", timeout)
+	}
+	return c.Cmd.ProcessState.ExitCode()
+}
+
+// Done is closed when the master has exited.
+func (c *Cluster) Done() <-chan struct{} { return c.done }
+
+// ReadEvents returns the lines of the events file.
+func (c *Cluster) ReadEvents() []string {
+	b, err := os.ReadFile(c.Events)
+	if err != nil {
+		return nil
+	}
+	return strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+}
+
+// Alive reports whether pid is a live (not zombie) process.
+func Alive(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
+}
+
+// WaitGone waits until none of pids is alive, polling /proc with a deadline; it
+// returns the ones still alive at the deadline.
+func WaitGone(ctx context.Context, pids []int) []int {
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		var alive []int
+		for _, p := range pids {
+			if Alive(p) {
+				alive = append(alive, p)
+			}
+		}
+		if len(alive) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return alive
+		case <-tick.C:
+		}
+	}
+}

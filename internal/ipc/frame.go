@@ -1,0 +1,283 @@
+// Package ipc is brood's wire format between the master and its children, and the
+// buffered reader and batching writer that carry it.
+//
+// # Channel
+//
+// Every child inherits one end of a socketpair(AF_UNIX, SOCK_STREAM) as a file
+// descriptor (see BROOD_IPC_FD in package brood). There is no other channel between
+// processes: traffic between children is relayed by the master.
+//
+// # Frame layout
+//
+// All integers are big-endian. A frame is a fixed 36-byte header, the action name and
+// an opaque payload:
+//
+//	offset size field
+//	     0    4 size      bytes that follow this field: 32 + len(action) + len(payload)
+//	     4    1 kind      see Kind
+//	     5    1 dest      see Dest; how the master routes a KindMessage
+//	     6    1 role      role of the sender (RoleMaster, RoleAgent, RoleWorker)
+//	     7    1 flags     see Flags
+//	     8    2 actionLen length of the action name, at most MaxActionLen
+//	    10    2 reserved  zero
+//	    12    4 from      pid of the sender; the master overwrites it when relaying
+//	    16    4 to        pid of the receiver when dest is DestPID, else zero
+//	    20    8 id        request id (non-zero for requests), or a ping sequence
+//	    28    8 ref       id of the request a KindReply answers; count for KindAck
+//	    36    n action    UTF-8 action name
+//	  36+n    m payload   opaque bytes (JSON unless FlagRaw)
+//
+// The size field is checked against the reader's limit (DefaultMaxFrame, 16 MiB)
+// before anything is allocated for the body; a reader allocates in proportion to the
+// bytes that actually arrive, never to what a header claims.
+//
+// # Handshake and version
+//
+// The first frame a child sends is KindHello whose payload is the decimal protocol
+// Version. The master closes the channel of a child that speaks another version (a
+// rolling reload to a binary with an incompatible protocol then fails cleanly).
+//
+// # Ordering
+//
+// Frames are written in the order they are appended to a Writer, and the master
+// relays a sender's frames in the order it reads them, so messages from one sender to
+// one receiver arrive in send order.
+package ipc
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// Version is the protocol version carried by KindHello.
+const Version = 1
+
+// HeaderSize is the size of the fixed frame header, size field included.
+const HeaderSize = 36
+
+// DefaultMaxFrame is the default limit on a whole frame, header included.
+const DefaultMaxFrame = 16 << 20
+
+// MaxActionLen is the longest action name a frame can carry.
+const MaxActionLen = 1024
+
+// Kind says what a frame is.
+type Kind uint8
+
+// Frame kinds.
+const (
+	KindInvalid Kind = iota
+	// KindHello is the child's first frame: payload is the decimal protocol version.
+	KindHello
+	// KindReady says the child finished initialising (Process.Ready).
+	KindReady
+	// KindMessage is a messenger message; dest says where it goes.
+	KindMessage
+	// KindReply answers the request whose id is in ref.
+	KindReply
+	// KindAck (child to master) says the child's handlers have finished the first
+	// ref messages it was sent; the master forgets its copies of them.
+	KindAck
+	// KindNack (master to child) says the message with id (and action) could not be
+	// delivered; the payload is the reason.
+	KindNack
+	// KindPing (master to child) asks for a KindPong with the same id.
+	KindPing
+	// KindPong answers a KindPing.
+	KindPong
+	// KindFatal (child to master) carries the error a child is about to exit with.
+	KindFatal
+	// KindReplaceMe (child to master) asks for a graceful replacement; payload is why.
+	KindReplaceMe
+	// KindMembers (master to child) carries the current process table as JSON.
+	KindMembers
+	kindEnd
+)
+
+var kindNames = [...]string{"invalid", "hello", "ready", "message", "reply", "ack", "nack", "ping", "pong", "fatal", "replace-me", "members"}
+
+func (k Kind) String() string {
+	if k < kindEnd {
+		return kindNames[k]
+	}
+	return fmt.Sprintf("kind(%d)", uint8(k))
+}
+
+// Dest says how the master routes a KindMessage.
+type Dest uint8
+
+// Destinations.
+const (
+	DestNone   Dest = iota
+	DestPID         // the process whose pid is in the to field
+	DestAgent       // the agent
+	DestApp         // every worker
+	DestAll         // the agent and every worker
+	DestRandom      // one worker picked by the master
+	destEnd
+)
+
+var destNames = [...]string{"none", "pid", "agent", "app", "all", "random"}
+
+func (d Dest) String() string {
+	if d < destEnd {
+		return destNames[d]
+	}
+	return fmt.Sprintf("dest(%d)", uint8(d))
+}
+
+// Role is the role of a frame's sender.
+type Role uint8
+
+// Roles on the wire.
+const (
+	RoleNone Role = iota
+	RoleMaster
+	RoleAgent
+	RoleWorker
+	roleEnd
+)
+
+// Flags modify a frame.
+type Flags uint8
+
+// Frame flags.
+const (
+	// FlagRaw marks a payload that is raw bytes rather than JSON.
+	FlagRaw Flags = 1 << iota
+	// FlagHeld is set by the master on a message addressed to a role rather than a
+	// pid: if the receiver dies before acknowledging it, the master delivers it again
+	// to the process that takes the receiver's slot.
+	FlagHeld
+	// FlagRequest marks a message whose sender waits for a KindReply.
+	FlagRequest
+	flagsAll = FlagRaw | FlagHeld | FlagRequest
+)
+
+// Header is the fixed part of a frame, without the size field.
+type Header struct {
+	Kind  Kind
+	Dest  Dest
+	Role  Role
+	Flags Flags
+	From  uint32
+	To    uint32
+	ID    uint64
+	Ref   uint64
+}
+
+// Frame is a decoded frame. Action and Payload alias the reader's buffer and are
+// valid only until the next call to Reader.Next; Raw is the whole encoded frame.
+type Frame struct {
+	Header
+	Action  []byte
+	Payload []byte
+	Raw     []byte
+}
+
+// Errors returned by the codec. They are wrapped with context; test with errors.Is.
+var (
+	ErrTooLarge   = errors.New("frame too large")
+	ErrMalformed  = errors.New("malformed frame")
+	ErrActionLong = errors.New("action name too long")
+)
+
+// SizeError reports a frame over the size limit.
+type SizeError struct {
+	Size, Limit int
+}
+
+func (e *SizeError) Error() string {
+	return fmt.Sprintf("ipc: frame of %d bytes exceeds the limit of %d bytes", e.Size, e.Limit)
+}
+
+// Unwrap makes errors.Is(err, ErrTooLarge) true.
+func (e *SizeError) Unwrap() error { return ErrTooLarge }
+
+// EncodedLen is the size of the frame that AppendFrame would produce.
+func EncodedLen(action string, payloadLen int) int {
+	return HeaderSize + len(action) + payloadLen
+}
+
+// AppendFrame appends the encoding of one frame to dst. It fails, leaving dst as it
+// was, if the action is too long or the frame would exceed limit bytes.
+func AppendFrame(dst []byte, h *Header, action string, payload []byte, limit int) ([]byte, error) {
+	if len(action) > MaxActionLen {
+		return dst, fmt.Errorf("ipc: action of %d bytes: %w (limit %d)", len(action), ErrActionLong, MaxActionLen)
+	}
+	n := EncodedLen(action, len(payload))
+	if n > limit {
+		return dst, &SizeError{Size: n, Limit: limit}
+	}
+	dst = putHeader(dst, h, len(action), n)
+	dst = append(dst, action...)
+	return append(dst, payload...), nil
+}
+
+func putHeader(dst []byte, h *Header, actionLen, n int) []byte {
+	var b [HeaderSize]byte
+	binary.BigEndian.PutUint32(b[0:], uint32(n-4))
+	b[4] = byte(h.Kind)
+	b[5] = byte(h.Dest)
+	b[6] = byte(h.Role)
+	b[7] = byte(h.Flags)
+	binary.BigEndian.PutUint16(b[8:], uint16(actionLen))
+	binary.BigEndian.PutUint32(b[12:], h.From)
+	binary.BigEndian.PutUint32(b[16:], h.To)
+	binary.BigEndian.PutUint64(b[20:], h.ID)
+	binary.BigEndian.PutUint64(b[28:], h.Ref)
+	return append(dst, b[:]...)
+}
+
+// SetSender overwrites the role and from fields of an encoded frame in place.
+func SetSender(raw []byte, role Role, from uint32) {
+	raw[6] = byte(role)
+	binary.BigEndian.PutUint32(raw[12:], from)
+}
+
+// SetFlags overwrites the flags of an encoded frame in place.
+func SetFlags(raw []byte, f Flags) { raw[7] = byte(f) }
+
+// Decode parses one whole encoded frame (as found in Frame.Raw). It never panics;
+// any inconsistency is an error wrapping ErrMalformed.
+func Decode(raw []byte) (Frame, error) {
+	if len(raw) < HeaderSize {
+		return Frame{}, fmt.Errorf("ipc: %d-byte frame is shorter than the %d-byte header: %w", len(raw), HeaderSize, ErrMalformed)
+	}
+	size := int(binary.BigEndian.Uint32(raw[0:]))
+	if size+4 != len(raw) {
+		return Frame{}, fmt.Errorf("ipc: frame says %d bytes, has %d: %w", size+4, len(raw), ErrMalformed)
+	}
+	var f Frame
+	f.Kind = Kind(raw[4])
+	f.Dest = Dest(raw[5])
+	f.Role = Role(raw[6])
+	f.Flags = Flags(raw[7])
+	alen := int(binary.BigEndian.Uint16(raw[8:]))
+	if raw[10] != 0 || raw[11] != 0 {
+		return Frame{}, fmt.Errorf("ipc: reserved bytes are not zero: %w", ErrMalformed)
+	}
+	f.From = binary.BigEndian.Uint32(raw[12:])
+	f.To = binary.BigEndian.Uint32(raw[16:])
+	f.ID = binary.BigEndian.Uint64(raw[20:])
+	f.Ref = binary.BigEndian.Uint64(raw[28:])
+	switch {
+	case f.Kind == KindInvalid || f.Kind >= kindEnd:
+		return Frame{}, fmt.Errorf("ipc: unknown frame kind %d: %w", raw[4], ErrMalformed)
+	case f.Dest >= destEnd:
+		return Frame{}, fmt.Errorf("ipc: unknown destination %d: %w", raw[5], ErrMalformed)
+	case f.Role >= roleEnd:
+		return Frame{}, fmt.Errorf("ipc: unknown role %d: %w", raw[6], ErrMalformed)
+	case f.Flags&^flagsAll != 0:
+		return Frame{}, fmt.Errorf("ipc: unknown flags %#x: %w", raw[7], ErrMalformed)
+	case alen > MaxActionLen:
+		return Frame{}, fmt.Errorf("ipc: action of %d bytes: %w", alen, ErrMalformed)
+	case HeaderSize+alen > len(raw):
+		return Frame{}, fmt.Errorf("ipc: action of %d bytes overruns the %d-byte frame: %w", alen, len(raw), ErrMalformed)
+	}
+	f.Action = raw[HeaderSize : HeaderSize+alen]
+	f.Payload = raw[HeaderSize+alen:]
+	f.Raw = raw
+	return f, nil
+}

@@ -1,0 +1,263 @@
+package ipc
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func socketpair(t testing.TB) (net.Conn, net.Conn) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := func(fd int) net.Conn {
+		f := os.NewFile(uintptr(fd), "socketpair")
+		defer f.Close()
+		c, err := net.FileConn(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	a, b := conn(fds[0]), conn(fds[1])
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
+
+func TestRoundTrip(t *testing.T) {
+	h := Header{Kind: KindMessage, Dest: DestPID, Role: RoleWorker, Flags: FlagRaw, From: 7, To: 9, ID: 1 << 40, Ref: 3}
+	buf, err := AppendFrame(nil, &h, "hello", []byte("payload"), DefaultMaxFrame)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := Decode(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Header != h || string(f.Action) != "hello" || string(f.Payload) != "payload" {
+		t.Fatalf("got %+v %q %q, want %+v hello payload", f.Header, f.Action, f.Payload, h)
+	}
+	r := NewReader(bytes.NewReader(append(buf, buf...)), 0)
+	for i := range 2 {
+		f, err := r.Next()
+		if err != nil || f.Header != h {
+			t.Fatalf("frame %d: %+v, %v", i, f.Header, err)
+		}
+	}
+	if _, err := r.Next(); err != io.EOF {
+		t.Fatalf("after the last frame: got %v, want io.EOF", err)
+	}
+}
+
+func TestLimits(t *testing.T) {
+	h := Header{Kind: KindMessage, Dest: DestApp}
+	_, err := AppendFrame(nil, &h, "a", make([]byte, 100), 100)
+	var se *SizeError
+	if !errors.As(err, &se) || se.Size != HeaderSize+101 || !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("oversized encode: got %v, want a SizeError of %d bytes", err, HeaderSize+101)
+	}
+	if _, err := AppendFrame(nil, &h, string(make([]byte, MaxActionLen+1)), nil, DefaultMaxFrame); !errors.Is(err, ErrActionLong) {
+		t.Fatalf("long action: got %v, want ErrActionLong", err)
+	}
+	buf, _ := AppendFrame(nil, &h, "a", make([]byte, 100), DefaultMaxFrame)
+	if _, err := NewReader(bytes.NewReader(buf), 100).Next(); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("oversized decode: got %v, want ErrTooLarge", err)
+	}
+	if _, err := NewReader(bytes.NewReader(buf[:50]), 0).Next(); err != io.ErrUnexpectedEOF {
+		t.Fatalf("truncated: got %v, want io.ErrUnexpectedEOF", err)
+	}
+}
+
+// A header that claims a body of the maximum size must not make the reader
+// allocate that much before the body arrives.
+func TestReaderAllocatesForDataNotClaims(t *testing.T) {
+	hdr := []byte{0x00, 0xff, 0xff, 0x00} // ~16 MiB claimed
+	r := NewReader(bytes.NewReader(append(hdr, make([]byte, 100)...)), DefaultMaxFrame)
+	if _, err := r.Next(); err != io.ErrUnexpectedEOF {
+		t.Fatalf("got %v, want io.ErrUnexpectedEOF", err)
+	}
+	if len(r.buf) > 2*initialReadBuf {
+		t.Fatalf("reader grew its buffer to %d bytes for 104 bytes of input", len(r.buf))
+	}
+}
+
+func TestLargeFrameThenSmall(t *testing.T) {
+	h := Header{Kind: KindMessage, Dest: DestApp}
+	big := bytes.Repeat([]byte("x"), 5<<20)
+	var buf []byte
+	buf, _ = AppendFrame(buf, &h, "big", big, DefaultMaxFrame)
+	buf, _ = AppendFrame(buf, &h, "small", []byte("y"), DefaultMaxFrame)
+	r := NewReader(iotestOneByteThenAll(buf), 0)
+	f, err := r.Next()
+	if err != nil || !bytes.Equal(f.Payload, big) {
+		t.Fatalf("big frame: %v", err)
+	}
+	f, err = r.Next()
+	if err != nil || string(f.Action) != "small" {
+		t.Fatalf("small frame: %q %v", f.Action, err)
+	}
+}
+
+// iotestOneByteThenAll returns a reader that returns 1 byte, then 1000, then the rest,
+// so frames straddle reads.
+func iotestOneByteThenAll(b []byte) io.Reader {
+	return io.MultiReader(bytes.NewReader(b[:1]), bytes.NewReader(b[1:1001]), bytes.NewReader(b[1001:]))
+}
+
+// Many goroutines append through one Writer; each one's frames arrive in order.
+func TestWriterOrderPerSender(t *testing.T) {
+	a, b := socketpair(t)
+	w := NewWriter(a, 0, 0)
+	const senders, each = 4, 5000
+	var wg sync.WaitGroup
+	for s := range senders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				h := Header{Kind: KindMessage, Dest: DestApp, ID: uint64(i), To: uint32(s)}
+				if err := w.Append(&h, "seq", []byte("0123456789abcdef")); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	got := make([]uint64, senders)
+	r := NewReader(b, 0)
+	done := make(chan error, 1)
+	go func() {
+		for n := 0; n < senders*each; n++ {
+			f, err := r.Next()
+			if err != nil {
+				done <- err
+				return
+			}
+			if f.ID != got[f.To] {
+				done <- fmt.Errorf("sender %d: got seq %d, want %d", f.To, f.ID, got[f.To])
+				return
+			}
+			got[f.To]++
+		}
+		done <- nil
+	}()
+	wg.Wait()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(time.Now().Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Close writes what is queued even when the peer reads slowly.
+func TestWriterCloseFlushes(t *testing.T) {
+	a, b := socketpair(t)
+	w := NewWriter(a, 0, 0)
+	payload := make([]byte, 64<<10)
+	const n = 64 // 4 MiB: more than the socket buffers hold
+	for i := range n {
+		if err := w.Append(&Header{Kind: KindMessage, Dest: DestApp, ID: uint64(i)}, "x", payload); err != nil {
+			t.Fatal(err)
+		}
+	}
+	count := make(chan int, 1)
+	go func() {
+		r := NewReader(b, 0)
+		c := 0
+		for {
+			if _, err := r.Next(); err != nil {
+				count <- c
+				return
+			}
+			c++
+		}
+	}()
+	if err := w.Close(time.Now().Add(10 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	if c := <-count; c != n {
+		t.Fatalf("peer read %d frames, want %d", c, n)
+	}
+	if err := w.Append(&Header{Kind: KindMessage, Dest: DestApp}, "x", nil); !errors.Is(err, ErrClosed) {
+		t.Fatalf("append after close: got %v, want ErrClosed", err)
+	}
+}
+
+func TestWriterQueueLimit(t *testing.T) {
+	a, _ := socketpair(t) // nobody reads b
+	w := NewWriter(a, 1<<20, 0)
+	defer w.Close(time.Now())
+	payload := make([]byte, 60<<10)
+	var err error
+	for i := 0; i < 1000 && err == nil; i++ {
+		err = w.Append(&Header{Kind: KindMessage, Dest: DestApp}, "x", payload)
+	}
+	if !errors.Is(err, ErrBufferFull) {
+		t.Fatalf("got %v, want ErrBufferFull once the peer stops reading", err)
+	}
+}
+
+func TestWriterPipe(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	w := NewWriter(a, 0, 0)
+	go func() {
+		for i := range 100 {
+			w.Append(&Header{Kind: KindMessage, Dest: DestApp, ID: uint64(i)}, "p", nil)
+		}
+	}()
+	r := NewReader(b, 0)
+	for i := range 100 {
+		f, err := r.Next()
+		if err != nil || f.ID != uint64(i) {
+			t.Fatalf("frame %d: id %d, %v", i, f.ID, err)
+		}
+	}
+	if err := w.Close(time.Now().Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func BenchmarkAppendFrame(b *testing.B) {
+	h := Header{Kind: KindMessage, Dest: DestApp, From: 1}
+	payload := make([]byte, 64)
+	buf := make([]byte, 0, 4096)
+	b.ReportAllocs()
+	b.SetBytes(int64(EncodedLen("bench", 64)))
+	for b.Loop() {
+		buf, _ = AppendFrame(buf[:0], &h, "bench", payload, DefaultMaxFrame)
+	}
+}
+
+func BenchmarkReaderNext(b *testing.B) {
+	h := Header{Kind: KindMessage, Dest: DestApp, From: 1}
+	one, _ := AppendFrame(nil, &h, "bench", make([]byte, 64), DefaultMaxFrame)
+	stream := bytes.Repeat(one, 1024)
+	src := bytes.NewReader(stream)
+	r := NewReader(src, 0)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(one)))
+	for b.Loop() {
+		if _, err := r.Next(); err == io.EOF {
+			src.Reset(stream)
+			if _, err := r.Next(); err != nil {
+				b.Fatal(err)
+			}
+		} else if err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,233 @@
+// Package listener opens the master's listening sockets, describes them, and hands
+// them to children as inherited file descriptors.
+//
+// The master keeps each socket as a bare file descriptor: it never accepts, so the
+// socket is not registered in its poller (a registered socket would wake the master
+// on every incoming connection). Children receive a duplicate whose open file
+// description is shared, so all workers accept from one kernel queue.
+//
+// Pitfall avoided here: (*net.TCPListener).File and (*os.File).Fd on a file from
+// net switch the shared description to blocking mode, which makes every worker's
+// accept4 a blocking syscall and lets http.Server.Shutdown hang in Close. Dup only
+// with F_DUPFD_CLOEXEC inside SyscallConn().Control and wrap with os.NewFile, which
+// leaves the flags alone.
+package listener
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Address is a parsed listen address.
+type Address struct {
+	Network string // "tcp" or "unix"
+	Addr    string // host:port, or a socket path
+}
+
+// String renders the address in URL form: tcp://host:port or unix:///path.
+func (a Address) String() string {
+	if a.Network == "unix" {
+		return "unix://" + a.Addr
+	}
+	return a.Network + "://" + a.Addr
+}
+
+// Parse accepts "tcp://host:port", "tcp4://…", "tcp6://…", "host:port", ":port",
+// "unix:///path/to.sock", "unix:path" and absolute socket paths "/path/to.sock".
+func Parse(s string) (Address, error) {
+	switch {
+	case s == "":
+		return Address{}, errors.New("empty listen address")
+	case strings.HasPrefix(s, "unix://"):
+		p := strings.TrimPrefix(s, "unix://")
+		if p == "" {
+			return Address{}, fmt.Errorf("listen address %q: no socket path", s)
+		}
+		return Address{Network: "unix", Addr: p}, nil
+	case strings.HasPrefix(s, "unix:"):
+		return Parse("unix://" + strings.TrimPrefix(s, "unix:"))
+	case strings.HasPrefix(s, "/"):
+		return Address{Network: "unix", Addr: s}, nil
+	}
+	network, hostport := "tcp", s
+	if i := strings.Index(s, "://"); i >= 0 {
+		network, hostport = s[:i], s[i+3:]
+	}
+	switch network {
+	case "tcp", "tcp4", "tcp6":
+	default:
+		return Address{}, fmt.Errorf("listen address %q: unsupported network %q (want tcp or unix)", s, network)
+	}
+	if _, _, err := net.SplitHostPort(hostport); err != nil {
+		return Address{}, fmt.Errorf("listen address %q: %w", s, err)
+	}
+	return Address{Network: network, Addr: hostport}, nil
+}
+
+// Socket is one listening socket held by the master.
+type Socket struct {
+	Requested Address // as configured
+	Bound     Address // as bound: the real port for ":0"
+	fd        int     // nonblocking, close-on-exec; owned by the Socket
+	unlink    bool    // remove the socket file on Close
+}
+
+// Open binds every address, in order. On any failure it closes what it opened and
+// returns an error naming the address. reusePort sets SO_REUSEPORT on TCP sockets.
+func Open(ctx context.Context, addrs []string, reusePort bool) ([]*Socket, error) {
+	var out []*Socket
+	for _, s := range addrs {
+		a, err := Parse(s)
+		if err != nil {
+			CloseAll(out)
+			return nil, err
+		}
+		sock, err := open(ctx, a, reusePort)
+		if err != nil {
+			CloseAll(out)
+			return nil, fmt.Errorf("listen on %s: %w", a, err)
+		}
+		out = append(out, sock)
+	}
+	return out, nil
+}
+
+func open(ctx context.Context, a Address, reusePort bool) (*Socket, error) {
+	lc := net.ListenConfig{}
+	if reusePort && a.Network != "unix" {
+		lc.Control = func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			err := c.Control(func(fd uintptr) {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+			})
+			return errors.Join(err, serr)
+		}
+	}
+	if a.Network == "unix" {
+		if err := removeStaleSocket(a.Addr); err != nil {
+			return nil, err
+		}
+	}
+	l, err := lc.Listen(ctx, a.Network, a.Addr)
+	if err != nil {
+		var se *os.SyscallError
+		if errors.As(err, &se) && se.Err == syscall.EADDRINUSE {
+			return nil, fmt.Errorf("address already in use (another process listens on %s)", a.Addr)
+		}
+		return nil, err
+	}
+	if ul, ok := l.(*net.UnixListener); ok {
+		ul.SetUnlinkOnClose(false) // the Socket removes the file itself, at the very end
+	}
+	fd, err := dupListener(l)
+	bound := Address{Network: a.Network, Addr: l.Addr().String()}
+	l.Close() // leaves the poller; our dup keeps the socket open
+	if err != nil {
+		return nil, err
+	}
+	return &Socket{Requested: a, Bound: bound, fd: fd, unlink: a.Network == "unix"}, nil
+}
+
+// removeStaleSocket deletes a socket file nobody listens on (left by a killed
+// process); a live one is an "address in use" error.
+func removeStaleSocket(path string) error {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return nil
+	}
+	if fi.Mode()&os.ModeSocket == 0 {
+		return fmt.Errorf("%s exists and is not a socket", path)
+	}
+	c, err := net.Dial("unix", path)
+	if err == nil {
+		c.Close()
+		return fmt.Errorf("address already in use (another process listens on %s)", path)
+	}
+	return os.Remove(path)
+}
+
+func dupListener(l net.Listener) (int, error) {
+	sc, ok := l.(syscall.Conn)
+	if !ok {
+		return -1, fmt.Errorf("listener %T has no file descriptor", l)
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	var derr error
+	err = raw.Control(func(s uintptr) {
+		fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0)
+	})
+	if err = errors.Join(err, derr); err != nil {
+		return -1, fmt.Errorf("dup listener: %w", err)
+	}
+	return fd, nil
+}
+
+// File returns a new *os.File for a child's ExtraFiles: a close-on-exec duplicate
+// sharing the socket's open file description and leaving it nonblocking. The caller
+// closes it once the child has started.
+func (s *Socket) File() (*os.File, error) {
+	fd, err := unix.FcntlInt(uintptr(s.fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("dup %s: %w", s.Bound, err)
+	}
+	return os.NewFile(uintptr(fd), s.Bound.String()), nil
+}
+
+// Listener returns a net.Listener on a duplicate of the socket, for single-process
+// mode where the listeners stay in this process.
+func (s *Socket) Listener() (net.Listener, error) {
+	f, err := s.File()
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return net.FileListener(f)
+}
+
+// Close closes the master's descriptor and, for a unix socket, removes its file.
+func (s *Socket) Close() error {
+	err := unix.Close(s.fd)
+	if s.unlink {
+		if rerr := os.Remove(s.Bound.Addr); rerr != nil && !os.IsNotExist(rerr) {
+			err = errors.Join(err, rerr)
+		}
+	}
+	return err
+}
+
+// CloseAll closes every socket.
+func CloseAll(socks []*Socket) {
+	for _, s := range socks {
+		s.Close()
+	}
+}
+
+// Inherit turns inherited descriptors into listeners, in order, and closes the
+// originals (net.FileListener keeps its own duplicate). Each listener is wrapped
+// in a FairListener.
+func Inherit(files []*os.File) ([]net.Listener, error) {
+	out := make([]net.Listener, 0, len(files))
+	for _, f := range files {
+		l, err := net.FileListener(f)
+		f.Close()
+		if err != nil {
+			for _, l := range out {
+				l.Close()
+			}
+			return nil, fmt.Errorf("inherit listener %s: %w", f.Name(), err)
+		}
+		out = append(out, NewFair(l))
+	}
+	return out, nil
+}

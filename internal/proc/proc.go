@@ -1,0 +1,92 @@
+// Package proc holds the operating-system pieces of supervision: socketpairs for
+// the IPC channel, exit descriptions, and per-process resource samples.
+package proc
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/procfs"
+	"golang.org/x/sys/unix"
+)
+
+// Socketpair returns a connected pair: the parent's end as a net.Conn (in the
+// poller, close-on-exec) and the child's end as an *os.File for ExtraFiles.
+func Socketpair() (net.Conn, *os.File, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("socketpair: %w", err)
+	}
+	pf := os.NewFile(uintptr(fds[0]), "ipc-parent")
+	conn, err := net.FileConn(pf)
+	pf.Close()
+	if err != nil {
+		unix.Close(fds[1])
+		return nil, nil, fmt.Errorf("socketpair: %w", err)
+	}
+	return conn, os.NewFile(uintptr(fds[1]), "ipc-child"), nil
+}
+
+// ConnFromFD turns an inherited descriptor into a net.Conn and closes the
+// original (net.FileConn keeps a close-on-exec duplicate, so programs this
+// process starts do not inherit the channel).
+func ConnFromFD(fd int, name string) (net.Conn, error) {
+	f := os.NewFile(uintptr(fd), name)
+	if f == nil {
+		return nil, fmt.Errorf("%s: bad descriptor %d", name, fd)
+	}
+	defer f.Close()
+	c, err := net.FileConn(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s (fd %d): %w", name, fd, err)
+	}
+	return c, nil
+}
+
+// DescribeExit renders how a process ended: "exit status 1", "signal: killed".
+func DescribeExit(ps *os.ProcessState) string {
+	if ps == nil {
+		return "unknown exit"
+	}
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		s := "signal: " + ws.Signal().String()
+		if ws.CoreDump() {
+			s += " (core dumped)"
+		}
+		return s
+	}
+	return fmt.Sprintf("exit status %d", ps.ExitCode())
+}
+
+// Sample is a resource reading of one process.
+type Sample struct {
+	RSS     uint64        // resident set size, bytes
+	CPUTime time.Duration // user + system time since start
+	Threads int
+}
+
+// Read samples process pid from /proc.
+func Read(pid int) (Sample, error) {
+	p, err := procfs.NewProc(pid)
+	if err != nil {
+		return Sample{}, err
+	}
+	st, err := p.Stat()
+	if err != nil {
+		return Sample{}, err
+	}
+	return Sample{
+		RSS:     uint64(st.ResidentMemory()),
+		CPUTime: time.Duration(st.CPUTime() * float64(time.Second)),
+		Threads: st.NumThreads,
+	}, nil
+}
+
+// Alive reports whether a process with this pid exists (and is not a zombie we
+// have already reaped).
+func Alive(pid int) bool {
+	return unix.Kill(pid, 0) == nil
+}

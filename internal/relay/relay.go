@@ -1,0 +1,516 @@
+// Package relay is the master's message router: it takes frames read from one
+// child and delivers them to others, holding what cannot be delivered yet.
+//
+// Guarantees (they are the messenger's, documented on brood.Messenger):
+//
+//   - Order: frames from one sender to one receiver are written in the order read.
+//   - Role-addressed messages (agent, app, all, random) are marked FlagHeld. While
+//     the receiving slot has no ready process they wait in a bounded queue and are
+//     written, in order, when its process becomes ready. A copy is kept until the
+//     receiver acknowledges (KindAck) that its handler finished; if the receiver
+//     dies first, the message goes to the process that takes over its slot.
+//   - pid-addressed messages are delivered at most once. An unknown pid, or a full
+//     queue, is answered with a KindNack to the sender: never a silent drop.
+//   - Replies go straight to the requester, ready or not; a reply to a pid that is
+//     gone is logged and counted.
+//
+// The steady-state path (ready receiver, queues with spare capacity) allocates
+// nothing: frames are copied from the reader's buffer into the receiver's batching
+// writer and, when held, into a reused retention buffer.
+package relay
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"github.com/brood-go/brood/internal/ipc"
+)
+
+// DefaultMaxPending is the default bound on messages queued for, or awaiting the
+// acknowledgement of, one process.
+const DefaultMaxPending = 65536
+
+// Options configure a Router.
+type Options struct {
+	MasterPID  uint32
+	MaxPending int // per process and per slot queue; <= 0 means DefaultMaxPending
+	Logger     *slog.Logger
+}
+
+// Stats are counters since the Router was made.
+type Stats struct {
+	Relayed     uint64 // frames written to a receiver
+	Held        uint64 // frames that had to wait for a receiver to be ready
+	Redelivered uint64 // frames delivered again after their receiver died
+	Dropped     uint64 // frames refused (full queue, unknown pid): each one was nacked or logged
+	LostReplies uint64 // replies whose requester was gone
+	Unreachable uint64 // frames for a slot that was removed (scale down)
+}
+
+// Router routes frames between the processes of one cluster.
+type Router struct {
+	opts Options
+	log  *slog.Logger
+
+	mu      sync.RWMutex // topology: byPID, agent, workers
+	byPID   map[uint32]*Endpoint
+	agent   *Slot
+	workers []*Slot // by ID
+	rr      atomic.Uint32
+
+	relayed, held, redelivered, dropped, lostReplies, unreachable atomic.Uint64
+}
+
+// Slot is a place in the cluster, the agent or worker N, that outlives the
+// processes that fill it.
+type Slot struct {
+	Role ipc.Role
+	ID   int
+
+	mu       sync.Mutex
+	cur      *Endpoint  // ready; receives the slot's messages
+	next     *Endpoint  // starting; takes over when ready
+	orphans  frameQueue // held while the slot has no process at all
+	removed  bool
+	hasReady atomic.Bool
+}
+
+// Endpoint is one connected child process.
+type Endpoint struct {
+	PID  uint32
+	Role ipc.Role
+	slot *Slot
+	w    *ipc.Writer
+
+	// Guarded by slot.mu.
+	ready    bool
+	gone     bool
+	sent     uint64     // messages written
+	retained frameQueue // held messages written and not yet acknowledged, by sequence
+	queue    frameQueue // messages waiting for this process to be ready
+}
+
+// Slot returns the slot the endpoint fills.
+func (e *Endpoint) Slot() *Slot { return e.slot }
+
+// Writer returns the endpoint's batching writer.
+func (e *Endpoint) Writer() *ipc.Writer { return e.w }
+
+// New returns an empty Router.
+func New(opts Options) *Router {
+	if opts.MaxPending <= 0 {
+		opts.MaxPending = DefaultMaxPending
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Router{opts: opts, log: log, byPID: make(map[uint32]*Endpoint)}
+}
+
+// Stats returns the counters.
+func (r *Router) Stats() Stats {
+	return Stats{
+		Relayed: r.relayed.Load(), Held: r.held.Load(), Redelivered: r.redelivered.Load(),
+		Dropped: r.dropped.Load(), LostReplies: r.lostReplies.Load(), Unreachable: r.unreachable.Load(),
+	}
+}
+
+// AddSlot creates the agent slot (role RoleAgent, id 0) or worker slot id.
+func (r *Router) AddSlot(role ipc.Role, id int) *Slot {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := &Slot{Role: role, ID: id}
+	if role == ipc.RoleAgent {
+		r.agent = s
+		return s
+	}
+	i, _ := slices.BinarySearchFunc(r.workers, id, func(s *Slot, id int) int { return s.ID - id })
+	r.workers = slices.Insert(r.workers, i, s)
+	return s
+}
+
+// RemoveSlot takes a worker slot out of routing (scale down). Messages still held
+// for it are discarded with a log line: each was a copy for every worker, and this
+// worker is gone for good. Random messages are handed to another worker.
+func (r *Router) RemoveSlot(s *Slot) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.workers = slices.DeleteFunc(r.workers, func(x *Slot) bool { return x == s })
+	if r.agent == s {
+		r.agent = nil
+	}
+	s.mu.Lock()
+	s.removed = true
+	q := s.orphans
+	s.orphans = frameQueue{}
+	s.mu.Unlock()
+	r.redistribute(s, &q)
+}
+
+// Attach registers a starting process in slot s. Until MarkReady it receives only
+// replies; messages for it (and, if the slot has no ready process, for the slot)
+// wait in its queue.
+func (r *Router) Attach(s *Slot, pid uint32, w *ipc.Writer) (*Endpoint, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.next != nil {
+		return nil, fmt.Errorf("relay: slot %d already has a starting process (pid %d)", s.ID, s.next.PID)
+	}
+	if _, dup := r.byPID[pid]; dup {
+		return nil, fmt.Errorf("relay: pid %d is already attached", pid)
+	}
+	e := &Endpoint{PID: pid, Role: s.Role, slot: s, w: w}
+	r.byPID[pid] = e
+	s.next = e
+	e.queue, s.orphans = s.orphans, frameQueue{}
+	return e, nil
+}
+
+// MarkReady makes e a full member: what waited for it is written, in order, and if
+// it was its slot's starting process it becomes the one receiving the slot's
+// messages. It returns the process it took over from, if any (still attached until
+// Detach, and still receiving pid-addressed messages).
+func (r *Router) MarkReady(e *Endpoint) (previous *Endpoint) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	s := e.slot
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e.gone || e.ready {
+		return nil
+	}
+	e.ready = true
+	q := e.queue
+	e.queue = frameQueue{}
+	q.Each(func(raw []byte, _ uint64) { r.send(e, raw) })
+	if s.next == e {
+		previous = s.cur
+		s.cur, s.next = e, nil
+		s.hasReady.Store(true)
+	}
+	return previous
+}
+
+// Restore undoes a replacement that failed: prev, the process e was to take over
+// from, keeps receiving the slot's messages. Used when a reload is aborted.
+func (r *Router) Restore(s *Slot, prev *Endpoint) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if prev != nil && !prev.gone && prev.ready {
+		s.cur = prev
+		s.hasReady.Store(true)
+	}
+}
+
+// Detach removes a process that exited. Held messages it had not acknowledged are
+// delivered to its slot's next process; messages that waited for it by pid are
+// nacked to their senders.
+func (r *Router) Detach(e *Endpoint) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.byPID, e.PID)
+	s := e.slot
+	s.mu.Lock()
+	if e.gone {
+		s.mu.Unlock()
+		return
+	}
+	e.gone = true
+	if s.cur == e {
+		s.cur = nil
+		s.hasReady.Store(false)
+	}
+	if s.next == e {
+		s.next = nil
+	}
+	var again frameQueue
+	redelivered := e.retained.Len()
+	e.retained.Each(func(raw []byte, _ uint64) { again.Push(raw, 0) })
+	e.queue.Each(func(raw []byte, _ uint64) {
+		if flagsOf(raw)&ipc.FlagHeld != 0 {
+			again.Push(raw, 0)
+			return
+		}
+		r.nackLocked(raw, fmt.Sprintf("pid %d exited before it was ready", e.PID))
+	})
+	e.retained, e.queue = frameQueue{}, frameQueue{}
+	s.mu.Unlock()
+	r.redelivered.Add(uint64(redelivered))
+	r.redistribute(s, &again)
+}
+
+// redistribute places held frames that lost their receiver. Called with r.mu held.
+func (r *Router) redistribute(s *Slot, q *frameQueue) {
+	q.Each(func(raw []byte, _ uint64) {
+		if ipc.Dest(raw[5]) == ipc.DestRandom && s.Role == ipc.RoleWorker {
+			s.mu.Lock()
+			removed := s.removed
+			s.mu.Unlock()
+			if removed {
+				if t := r.pickWorker(); t != nil {
+					r.toSlot(t, raw)
+					return
+				}
+			}
+		}
+		s.mu.Lock()
+		if s.removed {
+			s.mu.Unlock()
+			r.unreachable.Add(1)
+			r.log.Info("message for a removed slot discarded", "slot", s.ID, "action", actionOf(raw), "from_pid", fromOf(raw))
+			return
+		}
+		r.placeLocked(s, raw)
+		s.mu.Unlock()
+	})
+}
+
+// Handle routes one frame read from e. Message and reply frames are modified in
+// place (sender fields) before being copied.
+func (r *Router) Handle(e *Endpoint, f ipc.Frame) {
+	switch f.Kind {
+	case ipc.KindMessage:
+		ipc.SetSender(f.Raw, e.Role, e.PID)
+		r.route(e, f)
+	case ipc.KindReply:
+		ipc.SetSender(f.Raw, e.Role, e.PID)
+		r.reply(f)
+	case ipc.KindAck:
+		r.ack(e, f.Ref)
+	}
+}
+
+func (r *Router) route(from *Endpoint, f ipc.Frame) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	raw := f.Raw
+	switch f.Dest {
+	case ipc.DestPID:
+		to := r.byPID[f.To]
+		if to == nil {
+			r.nack(from, raw, fmt.Sprintf("no process with pid %d in the cluster", f.To))
+			return
+		}
+		ipc.SetFlags(raw, f.Flags&^ipc.FlagHeld)
+		to.slot.mu.Lock()
+		if to.ready {
+			r.send(to, raw)
+		} else {
+			r.hold(&to.queue, raw)
+		}
+		to.slot.mu.Unlock()
+	case ipc.DestAgent:
+		if r.agent == nil {
+			r.nack(from, raw, "this cluster has no agent")
+			return
+		}
+		r.toSlot(r.agent, raw)
+	case ipc.DestApp:
+		for _, s := range r.workers {
+			r.toSlot(s, raw)
+		}
+	case ipc.DestAll:
+		if r.agent != nil {
+			r.toSlot(r.agent, raw)
+		}
+		for _, s := range r.workers {
+			r.toSlot(s, raw)
+		}
+	case ipc.DestRandom:
+		s := r.pickWorker()
+		if s == nil {
+			r.nack(from, raw, "this cluster has no workers")
+			return
+		}
+		r.toSlot(s, raw)
+	default:
+		r.nack(from, raw, fmt.Sprintf("destination %v is not routable", f.Dest))
+	}
+}
+
+// pickWorker chooses the next worker slot round robin, preferring slots with a
+// ready process. Called with r.mu held.
+func (r *Router) pickWorker() *Slot {
+	n := len(r.workers)
+	if n == 0 {
+		return nil
+	}
+	start := int(r.rr.Add(1) % uint32(n))
+	for i := range n {
+		if s := r.workers[(start+i)%n]; s.hasReady.Load() {
+			return s
+		}
+	}
+	return r.workers[start]
+}
+
+func (r *Router) toSlot(s *Slot, raw []byte) {
+	ipc.SetFlags(raw, flagsOf(raw)|ipc.FlagHeld)
+	s.mu.Lock()
+	r.placeLocked(s, raw)
+	s.mu.Unlock()
+}
+
+// placeLocked puts a held frame where slot s takes it. Called with s.mu held.
+func (r *Router) placeLocked(s *Slot, raw []byte) {
+	switch {
+	case s.cur != nil:
+		r.send(s.cur, raw)
+	case s.next != nil:
+		r.hold(&s.next.queue, raw)
+	default:
+		r.hold(&s.orphans, raw)
+	}
+}
+
+// hold queues a frame for a process that is not ready. Called with the slot locked.
+func (r *Router) hold(q *frameQueue, raw []byte) {
+	if q.Len() >= r.opts.MaxPending {
+		r.nackLocked(raw, fmt.Sprintf("receiver is not ready and already holds %d messages", q.Len()))
+		return
+	}
+	q.Push(raw, 0)
+	r.held.Add(1)
+}
+
+// send writes a frame to a ready process. Called with e's slot locked.
+func (r *Router) send(e *Endpoint, raw []byte) {
+	held := flagsOf(raw)&ipc.FlagHeld != 0
+	if held && e.retained.Len() >= r.opts.MaxPending {
+		r.nackLocked(raw, fmt.Sprintf("pid %d has %d unacknowledged messages", e.PID, e.retained.Len()))
+		return
+	}
+	e.sent++
+	if held {
+		e.retained.Push(raw, e.sent)
+	}
+	if err := e.w.AppendRaw(raw); err != nil {
+		// Not written: keep the child's count and ours in step.
+		e.sent--
+		if held {
+			e.retained.PopBack()
+			if !e.gone && isClosed(err) {
+				// The process is going away; Detach will hand this on.
+				e.queue.Push(raw, 0)
+				return
+			}
+		}
+		r.nackLocked(raw, fmt.Sprintf("write to pid %d: %v", e.PID, err))
+		return
+	}
+	r.relayed.Add(1)
+}
+
+func (r *Router) ack(e *Endpoint, n uint64) {
+	s := e.slot
+	s.mu.Lock()
+	for e.retained.Len() > 0 {
+		if _, seq := e.retained.Front(); seq > n {
+			break
+		}
+		e.retained.Pop()
+	}
+	s.mu.Unlock()
+}
+
+func (r *Router) reply(f ipc.Frame) {
+	r.mu.RLock()
+	to := r.byPID[f.To]
+	r.mu.RUnlock()
+	if to == nil {
+		r.lostReplies.Add(1)
+		r.log.Warn("reply dropped: the requester is gone", "action", string(f.Action), "to_pid", f.To, "from_pid", f.From)
+		return
+	}
+	if err := to.w.AppendRaw(f.Raw); err != nil {
+		r.lostReplies.Add(1)
+		r.log.Warn("reply dropped", "action", string(f.Action), "to_pid", f.To, "err", err)
+	}
+}
+
+// nack tells the sender of raw that it was not delivered. Called with r.mu held.
+func (r *Router) nack(from *Endpoint, raw []byte, reason string) {
+	r.dropped.Add(1)
+	f, err := ipc.Decode(raw)
+	if err != nil {
+		return
+	}
+	r.log.Warn("message not delivered", "action", string(f.Action), "from_pid", f.From, "reason", reason)
+	if from == nil {
+		return
+	}
+	h := ipc.Header{Kind: ipc.KindNack, Role: ipc.RoleMaster, From: r.opts.MasterPID, To: f.From, ID: f.ID}
+	_ = from.w.Append(&h, string(f.Action), []byte(reason))
+}
+
+// nackLocked is nack for callers that hold r.mu but not the sender: it finds the
+// sender by pid.
+func (r *Router) nackLocked(raw []byte, reason string) {
+	r.nack(r.byPID[fromOf(raw)], raw, reason)
+}
+
+// Event sends a message from the master to one process, by pid semantics.
+func (r *Router) Event(e *Endpoint, action string, payload []byte) {
+	raw := r.encodeEvent(ipc.DestPID, e.PID, action, payload)
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	s := e.slot
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case e.gone:
+	case e.ready:
+		r.send(e, raw)
+	default:
+		r.hold(&e.queue, raw)
+	}
+}
+
+// EventToSlot sends a message from the master to a slot, with held semantics: it
+// reaches whichever process fills the slot, once ready.
+func (r *Router) EventToSlot(s *Slot, action string, payload []byte) {
+	dest := ipc.DestApp
+	if s.Role == ipc.RoleAgent {
+		dest = ipc.DestAgent
+	}
+	raw := r.encodeEvent(dest, 0, action, payload)
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	r.toSlot(s, raw)
+}
+
+func (r *Router) encodeEvent(dest ipc.Dest, to uint32, action string, payload []byte) []byte {
+	h := ipc.Header{Kind: ipc.KindMessage, Dest: dest, Role: ipc.RoleMaster, From: r.opts.MasterPID, To: to}
+	raw, err := ipc.AppendFrame(nil, &h, action, payload, ipc.DefaultMaxFrame)
+	if err != nil {
+		panic("relay: event does not encode: " + err.Error()) // master-built events are small
+	}
+	return raw
+}
+
+// Pending reports the messages an endpoint has queued and unacknowledged.
+func (r *Router) Pending(e *Endpoint) (queued, unacked int) {
+	e.slot.mu.Lock()
+	defer e.slot.mu.Unlock()
+	return e.queue.Len(), e.retained.Len()
+}
+
+func flagsOf(raw []byte) ipc.Flags { return ipc.Flags(raw[7]) }
+func fromOf(raw []byte) uint32     { return binary.BigEndian.Uint32(raw[12:]) }
+func actionOf(raw []byte) string {
+	f, err := ipc.Decode(raw)
+	if err != nil {
+		return ""
+	}
+	return string(f.Action)
+}
+
+func isClosed(err error) bool { return errors.Is(err, ipc.ErrClosed) }

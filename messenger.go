@@ -1,0 +1,607 @@
+package brood
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/brood-go/brood/internal/ipc"
+)
+
+// Built-in actions, sent by the master. The "brood:" prefix is reserved: user
+// messages may not use it, but handlers may listen to these.
+const (
+	// ActionReady: the whole cluster is up (Egg's egg-ready). Also delivered to
+	// every process started later, once it is ready.
+	ActionReady = "brood:ready"
+	// ActionPids: to the agent, the pids of the ready workers ([]int), whenever
+	// that set changes and when the agent becomes ready (Egg's egg-pids).
+	ActionPids = "brood:pids"
+	// ActionAgentExit and ActionAgentStart: to every worker when the agent dies and
+	// when its replacement is ready. Data is a ProcessEvent.
+	ActionAgentExit  = "brood:agent-exit"
+	ActionAgentStart = "brood:agent-start"
+	// ActionWorkerExit and ActionWorkerStart: to the agent when a worker exits and
+	// when a worker becomes ready. Data is a ProcessEvent.
+	ActionWorkerExit  = "brood:worker-exit"
+	ActionWorkerStart = "brood:worker-start"
+)
+
+// ProcessEvent is the data of the brood:*-start and brood:*-exit events.
+type ProcessEvent struct {
+	Role   string `json:"role"`
+	ID     int    `json:"id"`
+	PID    int    `json:"pid"`
+	Reason string `json:"reason,omitempty"` // for exits: exit status, signal, panic, hang, memory, stop
+}
+
+// Errors returned by the Messenger. They are wrapped with the action and
+// destination; test with errors.Is.
+var (
+	// ErrReservedAction: user actions may not start with "brood:".
+	ErrReservedAction = errors.New(`action names starting with "brood:" are reserved`)
+	// ErrNoProcess: no process with that pid is in the cluster (it exited, or never was).
+	ErrNoProcess = errors.New("no such process in the cluster")
+	// ErrProcessExited: the process a request was sent to exited before it answered.
+	ErrProcessExited = errors.New("process exited before answering")
+	// ErrNotDelivered: the master refused the message (see the wrapped reason).
+	ErrNotDelivered = errors.New("message not delivered")
+	// ErrNotRequest: Reply was called on a message that is not a request.
+	ErrNotRequest = errors.New("message is not a request")
+	// ErrStopped: the process is stopping and its channel to the master is closed.
+	ErrStopped = errors.New("messenger stopped")
+	// ErrTooLarge: the encoded message exceeds Config.MaxFrame.
+	ErrTooLarge = ipc.ErrTooLarge
+)
+
+// Message is one message received from another process (or from the master, for
+// brood:* events).
+type Message struct {
+	Action string
+	From   int    // sender pid
+	Role   Role   // sender role
+	Data   []byte // JSON unless raw bytes were sent
+
+	id      uint64
+	request bool
+	raw     bool
+	m       *Messenger
+}
+
+// Decode unmarshals the message data into v. Raw data ([]byte sent) is copied
+// into a *[]byte or *json.RawMessage; anything else is decoded as JSON.
+func (msg Message) Decode(v any) error {
+	switch p := v.(type) {
+	case *[]byte:
+		*p = append((*p)[:0], msg.Data...)
+		return nil
+	case *json.RawMessage:
+		*p = append((*p)[:0], msg.Data...)
+		return nil
+	}
+	if len(msg.Data) == 0 {
+		return fmt.Errorf("brood: decode %q from pid %d: message has no data", msg.Action, msg.From)
+	}
+	if err := json.Unmarshal(msg.Data, v); err != nil {
+		return fmt.Errorf("brood: decode %q from pid %d: %w", msg.Action, msg.From, err)
+	}
+	return nil
+}
+
+// IsRequest reports whether the sender waits for a Reply.
+func (msg Message) IsRequest() bool { return msg.request }
+
+// Reply answers a request (see Messenger.Request). data is encoded like a sent
+// message's. Replying to a process that has exited is not an error here: the
+// master logs and counts the lost reply.
+func (msg Message) Reply(data any) error {
+	if !msg.request || msg.m == nil {
+		return fmt.Errorf("brood: reply to %q from pid %d: %w", msg.Action, msg.From, ErrNotRequest)
+	}
+	m := msg.m
+	payload, raw, err := encodeData(data)
+	if err != nil {
+		return fmt.Errorf("brood: reply to %q: %w", msg.Action, err)
+	}
+	h := ipc.Header{Kind: ipc.KindReply, Dest: ipc.DestPID, Role: m.role, From: m.self, To: uint32(msg.From), Ref: msg.id}
+	if raw {
+		h.Flags |= ipc.FlagRaw
+	}
+	if err := m.w.Append(&h, msg.Action, payload); err != nil {
+		return m.sendError("reply to", msg.Action, fmt.Sprintf("pid %d", msg.From), err)
+	}
+	return nil
+}
+
+// Member is one process of the cluster as the master last described it.
+type Member struct {
+	PID   int  `json:"pid"`
+	Role  Role `json:"role"`
+	ID    int  `json:"id"`
+	Ready bool `json:"ready"`
+}
+
+// Messenger sends messages to other processes of the cluster, through the master,
+// and dispatches the ones it receives to handlers.
+//
+// Delivery guarantees:
+//   - Order: messages from one sender to one receiver are handled in send order.
+//   - Messages addressed by role (Broadcast, SendToApp, SendToAgent, SendRandom)
+//     are never lost while the cluster runs: the master holds them for a process
+//     that is starting or restarting and delivers them once it calls Ready, and
+//     keeps a copy until the receiver's handler has returned; if the receiver dies
+//     first, the process that takes its slot gets the message. A duplicate is
+//     possible only if a process dies in the instant between its handler returning
+//     and that acknowledgement being written.
+//   - Messages addressed by pid (SendTo, Request) reach that process or fail:
+//     SendTo to a pid not in the cluster returns ErrNoProcess; a Request whose
+//     receiver exits fails with ErrProcessExited. A message that reached a process
+//     killed before handling it is lost with the process, as a request in flight.
+//   - Bounds: the master holds at most Config.MaxPending messages per process;
+//     beyond that a message is refused and the sender logs and counts it (Stats).
+//   - Messages sent before this process's own Ready are delivered; messages for
+//     this process are handed to handlers only after its Ready.
+//
+// Handlers run one at a time, in arrival order, on a goroutine of their own, never
+// on the channel's reader: a slow handler delays later messages but not replies,
+// heartbeats or the channel. Start long work with Process.Go. A panic in a handler
+// is a guarded panic (see Process.Go).
+type Messenger struct {
+	w        *ipc.Writer
+	self     uint32
+	role     ipc.Role
+	maxFrame int
+	log      *slog.Logger
+	p        *Process
+	nextID   atomic.Uint64
+
+	mu       sync.Mutex
+	handlers map[string][]*subscription
+	pending  map[uint64]*pendingRequest
+	members  map[int]Member
+	closed   bool
+	welcomed chan struct{} // closed when the first member table arrives
+
+	qmu     sync.Mutex
+	qclosed bool
+	queue   []Message
+	qwake   chan struct{}
+	qdone   chan struct{}
+	handled uint64
+
+	sent, received, refused, unhandled atomic.Uint64
+}
+
+type subscription struct {
+	h    func(Message)
+	once bool
+}
+
+type pendingRequest struct {
+	pid uint32
+	ch  chan requestResult
+}
+
+type requestResult struct {
+	msg Message
+	err error
+}
+
+func newMessenger(w *ipc.Writer, self uint32, role Role, maxFrame int, log *slog.Logger) *Messenger {
+	m := &Messenger{
+		w: w, self: self, role: ipc.Role(role), maxFrame: maxFrame, log: log,
+		handlers: make(map[string][]*subscription),
+		pending:  make(map[uint64]*pendingRequest),
+		welcomed: make(chan struct{}),
+		qwake:    make(chan struct{}, 1),
+		qdone:    make(chan struct{}),
+	}
+	go m.dispatchLoop()
+	return m
+}
+
+// MessengerStats counts a process's messages since it started.
+type MessengerStats struct {
+	Sent      uint64 // messages and replies handed to the master
+	Received  uint64 // messages received (handled or not)
+	Refused   uint64 // messages the master could not deliver (logged when they happened)
+	Unhandled uint64 // received messages no handler was registered for
+}
+
+// Stats returns the counters.
+func (m *Messenger) Stats() MessengerStats {
+	return MessengerStats{Sent: m.sent.Load(), Received: m.received.Load(), Refused: m.refused.Load(), Unhandled: m.unhandled.Load()}
+}
+
+// Broadcast sends to the agent and every worker, the sender included.
+func (m *Messenger) Broadcast(action string, data any) error {
+	return m.send(ipc.DestAll, 0, action, data, "all processes")
+}
+
+// SendToApp sends to every worker; a worker calling it receives its own message.
+func (m *Messenger) SendToApp(action string, data any) error {
+	return m.send(ipc.DestApp, 0, action, data, "all workers")
+}
+
+// SendToAgent sends to the agent (to itself, when the agent calls it).
+func (m *Messenger) SendToAgent(action string, data any) error {
+	return m.send(ipc.DestAgent, 0, action, data, "the agent")
+}
+
+// SendRandom, called by the agent, sends to one worker chosen by the master (round
+// robin over the ready workers). Called by a worker it is SendToAgent, as in Egg.
+func (m *Messenger) SendRandom(action string, data any) error {
+	if m.role == ipc.RoleWorker {
+		return m.SendToAgent(action, data)
+	}
+	return m.send(ipc.DestRandom, 0, action, data, "a worker")
+}
+
+// SendTo sends to the process with the given pid (agent or worker, itself
+// included). A pid that is not in the cluster is ErrNoProcess.
+func (m *Messenger) SendTo(pid int, action string, data any) error {
+	if !m.known(pid) {
+		return fmt.Errorf("brood: send %q to pid %d: %w", action, pid, ErrNoProcess)
+	}
+	return m.send(ipc.DestPID, uint32(pid), action, data, fmt.Sprintf("pid %d", pid))
+}
+
+// Request sends a message to one process and waits for its Reply, until ctx is
+// done. It fails with ErrNoProcess if the pid is not in the cluster and with
+// ErrProcessExited if the process exits before replying.
+func (m *Messenger) Request(ctx context.Context, pid int, action string, data any) (Message, error) {
+	if !m.known(pid) {
+		return Message{}, fmt.Errorf("brood: request %q to pid %d: %w", action, pid, ErrNoProcess)
+	}
+	id := m.nextID.Add(1)
+	pr := &pendingRequest{pid: uint32(pid), ch: make(chan requestResult, 1)}
+	m.mu.Lock()
+	m.pending[id] = pr
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		delete(m.pending, id)
+		m.mu.Unlock()
+	}()
+	if err := m.sendID(ipc.DestPID, uint32(pid), id, ipc.FlagRequest, action, data, fmt.Sprintf("pid %d", pid)); err != nil {
+		return Message{}, err
+	}
+	// The process may have left between the check above and the registration.
+	if !m.known(pid) {
+		return Message{}, fmt.Errorf("brood: request %q to pid %d: %w", action, pid, ErrProcessExited)
+	}
+	select {
+	case r := <-pr.ch:
+		if r.err != nil {
+			return Message{}, fmt.Errorf("brood: request %q to pid %d: %w", action, pid, r.err)
+		}
+		return r.msg, nil
+	case <-ctx.Done():
+		return Message{}, fmt.Errorf("brood: request %q to pid %d: %w", action, pid, context.Cause(ctx))
+	}
+}
+
+// On registers h for messages with the given action and returns a function that
+// unregisters it. Several handlers for one action run in registration order.
+func (m *Messenger) On(action string, h func(Message)) (off func()) {
+	s := &subscription{h: h}
+	m.subscribe(action, s)
+	return func() { m.unsubscribe(action, s) }
+}
+
+// Once registers h for the next message with the given action only.
+func (m *Messenger) Once(action string, h func(Message)) {
+	m.subscribe(action, &subscription{h: h, once: true})
+}
+
+func (m *Messenger) subscribe(action string, s *subscription) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.handlers[action] = append(m.handlers[action], s)
+}
+
+func (m *Messenger) unsubscribe(action string, s *subscription) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	list := m.handlers[action]
+	for i, x := range list {
+		if x == s {
+			m.handlers[action] = append(list[:i:i], list[i+1:]...)
+			break
+		}
+	}
+	if len(m.handlers[action]) == 0 {
+		delete(m.handlers, action)
+	}
+}
+
+// Members returns the processes of the cluster, as the master last reported them.
+func (m *Messenger) Members() []Member {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]Member, 0, len(m.members))
+	for _, x := range m.members {
+		out = append(out, x)
+	}
+	sortMembers(out)
+	return out
+}
+
+// AgentPID returns the agent's pid, or 0 if there is no agent right now.
+func (m *Messenger) AgentPID() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, x := range m.members {
+		if x.Role == Agent {
+			return x.PID
+		}
+	}
+	return 0
+}
+
+// WorkerPIDs returns the pids of the workers, ordered by worker id.
+func (m *Messenger) WorkerPIDs() []int {
+	var out []int
+	for _, x := range m.Members() {
+		if x.Role == Worker {
+			out = append(out, x.PID)
+		}
+	}
+	return out
+}
+
+func (m *Messenger) known(pid int) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	_, ok := m.members[pid]
+	return ok
+}
+
+func (m *Messenger) send(dest ipc.Dest, to uint32, action string, data any, where string) error {
+	return m.sendID(dest, to, m.nextID.Add(1), 0, action, data, where)
+}
+
+func (m *Messenger) sendID(dest ipc.Dest, to uint32, id uint64, flags ipc.Flags, action string, data any, where string) error {
+	if strings.HasPrefix(action, "brood:") {
+		return fmt.Errorf("brood: send %q to %s: %w", action, where, ErrReservedAction)
+	}
+	payload, raw, err := encodeData(data)
+	if err != nil {
+		return fmt.Errorf("brood: send %q to %s: %w", action, where, err)
+	}
+	if raw {
+		flags |= ipc.FlagRaw
+	}
+	h := ipc.Header{Kind: ipc.KindMessage, Dest: dest, Role: m.role, Flags: flags, From: m.self, To: to, ID: id}
+	if err := m.w.Append(&h, action, payload); err != nil {
+		return m.sendError("send", action, where, err)
+	}
+	m.sent.Add(1)
+	return nil
+}
+
+func (m *Messenger) sendError(verb, action, where string, err error) error {
+	if errors.Is(err, ipc.ErrClosed) {
+		err = fmt.Errorf("%w: %w", ErrStopped, err)
+	}
+	return fmt.Errorf("brood: %s %q to %s: %w", verb, action, where, err)
+}
+
+// encodeData turns message data into a payload: []byte goes as raw bytes,
+// json.RawMessage as given, nil as no data, anything else as JSON.
+func encodeData(data any) (payload []byte, raw bool, err error) {
+	switch d := data.(type) {
+	case nil:
+		return nil, false, nil
+	case []byte:
+		return d, true, nil
+	case json.RawMessage:
+		return d, false, nil
+	}
+	b, err := json.Marshal(data)
+	return b, false, err
+}
+
+// handleFrame processes one frame from the master. It runs on the reader
+// goroutine and never blocks on handlers.
+func (m *Messenger) handleFrame(f ipc.Frame) {
+	switch f.Kind {
+	case ipc.KindPing:
+		h := ipc.Header{Kind: ipc.KindPong, Role: m.role, From: m.self, ID: f.ID}
+		_ = m.w.Append(&h, "", nil)
+	case ipc.KindMessage:
+		m.received.Add(1)
+		m.enqueue(m.toMessage(f))
+	case ipc.KindReply:
+		m.resolve(f.Ref, requestResult{msg: m.toMessage(f)})
+	case ipc.KindNack:
+		m.refused.Add(1)
+		reason := string(f.Payload)
+		m.log.Warn("message not delivered", "action", string(f.Action), "reason", reason)
+		m.resolve(f.ID, requestResult{err: fmt.Errorf("%w: %s", ErrNotDelivered, reason)})
+	case ipc.KindMembers:
+		m.setMembers(f.Payload)
+	}
+}
+
+func (m *Messenger) toMessage(f ipc.Frame) Message {
+	return Message{
+		Action:  string(f.Action),
+		From:    int(f.From),
+		Role:    Role(f.Role),
+		Data:    append([]byte(nil), f.Payload...),
+		id:      f.ID,
+		request: f.Flags&ipc.FlagRequest != 0,
+		raw:     f.Flags&ipc.FlagRaw != 0,
+		m:       m,
+	}
+}
+
+func (m *Messenger) resolve(id uint64, r requestResult) {
+	m.mu.Lock()
+	pr := m.pending[id]
+	delete(m.pending, id)
+	m.mu.Unlock()
+	if pr != nil {
+		pr.ch <- r
+	}
+}
+
+func (m *Messenger) setMembers(payload []byte) {
+	var list []Member
+	if err := json.Unmarshal(payload, &list); err != nil {
+		m.log.Error("bad member table from the master", "err", err)
+		return
+	}
+	table := make(map[int]Member, len(list))
+	for _, x := range list {
+		table[x.PID] = x
+	}
+	m.mu.Lock()
+	m.members = table
+	var gone []*pendingRequest
+	for id, pr := range m.pending {
+		if _, ok := table[int(pr.pid)]; !ok {
+			gone = append(gone, pr)
+			delete(m.pending, id)
+		}
+	}
+	select {
+	case <-m.welcomed:
+	default:
+		close(m.welcomed)
+	}
+	m.mu.Unlock()
+	for _, pr := range gone {
+		pr.ch <- requestResult{err: ErrProcessExited}
+	}
+}
+
+// enqueue hands a message to the dispatcher.
+func (m *Messenger) enqueue(msg Message) {
+	m.qmu.Lock()
+	defer m.qmu.Unlock()
+	if m.qclosed {
+		m.log.Warn("message arrived while stopping; not handled", "action", msg.Action, "from_pid", msg.From)
+		return
+	}
+	m.queue = append(m.queue, msg)
+	select {
+	case m.qwake <- struct{}{}:
+	default:
+	}
+}
+
+const ackEvery = 256
+
+func (m *Messenger) dispatchLoop() {
+	defer close(m.qdone)
+	var batch []Message
+	for range m.qwake {
+		for {
+			m.qmu.Lock()
+			batch, m.queue = m.queue, batch[:0]
+			m.qmu.Unlock()
+			if len(batch) == 0 {
+				break
+			}
+			for i := range batch {
+				m.dispatch(batch[i])
+				batch[i] = Message{}
+				m.handled++
+				if m.handled%ackEvery == 0 {
+					m.ack()
+				}
+			}
+		}
+		m.ack()
+	}
+}
+
+func (m *Messenger) ack() {
+	h := ipc.Header{Kind: ipc.KindAck, Role: m.role, From: m.self, Ref: m.handled}
+	_ = m.w.Append(&h, "", nil)
+}
+
+func (m *Messenger) dispatch(msg Message) {
+	m.mu.Lock()
+	list := m.handlers[msg.Action]
+	var run []*subscription
+	if len(list) > 0 {
+		run = append(run, list...)
+		kept := list[:0:0]
+		for _, s := range list {
+			if !s.once {
+				kept = append(kept, s)
+			}
+		}
+		if len(kept) != len(list) {
+			if len(kept) == 0 {
+				delete(m.handlers, msg.Action)
+			} else {
+				m.handlers[msg.Action] = kept
+			}
+		}
+	}
+	m.mu.Unlock()
+	if len(run) == 0 {
+		m.unhandled.Add(1)
+		m.log.Debug("no handler for message", "action", msg.Action, "from_pid", msg.From)
+		return
+	}
+	for _, s := range run {
+		m.call(s.h, msg)
+	}
+}
+
+func (m *Messenger) call(h func(Message), msg Message) {
+	defer m.p.recoverGuarded("handler for", msg.Action)
+	h(msg)
+}
+
+// close stops the dispatcher after the messages already queued (waiting at most
+// d for a handler that is still running), and fails pending requests.
+func (m *Messenger) close(d time.Duration) {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return
+	}
+	m.closed = true
+	pending := m.pending
+	m.pending = make(map[uint64]*pendingRequest)
+	m.mu.Unlock()
+	for _, pr := range pending {
+		pr.ch <- requestResult{err: ErrStopped}
+	}
+	m.qmu.Lock()
+	m.qclosed = true
+	close(m.qwake)
+	m.qmu.Unlock()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-m.qdone:
+	case <-t.C:
+		m.log.Warn("a message handler is still running at exit", "waited", d)
+	}
+}
+
+func sortMembers(list []Member) {
+	slices.SortFunc(list, func(a, b Member) int {
+		if a.Role != b.Role {
+			return int(a.Role) - int(b.Role)
+		}
+		if a.ID != b.ID {
+			return a.ID - b.ID
+		}
+		return a.PID - b.PID
+	})
+}
