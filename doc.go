@@ -3,17 +3,17 @@
 // relays messages, one agent for singleton background work, and N workers that
 // serve requests on listeners they share.
 //
-//	               +--------+          +-------+
-//	               | master |<-------->| agent |
-//	               +--------+          +-------+
-//	               ^   ^    ^
-//	              /    |     \        (IPC: one socketpair per child;
-//	             v     v      v        worker<->worker and agent<->worker
-//	  +----------+ +----------+ +----------+   traffic is relayed by the master)
-//	  | worker 1 | | worker 2 | | worker 3 |
-//	  +----------+ +----------+ +----------+
-//	       \___________|___________/
-//	        one listening socket, opened by the master, inherited by every worker
+//	             +--------+          +-------+
+//	             | master |<-------->| agent |
+//	             +--------+          +-------+
+//	             ^   ^    ^
+//	            /    |     \        (IPC: one socketpair per child;
+//	           v     v      v        worker<->worker and agent<->worker
+//	+----------+ +----------+ +----------+   traffic is relayed by the master)
+//	| worker 1 | | worker 2 | | worker 3 |
+//	+----------+ +----------+ +----------+
+//	     \___________|___________/
+//	      one listening socket, opened by the master, inherited by every worker
 //
 // # Writing a program
 //
