@@ -53,8 +53,8 @@ func TestStartOrder(t *testing.T) {
 	c := helperproc.Start(t, "hello", []string{"--workers", "3"})
 	c.WaitReady(startTimeout)
 	// Each process appends to the events file when it gets brood:ready; wait for all 4.
-	c.WaitFor(startTimeout, "brood:ready in every process", func(helperproc.Line) bool {
-		return countPrefix(c.ReadEvents(), "", ":brood-ready") == 4
+	c.WaitEvents(startTimeout, "brood:ready in every process", 4, func(ev string) bool {
+		return strings.HasSuffix(ev, ":brood-ready")
 	})
 	ev := c.ReadEvents()
 	idx := func(e string) int {
@@ -84,16 +84,6 @@ func TestStartOrder(t *testing.T) {
 	if code := c.Wait(10 * time.Second); code != 0 {
 		t.Fatalf("exit code %d, want 0", code)
 	}
-}
-
-func countPrefix(lines []string, prefix, suffix string) int {
-	n := 0
-	for _, l := range lines {
-		if strings.HasPrefix(l, prefix) && strings.HasSuffix(l, suffix) {
-			n++
-		}
-	}
-	return n
 }
 
 func TestWorkersShareOnePort(t *testing.T) {
@@ -230,8 +220,8 @@ func TestSIGTERMDrainsInFlightRequest(t *testing.T) {
 		b, err := io.ReadAll(resp.Body)
 		done <- result{string(b), err}
 	}()
-	c.WaitFor(5*time.Second, "the slow request to start", func(helperproc.Line) bool {
-		return countPrefix(c.ReadEvents(), "slow:start:", "") == 1
+	c.WaitEvents(5*time.Second, "the slow request to start", 1, func(ev string) bool {
+		return strings.HasPrefix(ev, "slow:start:")
 	})
 	pids := c.AllPIDs()
 	c.Signal(syscall.SIGTERM)

@@ -91,19 +91,42 @@ func Logger() *slog.Logger {
 	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
-// Event appends one line to the events file (if the test set one). Appends of a
-// line are atomic, so the file records the order in which processes did things.
+// Event appends one line to the events file (if the test set one) and logs it
+// as {"msg":"event","event":...} on stderr, so that tests can wait for it.
+// Appends of a line are atomic, so the file records the order in which
+// processes did things.
 func Event(format string, args ...any) {
-	path := os.Getenv(EnvEvents)
-	if path == "" {
-		return
+	ev := fmt.Sprintf(format, args...)
+	if path := os.Getenv(EnvEvents); path != "" {
+		if f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); err == nil {
+			f.WriteString(ev + "\n")
+			f.Close()
+		}
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
-	if err != nil {
-		return
-	}
-	defer f.Close()
-	f.WriteString(fmt.Sprintf(format, args...) + "\n")
+	b, _ := json.Marshal(map[string]string{"msg": "event", "event": ev})
+	os.Stderr.Write(append(b, '\n'))
+}
+
+// IsEvent matches the stderr line of an Event whose text satisfies match.
+func IsEvent(match func(ev string) bool) func(Line) bool {
+	return func(l Line) bool { return l.Msg() == "event" && match(l.Str("event")) }
+}
+
+// EventCount returns how many Event lines so far satisfy match.
+func (c *Cluster) EventCount(match func(ev string) bool) int {
+	return c.Count(IsEvent(match))
+}
+
+// WaitEvents waits until n Event lines satisfy match.
+func (c *Cluster) WaitEvents(timeout time.Duration, what string, n int, match func(ev string) bool) {
+	c.t.Helper()
+	seen := 0
+	c.WaitFor(timeout, what, func(l Line) bool {
+		if IsEvent(match)(l) {
+			seen++
+		}
+		return seen >= n
+	})
 }
 
 // Line is one line of the cluster's stderr: a JSON log record, or raw text.
