@@ -108,7 +108,7 @@ func runWithSignals(ctx context.Context, cfg Config) error {
 // runCluster runs a master (or, with cfg.Single, the single-process cluster).
 func runCluster(ctx context.Context, cfg Config, force <-chan struct{}) error {
 	if cfg.Single {
-		return runSingle(ctx, cfg)
+		return runSingle(ctx, cfg, force)
 	}
 	m, err := newMaster(cfg)
 	if err != nil {

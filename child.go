@@ -178,8 +178,6 @@ func runChild(ctx context.Context, cfg Config, cs childSpec) error {
 		switch {
 		case cs.role == Agent:
 			p.log.Warn("the agent keeps running after a guarded panic")
-		case cs.single:
-			p.log.Warn("single-process mode: the worker keeps running after a guarded panic")
 		default:
 			_ = w.Append(header(ipc.KindReplaceMe), "", []byte(reason))
 			p.stop(fmt.Errorf("replaced after a guarded %s", reason))

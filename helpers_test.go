@@ -18,6 +18,7 @@ import (
 func registerHelpers() {
 	helperproc.Register("hello", helloMain)
 	helperproc.Register("fail-before-ready", failBeforeReadyMain)
+	helperproc.Register("conformance", conformanceMain)
 }
 
 // helloConfig is a small HTTP cluster that records what it does in the events

@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -76,6 +75,8 @@ type master struct {
 	life    context.Context // cancelled when stopping starts: restarts and timers end
 	endLife context.CancelFunc
 	wg      sync.WaitGroup // goroutines owned by the master (restarts, replacements, heartbeat)
+
+	singleSeq int // virtual pids handed out in single-process mode
 }
 
 // masterHooks lets the CLI observe the master (daemon start waits on onReady).
@@ -108,7 +109,7 @@ func (s *slot) String() string {
 type child struct {
 	slot      *slot
 	pid       int
-	cmd       *exec.Cmd
+	proc      childProc
 	conn      net.Conn
 	ep        *relay.Endpoint
 	startedAt time.Time
@@ -293,79 +294,32 @@ func (m *master) startChild(s *slot) (*child, error) {
 
 // spawn starts a process for slot s and registers it as the slot's starting one.
 func (m *master) spawn(s *slot) (*child, error) {
-	conn, childEnd, err := proc.Socketpair()
-	if err != nil {
-		return nil, err
-	}
-	files := []*os.File{childEnd}
-	closeFiles := func() {
-		for _, f := range files {
-			f.Close()
-		}
-	}
-	if s.role == Worker {
-		for _, sock := range m.socks {
-			f, err := sock.File()
-			if err != nil {
-				closeFiles()
-				conn.Close()
-				return nil, err
-			}
-			files = append(files, f)
-		}
-	}
-	errR, errW, err := os.Pipe()
-	if err != nil {
-		closeFiles()
-		conn.Close()
-		return nil, err
-	}
-	title := m.cfg.Name + " " + s.role.String()
-	if s.role == Worker {
-		title += " " + strconv.Itoa(s.id)
-	}
-	cmd := &exec.Cmd{
-		Path:        m.exe,
-		Args:        append([]string{title}, m.args...),
-		Env:         childEnv(m.cfg, s, m.pid, len(files)-1),
-		ExtraFiles:  files,
-		Stdout:      os.Stdout,
-		Stderr:      errW,
-		SysProcAttr: &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM},
-	}
-
 	m.mu.Lock()
 	if m.state >= stateStopping || m.life.Err() != nil || s.removed {
 		m.mu.Unlock()
-		closeFiles()
-		errR.Close()
-		errW.Close()
-		conn.Close()
 		return nil, errStopping
 	}
-	err = cmd.Start()
-	closeFiles()
-	errW.Close()
+	l, err := m.launch(s)
 	if err != nil {
 		m.mu.Unlock()
-		errR.Close()
-		conn.Close()
-		return nil, fmt.Errorf("exec %s: %w", m.exe, err)
+		return nil, err
 	}
 	c := &child{
-		slot: s, pid: cmd.Process.Pid, cmd: cmd, conn: conn, startedAt: time.Now(),
+		slot: s, pid: l.proc.PID(), proc: l.proc, conn: l.conn, startedAt: time.Now(),
 		ready: make(chan struct{}), exited: make(chan struct{}), readDone: make(chan struct{}), stderrDone: make(chan struct{}),
 	}
 	c.lastSeen.Store(time.Now().UnixNano())
-	w := ipc.NewWriter(conn, 0, m.cfg.MaxFrame)
+	w := ipc.NewWriter(l.conn, 0, m.cfg.MaxFrame)
 	ep, err := m.router.Attach(s.rs, uint32(c.pid), w)
 	if err != nil { // a bug: the slot already has a starting process
 		m.mu.Unlock()
-		cmd.Process.Kill()
-		cmd.Wait()
+		l.proc.Signal(syscall.SIGKILL)
+		l.proc.Wait()
 		w.Close(time.Now())
-		conn.Close()
-		errR.Close()
+		l.conn.Close()
+		if l.stderr != nil {
+			l.stderr.Close()
+		}
 		return nil, err
 	}
 	c.ep = ep
@@ -376,7 +330,11 @@ func (m *master) spawn(s *slot) (*child, error) {
 
 	m.log.Info("started", c.logAttrs()...)
 	go m.readLoop(c)
-	go m.pumpStderr(c, errR)
+	if l.stderr != nil {
+		go m.pumpStderr(c, l.stderr)
+	} else {
+		close(c.stderrDone)
+	}
 	go m.waitChild(c)
 	return c, nil
 }
@@ -474,11 +432,7 @@ func (m *master) pumpStderr(c *child, r *os.File) {
 
 // waitChild reaps a child and handles its exit.
 func (m *master) waitChild(c *child) {
-	err := c.cmd.Wait()
-	var ps *os.ProcessState
-	if err == nil || errors.As(err, new(*exec.ExitError)) {
-		ps = c.cmd.ProcessState
-	}
+	how := c.proc.Wait()
 	// Relay what it sent before dying, and collect its last words, within bounds:
 	// a grandchild holding its stderr must not hold up the restart.
 	bound := time.NewTimer(time.Second)
@@ -493,7 +447,7 @@ func (m *master) waitChild(c *child) {
 	case <-bound.C:
 	}
 	bound.Stop()
-	m.onExit(c, ps)
+	m.onExit(c, how)
 }
 
 func (m *master) onReady(c *child) {
@@ -569,10 +523,10 @@ func (m *master) sendMembersLocked() {
 }
 
 // onExit handles a reaped child: routing, events, and a restart if it crashed.
-func (m *master) onExit(c *child, ps *os.ProcessState) {
+func (m *master) onExit(c *child, how string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	reason := proc.DescribeExit(ps)
+	reason := how
 	switch {
 	case c.killReason != "":
 		reason += " (" + c.killReason + ")"
@@ -742,7 +696,7 @@ func (m *master) stopChild(c *child) {
 		c.state = childStopping
 	}
 	m.mu.Unlock()
-	_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	_ = c.proc.Signal(syscall.SIGTERM)
 	t := time.NewTimer(m.cfg.StopTimeout)
 	defer t.Stop()
 	select {
@@ -761,7 +715,7 @@ func (m *master) kill(c *child, why string) {
 		c.killReason = why
 	}
 	m.mu.Unlock()
-	_ = c.cmd.Process.Signal(syscall.SIGKILL)
+	_ = c.proc.Signal(syscall.SIGKILL)
 }
 
 // stopAll stops the cluster: workers drain in parallel, then the agent stops,

@@ -388,8 +388,11 @@ func (m *Messenger) sendID(dest ipc.Dest, to uint32, id uint64, flags ipc.Flags,
 }
 
 func (m *Messenger) sendError(verb, action, where string, err error) error {
-	if errors.Is(err, ipc.ErrClosed) {
+	switch {
+	case errors.Is(err, ipc.ErrClosed):
 		err = fmt.Errorf("%w: %w", ErrStopped, err)
+	case errors.Is(err, ipc.ErrTooLarge):
+		err = fmt.Errorf("%w (Config.MaxFrame)", err)
 	}
 	return fmt.Errorf("brood: %s %q to %s: %w", verb, action, where, err)
 }

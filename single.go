@@ -1,10 +1,34 @@
 package brood
 
-import (
-	"context"
-	"errors"
-)
+import "context"
 
-func runSingle(ctx context.Context, cfg Config) error {
-	return errors.New("brood: single-process mode is not implemented yet")
+// runSingle runs the agent and one worker as goroutines of this process, under
+// the same master code as a cluster: the same start order, events, relay and
+// delivery guarantees, over in-memory pipes instead of socketpairs. Each
+// goroutine has a virtual pid (Process.PID) above the kernel's pid_max. A
+// crashed or replaced worker is replaced by a new goroutine; a goroutine that
+// ignores its stop cannot be killed, only abandoned after StopTimeout.
+func runSingle(ctx context.Context, cfg Config, force <-chan struct{}) error {
+	cfg.Workers = 1
+	m, err := newMaster(cfg)
+	if err != nil {
+		return err
+	}
+	return m.run(ctx, force)
+}
+
+// runInMemory runs cfg.Workers workers and the agent as goroutines over
+// in-memory pipes (single-process mode without the one-worker limit). Tests use
+// it to run the same conformance suite over both transports.
+func runInMemory(ctx context.Context, cfg Config, force <-chan struct{}) error {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return err
+	}
+	cfg.Single = true
+	m, err := newMaster(cfg)
+	if err != nil {
+		return err
+	}
+	return m.run(ctx, force)
 }

@@ -189,7 +189,7 @@ type SizeError struct {
 }
 
 func (e *SizeError) Error() string {
-	return fmt.Sprintf("ipc: frame of %d bytes exceeds the limit of %d bytes", e.Size, e.Limit)
+	return fmt.Sprintf("ipc: frame too large: %d bytes, limit %d", e.Size, e.Limit)
 }
 
 // Unwrap makes errors.Is(err, ErrTooLarge) true.
