@@ -19,6 +19,7 @@ func registerHelpers() {
 	helperproc.Register("hello", helloMain)
 	helperproc.Register("fail-before-ready", failBeforeReadyMain)
 	helperproc.Register("conformance", conformanceMain)
+	helperproc.Register("scenario", scenarioMain)
 }
 
 // helloConfig is a small HTTP cluster that records what it does in the events

@@ -210,15 +210,17 @@ func (m *master) closeSockets() {
 // waits for them, then tells everyone the cluster is ready (Egg's start order).
 // Any failure aborts: the caller stops what was started.
 func (m *master) startCluster() error {
+	// Every slot exists before anything starts, so that what the agent sends to
+	// the workers during its initialisation waits for them instead of vanishing.
+	slots := make([]*slot, m.cfg.Workers)
+	for i := range slots {
+		slots[i] = m.addSlot(Worker, i+1)
+	}
 	if m.cfg.Agent != nil {
 		s := m.addSlot(Agent, 0)
 		if _, err := m.startChild(s); err != nil {
 			return fmt.Errorf("brood: start agent: %w", err)
 		}
-	}
-	slots := make([]*slot, m.cfg.Workers)
-	for i := range slots {
-		slots[i] = m.addSlot(Worker, i+1)
 	}
 	errs := make(chan error, len(slots))
 	for _, s := range slots {

@@ -327,10 +327,13 @@ func MasterMsg(msg string) func(Line) bool {
 }
 
 // WaitReady waits for "cluster ready" and returns the first bound address
-// without its scheme (host:port or socket path).
+// without its scheme (host:port or socket path), or "" if there is none.
 func (c *Cluster) WaitReady(timeout time.Duration) string {
 	c.t.Helper()
 	c.WaitFor(timeout, "cluster ready", MasterMsg("cluster ready"))
+	if c.Count(MasterMsg("listening")) == 0 {
+		return ""
+	}
 	return c.Addr(0)
 }
 
