@@ -187,7 +187,9 @@ func stopCluster(t *testing.T, c *helperproc.Cluster) {
 	}
 }
 
-func hasPrefix(p string) func(string) bool { return func(ev string) bool { return strings.HasPrefix(ev, p) } }
+func hasPrefix(p string) func(string) bool {
+	return func(ev string) bool { return strings.HasPrefix(ev, p) }
+}
 
 func checkOrder(t *testing.T, events []string) {
 	t.Helper()
