@@ -336,20 +336,34 @@ func (r *Router) route(from *Endpoint, f ipc.Frame) {
 	}
 }
 
-// pickWorker chooses the next worker slot round robin, preferring slots with a
-// ready process. Called with r.mu held.
+// pickWorker chooses the next worker slot round robin over the slots with a
+// ready process, or over all slots if none is ready (the message then waits).
+// Called with r.mu held.
 func (r *Router) pickWorker() *Slot {
 	n := len(r.workers)
 	if n == 0 {
 		return nil
 	}
-	start := int(r.rr.Add(1) % uint32(n))
-	for i := range n {
-		if s := r.workers[(start+i)%n]; s.hasReady.Load() {
-			return s
+	ready := 0
+	for _, s := range r.workers {
+		if s.hasReady.Load() {
+			ready++
 		}
 	}
-	return r.workers[start]
+	turn := r.rr.Add(1)
+	if ready == 0 {
+		return r.workers[turn%uint32(n)]
+	}
+	k := int(turn % uint32(ready))
+	for _, s := range r.workers {
+		if s.hasReady.Load() {
+			if k == 0 {
+				return s
+			}
+			k--
+		}
+	}
+	return r.workers[0] // a slot became unready meanwhile
 }
 
 func (r *Router) toSlot(s *Slot, raw []byte) {

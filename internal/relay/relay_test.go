@@ -1,0 +1,320 @@
+package relay
+
+import (
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/brood-go/brood/internal/ipc"
+	"golang.org/x/sys/unix"
+)
+
+// peer is the child side of an endpoint: it collects what the router writes.
+type peer struct {
+	frames chan ipc.Frame
+	conn   net.Conn
+}
+
+func socketpair(t testing.TB) (net.Conn, net.Conn) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := func(fd int) net.Conn {
+		f := os.NewFile(uintptr(fd), "sp")
+		defer f.Close()
+		c, err := net.FileConn(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	return conn(fds[0]), conn(fds[1])
+}
+
+// attach adds a process to slot s; its peer reads what it is sent.
+func attach(t testing.TB, r *Router, s *Slot, pid uint32) (*Endpoint, *peer) {
+	t.Helper()
+	a, b := socketpair(t)
+	w := ipc.NewWriter(a, 0, 0)
+	e, err := r.Attach(s, pid, w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &peer{frames: make(chan ipc.Frame, 100000), conn: b}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		rd := ipc.NewReader(b, 0)
+		for {
+			f, err := rd.Next()
+			if err != nil {
+				return
+			}
+			f.Action = append([]byte(nil), f.Action...)
+			f.Payload = append([]byte(nil), f.Payload...)
+			f.Raw = nil
+			p.frames <- f
+		}
+	}()
+	t.Cleanup(func() {
+		w.Close(time.Now().Add(time.Second))
+		a.Close()
+		b.Close()
+		wg.Wait()
+	})
+	return e, p
+}
+
+func (p *peer) next(t *testing.T) ipc.Frame {
+	t.Helper()
+	select {
+	case f := <-p.frames:
+		return f
+	case <-time.After(5 * time.Second):
+		t.Fatal("no frame within 5s")
+		return ipc.Frame{}
+	}
+}
+
+func msg(t testing.TB, dest ipc.Dest, to uint32, action string, id uint64) ipc.Frame {
+	raw, err := ipc.AppendFrame(nil, &ipc.Header{Kind: ipc.KindMessage, Dest: dest, To: to, ID: id}, action, []byte("{}"), ipc.DefaultMaxFrame)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := ipc.Decode(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func newRouter(maxPending int) *Router {
+	return New(Options{MasterPID: 1, MaxPending: maxPending})
+}
+
+func TestHeldUntilReady(t *testing.T) {
+	r := newRouter(0)
+	agentSlot := r.AddSlot(ipc.RoleAgent, 0)
+	ws := r.AddSlot(ipc.RoleWorker, 1)
+	agent, _ := attach(t, r, agentSlot, 10)
+	r.MarkReady(agent)
+	w, wp := attach(t, r, ws, 20)
+	r.Handle(agent, msg(t, ipc.DestApp, 0, "early", 1))
+	r.Handle(agent, msg(t, ipc.DestPID, 20, "early-pid", 2))
+	if q, _ := r.Pending(w); q != 2 {
+		t.Fatalf("held %d, want 2 while the worker starts", q)
+	}
+	r.MarkReady(w)
+	for _, want := range []string{"early", "early-pid"} {
+		f := wp.next(t)
+		if string(f.Action) != want || f.From != 10 || f.Role != ipc.RoleAgent {
+			t.Fatalf("got %q from %d role %d, want %q from the agent", f.Action, f.From, f.Role, want)
+		}
+	}
+	if s := r.Stats(); s.Held != 2 || s.Relayed != 2 {
+		t.Fatalf("stats %+v, want 2 held and 2 relayed", s)
+	}
+}
+
+func TestUnacknowledgedRedeliveredToReplacement(t *testing.T) {
+	r := newRouter(0)
+	as := r.AddSlot(ipc.RoleAgent, 0)
+	ws := r.AddSlot(ipc.RoleWorker, 1)
+	agent, _ := attach(t, r, as, 10)
+	r.MarkReady(agent)
+	old, oldp := attach(t, r, ws, 20)
+	r.MarkReady(old)
+	for i := range 5 {
+		r.Handle(agent, msg(t, ipc.DestApp, 0, "m", uint64(i)))
+	}
+	r.Handle(agent, msg(t, ipc.DestPID, 20, "by-pid", 9))
+	for range 6 {
+		oldp.next(t)
+	}
+	r.Handle(old, ipc.Frame{Header: ipc.Header{Kind: ipc.KindAck, Ref: 2}}) // handled 2 of them
+	if _, un := r.Pending(old); un != 3 {
+		t.Fatalf("unacknowledged %d, want 3", un)
+	}
+	r.Detach(old)
+	r.Handle(agent, msg(t, ipc.DestApp, 0, "m", 5)) // while the slot is empty: held
+	nw, np := attach(t, r, ws, 21)
+	r.MarkReady(nw)
+	var got []uint64
+	for range 4 {
+		f := np.next(t)
+		if string(f.Action) != "m" {
+			t.Fatalf("replacement got %q; the pid-addressed message must not be redelivered", f.Action)
+		}
+		got = append(got, f.ID)
+	}
+	if want := []uint64{2, 3, 4, 5}; !equal(got, want) {
+		t.Fatalf("replacement got %v, want %v", got, want)
+	}
+	if s := r.Stats(); s.Redelivered != 3 {
+		t.Fatalf("redelivered %d, want 3", s.Redelivered)
+	}
+}
+
+func equal(a, b []uint64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func TestUnknownPIDIsNacked(t *testing.T) {
+	r := newRouter(0)
+	ws := r.AddSlot(ipc.RoleWorker, 1)
+	w, wp := attach(t, r, ws, 20)
+	r.MarkReady(w)
+	r.Handle(w, msg(t, ipc.DestPID, 4242, "lost?", 77))
+	f := wp.next(t)
+	if f.Kind != ipc.KindNack || f.ID != 77 || string(f.Action) != "lost?" || !strings.Contains(string(f.Payload), "no process with pid 4242") {
+		t.Fatalf("got %s id %d %q %q, want a nack for message 77", f.Kind, f.ID, f.Action, f.Payload)
+	}
+	if r.Stats().Dropped != 1 {
+		t.Fatalf("dropped %d, want 1", r.Stats().Dropped)
+	}
+}
+
+func TestHoldBoundNacksTheSender(t *testing.T) {
+	r := newRouter(2)
+	as := r.AddSlot(ipc.RoleAgent, 0)
+	ws := r.AddSlot(ipc.RoleWorker, 1)
+	agent, ap := attach(t, r, as, 10)
+	r.MarkReady(agent)
+	attach(t, r, ws, 20) // starting, never ready
+	for i := range 3 {
+		r.Handle(agent, msg(t, ipc.DestApp, 0, "m", uint64(i)))
+	}
+	f := ap.next(t)
+	if f.Kind != ipc.KindNack || f.ID != 2 || !strings.Contains(string(f.Payload), "already holds 2 messages") {
+		t.Fatalf("got %s id %d %q, want a nack for the third message", f.Kind, f.ID, f.Payload)
+	}
+}
+
+func TestRandomIsRoundRobinOverReadyWorkers(t *testing.T) {
+	r := newRouter(0)
+	as := r.AddSlot(ipc.RoleAgent, 0)
+	agent, _ := attach(t, r, as, 10)
+	r.MarkReady(agent)
+	var peers []*peer
+	for id := 1; id <= 3; id++ {
+		s := r.AddSlot(ipc.RoleWorker, id)
+		e, p := attach(t, r, s, uint32(20+id))
+		if id != 2 { // worker 2 is still starting
+			r.MarkReady(e)
+		}
+		peers = append(peers, p)
+	}
+	for i := range 10 {
+		r.Handle(agent, msg(t, ipc.DestRandom, 0, "r", uint64(i)))
+	}
+	got := make([]int, 3)
+	deadline := time.After(5 * time.Second)
+	for range 10 {
+		select {
+		case <-peers[0].frames:
+			got[0]++
+		case <-peers[1].frames:
+			got[1]++
+		case <-peers[2].frames:
+			got[2]++
+		case <-deadline:
+			t.Fatalf("only %v of 10 arrived within 5s", got)
+		}
+	}
+	if q, _ := r.Pending(r.byPID[22]); q != 0 {
+		t.Fatalf("%d random messages wait for the worker that is not ready", q)
+	}
+	if got[0] != 5 || got[1] != 0 || got[2] != 5 {
+		t.Fatalf("random spread %v, want 5/0/5 over the two ready workers", got)
+	}
+}
+
+func TestReplyToGoneRequesterIsCounted(t *testing.T) {
+	r := newRouter(0)
+	ws := r.AddSlot(ipc.RoleWorker, 1)
+	w, _ := attach(t, r, ws, 20)
+	r.MarkReady(w)
+	raw, _ := ipc.AppendFrame(nil, &ipc.Header{Kind: ipc.KindReply, Dest: ipc.DestPID, To: 99, Ref: 5}, "q", nil, ipc.DefaultMaxFrame)
+	f, _ := ipc.Decode(raw)
+	r.Handle(w, f)
+	if r.Stats().LostReplies != 1 {
+		t.Fatalf("lost replies %d, want 1", r.Stats().LostReplies)
+	}
+}
+
+// BenchmarkRelay measures the master's path for one relayed message to a ready
+// worker (pid-addressed) and to every worker (app), acknowledgements included.
+// It must not allocate in steady state.
+func BenchmarkRelay(b *testing.B) {
+	for _, bc := range []struct {
+		name string
+		dest ipc.Dest
+	}{{"pid", ipc.DestPID}, {"app3", ipc.DestApp}} {
+		b.Run(bc.name, func(b *testing.B) {
+			r := newRouter(1 << 20)
+			as := r.AddSlot(ipc.RoleAgent, 0)
+			agent, _ := attachDiscard(b, r, as, 10)
+			r.MarkReady(agent)
+			var ws []*Endpoint
+			for id := 1; id <= 3; id++ {
+				e, _ := attachDiscard(b, r, r.AddSlot(ipc.RoleWorker, id), uint32(20+id))
+				r.MarkReady(e)
+				ws = append(ws, e)
+			}
+			raw, _ := ipc.AppendFrame(nil, &ipc.Header{Kind: ipc.KindMessage, Dest: bc.dest, To: 21}, "bench", make([]byte, 64), ipc.DefaultMaxFrame)
+			f, _ := ipc.Decode(raw)
+			var acked uint64
+			ack := ipc.Frame{Header: ipc.Header{Kind: ipc.KindAck}}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; b.Loop(); i++ {
+				r.Handle(agent, f)
+				if i%256 == 255 {
+					acked += 256
+					ack.Ref = acked
+					for _, w := range ws {
+						r.Handle(w, ack)
+						for w.Writer().Buffered() > 256<<10 {
+							runtime.Gosched() // the consumer sets the pace, as a child would
+						}
+					}
+				}
+			}
+		})
+	}
+}
+
+// attachDiscard attaches an endpoint whose peer discards everything it reads.
+func attachDiscard(b *testing.B, r *Router, s *Slot, pid uint32) (*Endpoint, net.Conn) {
+	a, c := socketpair(b)
+	w := ipc.NewWriter(a, 0, 0)
+	e, err := r.Attach(s, pid, w)
+	if err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); io.Copy(io.Discard, c) }()
+	b.Cleanup(func() {
+		w.Close(time.Now().Add(time.Second))
+		a.Close()
+		<-done
+		c.Close()
+	})
+	return e, c
+}
