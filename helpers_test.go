@@ -20,6 +20,7 @@ func registerHelpers() {
 	helperproc.Register("fail-before-ready", failBeforeReadyMain)
 	helperproc.Register("conformance", conformanceMain)
 	helperproc.Register("scenario", scenarioMain)
+	helperproc.Register("faults", faultsMain)
 }
 
 // helloConfig is a small HTTP cluster that records what it does in the events
