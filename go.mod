@@ -2,7 +2,10 @@ module github.com/brood-go/brood
 
 go 1.26.0
 
-require golang.org/x/sys v0.50.0
+require (
+	github.com/robfig/cron/v3 v3.0.1
+	golang.org/x/sys v0.50.0
+)
 
 require (
 	github.com/inconshreveable/mousetrap v1.1.0 // indirect
