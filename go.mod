@@ -11,3 +11,5 @@ require (
 )
 
 require github.com/inconshreveable/mousetrap v1.1.0 // indirect
+
+require github.com/robfig/cron/v3 v3.0.1
