@@ -21,6 +21,7 @@ func registerHelpers() {
 	helperproc.Register("conformance", conformanceMain)
 	helperproc.Register("scenario", scenarioMain)
 	helperproc.Register("faults", faultsMain)
+	helperproc.Register("chaos", chaosMain)
 }
 
 // helloConfig is a small HTTP cluster that records what it does in the events

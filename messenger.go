@@ -148,6 +148,10 @@ type Member struct {
 //     beyond that a message is refused and the sender logs and counts it (Stats).
 //   - Messages sent before this process's own Ready are delivered; messages for
 //     this process are handed to handlers only after its Ready.
+//   - These guarantees hold while the cluster runs. When the whole cluster stops,
+//     workers stop first and then the agent: messages still held or in flight
+//     when their receivers have stopped are dropped. So are messages still in a
+//     sender's own buffer when it is SIGKILLed.
 //
 // Handlers run one at a time, in arrival order, on a goroutine of their own, never
 // on the channel's reader: a slow handler delays later messages but not replies,

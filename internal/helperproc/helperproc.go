@@ -107,6 +107,19 @@ func Event(format string, args ...any) {
 	os.Stderr.Write(append(b, '\n'))
 }
 
+// Record appends one line to the events file only (not stderr): for
+// high-volume records a test reads after the fact.
+func Record(format string, args ...any) {
+	path := os.Getenv(EnvEvents)
+	if path == "" {
+		return
+	}
+	if f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); err == nil {
+		f.WriteString(fmt.Sprintf(format, args...) + "\n")
+		f.Close()
+	}
+}
+
 // IsEvent matches the stderr line of an Event whose text satisfies match.
 func IsEvent(match func(ev string) bool) func(Line) bool {
 	return func(l Line) bool { return l.Msg() == "event" && match(l.Str("event")) }
