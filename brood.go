@@ -2,11 +2,16 @@ package brood
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
+
+	"github.com/brood-go/brood/internal/control"
 
 	"github.com/brood-go/brood/internal/cli"
 )
@@ -57,6 +62,7 @@ func mainCode(ctx context.Context, cfg Config, args []string) int {
 		Run: func(ctx context.Context, opts cli.Options) error {
 			return runWithSignals(ctx, cfg.withOptions(opts))
 		},
+		DefaultRunDir: DefaultRunDir,
 	}
 	if app.Defaults.Name == "" {
 		app.Defaults.Name = defaultName()
@@ -70,14 +76,25 @@ func (c Config) withOptions(o cli.Options) Config {
 }
 
 // runWithSignals runs the cluster in the foreground: SIGTERM or SIGINT stops it
-// gracefully, a second SIGINT forces it.
+// gracefully, a second SIGINT forces it, SIGHUP reloads every worker. Started
+// by `start --daemon`, it reports readiness (or the start error) on the pipe
+// named by BROOD_NOTIFY_FD.
 func runWithSignals(ctx context.Context, cfg Config) error {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return err
 	}
+	retitle(cfg.Name)
+	notify := notifyPipe()
+	m, err := newMaster(cfg)
+	if err != nil {
+		notify.failed(err)
+		return err
+	}
+	m.hooks.onReady = func(m *master) { notify.ready(m.status()) }
+
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -93,6 +110,8 @@ func runWithSignals(ctx context.Context, cfg Config) error {
 				return
 			case sig := <-sigs:
 				switch {
+				case sig == syscall.SIGHUP:
+					m.reloadInBackground("SIGHUP")
 				case !stopping:
 					stopping = true
 					cancel(fmt.Errorf("received %v", sig))
@@ -102,7 +121,56 @@ func runWithSignals(ctx context.Context, cfg Config) error {
 			}
 		}
 	}()
-	return runCluster(ctx, cfg, force)
+	err = m.run(ctx, force)
+	if err != nil {
+		notify.failed(err)
+	}
+	return err
+}
+
+// retitle makes `ps` show "<name> master" for a master started from a shell: it
+// executes the program again, same pid, with that argv[0]. Skipped when already
+// done, or if it fails (then the title stays what the shell ran).
+func retitle(name string) {
+	if os.Getenv(cli.EnvTitled) != "" {
+		return
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return
+	}
+	env := append(os.Environ(), cli.EnvTitled+"=1")
+	_ = syscall.Exec(exe, append([]string{name + " master"}, os.Args[1:]...), env)
+}
+
+// notifier is the write end of `start --daemon`'s readiness pipe, or nothing.
+type notifier struct{ f *os.File }
+
+func notifyPipe() notifier {
+	v := os.Getenv(cli.EnvNotifyFD)
+	os.Unsetenv(cli.EnvNotifyFD)
+	fd, err := strconv.Atoi(v)
+	if v == "" || err != nil {
+		return notifier{}
+	}
+	return notifier{os.NewFile(uintptr(fd), "notify")}
+}
+
+func (n notifier) ready(st control.Status) {
+	if n.f == nil {
+		return
+	}
+	b, _ := json.Marshal(st)
+	n.f.Write(append(append([]byte("ready "), b...), '\n'))
+	n.f.Close()
+}
+
+func (n notifier) failed(err error) {
+	if n.f == nil {
+		return
+	}
+	n.f.Write([]byte("error " + strings.ReplaceAll(err.Error(), "\n", " ") + "\n"))
+	n.f.Close()
 }
 
 // runCluster runs a master (or, with cfg.Single, the single-process cluster).

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/brood-go/brood/internal/cli"
+
 	"github.com/brood-go/brood/internal/ipc"
 	"github.com/brood-go/brood/internal/listener"
 	"github.com/brood-go/brood/internal/proc"
@@ -32,7 +34,9 @@ const (
 	envStopTimeout = "BROOD_STOP_TIMEOUT" // Config.StopTimeout as the master resolved it
 )
 
-var childOnlyEnv = []string{envRole, envID, envIPCFD, envListenFDs, envMasterPID, envProtocol}
+// childOnlyEnv are the variables a master never passes on from its own
+// environment: the child contract, and the master's own markers.
+var childOnlyEnv = []string{envRole, envID, envIPCFD, envListenFDs, envMasterPID, envProtocol, cli.EnvNotifyFD, cli.EnvTitled}
 
 func isChildEnv(kv string) bool {
 	for _, k := range childOnlyEnv {

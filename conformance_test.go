@@ -305,6 +305,7 @@ func (r *memRecorder) wait(t *testing.T, timeout time.Duration, n int, match fun
 // runMem runs cfg in memory until stop is called; stop waits for a clean exit.
 func runMem(t *testing.T, cfg brood.Config) (stop func()) {
 	t.Helper()
+	cfg.RunDir = helperproc.ShortTempDir(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- brood.RunInMemory(ctx, cfg) }()

@@ -19,7 +19,6 @@ import (
 
 	"github.com/brood-go/brood/internal/ipc"
 	"github.com/brood-go/brood/internal/listener"
-	"github.com/brood-go/brood/internal/proc"
 	"github.com/brood-go/brood/internal/relay"
 )
 
@@ -77,6 +76,12 @@ type master struct {
 	wg      sync.WaitGroup // goroutines owned by the master (restarts, replacements, heartbeat)
 
 	singleSeq int // virtual pids handed out in single-process mode
+
+	startedAt time.Time
+	self      usage // the master's own resource sample
+	stopReq   chan struct{}
+	stopOnce  sync.Once
+	stopWhy   string
 }
 
 // masterHooks lets the CLI observe the master (daemon start waits on onReady).
@@ -124,6 +129,7 @@ type child struct {
 	fatal      string // the error the child reported before exiting
 	panicLine  string // the first "panic:" / "fatal error:" line on its stderr
 	exitReason string
+	usage      usage
 
 	ready      chan struct{} // closed when it reports Ready
 	exited     chan struct{} // closed once its exit is handled
@@ -152,14 +158,22 @@ func newMaster(cfg Config) (*master, error) {
 		out:      os.Stderr,
 		workers:  make(map[int]*slot),
 		children: make(map[int]*child),
+		stopReq:  make(chan struct{}),
 	}
 	m.router = relay.New(relay.Options{MasterPID: uint32(pid), MaxPending: cfg.MaxPending, Logger: m.log})
 	m.life, m.endLife = context.WithCancel(context.Background())
 	return m, nil
 }
 
-// run is the master's life: open, start, serve until ctx is done, stop.
+// run is the master's life: take the run dir, open the listeners, start the
+// cluster, serve until ctx is done or a stop is requested, then stop.
 func (m *master) run(ctx context.Context, force <-chan struct{}) error {
+	m.startedAt = time.Now()
+	release, err := m.acquireRunDir()
+	if err != nil {
+		return err
+	}
+	defer release()
 	socks, err := listener.Open(ctx, m.cfg.Listen, m.cfg.ReusePort)
 	if err != nil {
 		return fmt.Errorf("brood: %w", err)
@@ -186,6 +200,8 @@ func (m *master) run(ctx context.Context, force <-chan struct{}) error {
 	select {
 	case <-ctx.Done():
 		m.log.Info("stopping", "cause", context.Cause(ctx))
+	case <-m.stopReq:
+		m.log.Info("stopping", "cause", m.stopWhy)
 	case <-force:
 		m.log.Warn("forced stop")
 	}
@@ -591,12 +607,30 @@ func (m *master) onExit(c *child, how string) {
 
 // ensureRestartLocked starts a restart loop for s unless one runs already.
 func (m *master) ensureRestartLocked(s *slot) {
-	if s.restarting {
+	if s.restarting || m.state >= stateStopping {
 		return
 	}
 	s.restarting = true
 	m.wg.Add(1)
 	go m.restartLoop(s)
+}
+
+// goOwned runs f on a goroutine the master waits for when it stops, unless it
+// is stopping already (then f does not run and goOwned reports false). The
+// check and the Add happen under m.mu, and stopAll marks the state stopping
+// under m.mu before it waits, so no Add can race with that Wait.
+func (m *master) goOwned(f func()) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.state >= stateStopping {
+		return false
+	}
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		f()
+	}()
+	return true
 }
 
 // restartLoop brings slot s back, backing off while it keeps failing.
@@ -642,22 +676,24 @@ func (m *master) restartLoop(s *slot) {
 // start its replacement at once.
 func (m *master) onReplaceMe(c *child, reason string) {
 	m.log.Warn("replacing after a guarded panic", append(c.logAttrs(), "reason", reason)...)
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
-		_ = m.replace(c, "guarded "+reason)
-	}()
+	m.goOwned(func() { _ = m.replace(c, "guarded "+reason) })
 }
 
 // replace starts a new process for old's slot, waits until it is ready, then
 // stops old gracefully. If the new one fails, old keeps the slot (or, if old is
 // gone meanwhile, the slot is restarted).
 func (m *master) replace(old *child, reason string) error {
+	_, err := m.replaceWith(old, reason)
+	return err
+}
+
+// replaceWith is replace, returning the new process (nil if nothing was done).
+func (m *master) replaceWith(old *child, reason string) (*child, error) {
 	m.mu.Lock()
 	s := old.slot
 	if old.replaced || old.state == childExited || s.starting != nil || m.state != stateRunning {
 		m.mu.Unlock()
-		return nil
+		return nil, nil
 	}
 	old.replaced = true
 	s.restarts++
@@ -678,11 +714,11 @@ func (m *master) replace(old *child, reason string) error {
 			m.router.Restore(s.rs, old.ep)
 		}
 		m.log.Error("replacement failed; keeping the old process", append(old.logAttrs(), "err", err)...)
-		return fmt.Errorf("brood: replace %s: %w", old, err)
+		return nil, fmt.Errorf("replace %s: %w", old, err)
 	}
 	m.log.Info("replaced", append(nc.logAttrs(), "old_pid", old.pid, "reason", reason)...)
 	m.stopChild(old)
-	return nil
+	return nc, nil
 }
 
 // stopChild asks a child to stop (SIGTERM) and waits until it has exited, killing
@@ -798,22 +834,51 @@ func (m *master) heartbeatLoop() {
 			}
 		}
 		m.mu.Unlock()
+		m.sampleUsage(now)
 		for _, c := range hung {
 			m.log.Error("hung: no heartbeat answer; killing", append(c.logAttrs(), "timeout", m.cfg.HeartbeatTimeout)...)
 			m.kill(c, fmt.Sprintf("hang: no heartbeat answer for %v", m.cfg.HeartbeatTimeout))
 		}
 		for _, c := range heavy {
-			sample, err := proc.Read(c.pid)
-			if err != nil || sample.RSS <= m.cfg.MaxRSS {
+			m.mu.Lock()
+			rss := c.usage.rss
+			m.mu.Unlock()
+			if rss <= m.cfg.MaxRSS {
 				continue
 			}
-			reason := fmt.Sprintf("memory: rss %d MiB over MaxRSS %d MiB", sample.RSS>>20, m.cfg.MaxRSS>>20)
-			m.log.Warn("recycling", append(c.logAttrs(), "rss_bytes", sample.RSS, "max_rss", m.cfg.MaxRSS)...)
-			m.wg.Add(1)
-			go func() {
-				defer m.wg.Done()
-				_ = m.replace(c, reason)
-			}()
+			reason := fmt.Sprintf("memory: rss %d MiB over MaxRSS %d MiB", rss>>20, m.cfg.MaxRSS>>20)
+			m.log.Warn("recycling", append(c.logAttrs(), "rss_bytes", rss, "max_rss", m.cfg.MaxRSS)...)
+			m.goOwned(func() { _ = m.replace(c, reason) })
 		}
 	}
+}
+
+// sampleUsage reads RSS and CPU time of the master and every child (for
+// status and MaxRSS). Virtual pids of single-process mode are skipped.
+func (m *master) sampleUsage(now time.Time) {
+	m.mu.Lock()
+	targets := make([]*child, 0, len(m.children))
+	for _, c := range m.children {
+		if c.pid < singlePIDBase {
+			targets = append(targets, c)
+		}
+	}
+	m.mu.Unlock()
+	samples := make([]usage, len(targets))
+	m.mu.Lock()
+	for i, c := range targets {
+		samples[i] = c.usage
+	}
+	self := m.self
+	m.mu.Unlock()
+	for i, c := range targets {
+		samples[i].sample(c.pid, now)
+	}
+	self.sample(m.pid, now)
+	m.mu.Lock()
+	for i, c := range targets {
+		c.usage = samples[i]
+	}
+	m.self = self
+	m.mu.Unlock()
 }

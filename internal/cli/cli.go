@@ -41,6 +41,8 @@ type App struct {
 	Defaults Options
 	// Run runs the cluster in the foreground until ctx is done.
 	Run func(ctx context.Context, opts Options) error
+	// DefaultRunDir is the run dir of a cluster named name when --run-dir is unset.
+	DefaultRunDir func(name string) string
 	// Stdout and Stderr default to the process's.
 	Stdout, Stderr io.Writer
 }
@@ -117,7 +119,7 @@ func newRoot(ctx context.Context, app *App) *cobra.Command {
 	runCmd.Flags().BoolVar(&opts.Single, "single", opts.Single, "run the agent and one worker in this process (development; env BROOD_SINGLE)")
 	root.Flags().AddFlagSet(runCmd.Flags())
 	root.RunE = runCmd.RunE
-	root.AddCommand(runCmd)
+	root.AddCommand(runCmd, newStartCmd(app, &opts), newStopCmd(app, &opts), newStatusCmd(app, &opts), newReloadCmd(app, &opts), newScaleCmd(app, &opts))
 	return root
 }
 

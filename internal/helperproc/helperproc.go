@@ -176,6 +176,9 @@ type Cluster struct {
 	t      testing.TB
 	Cmd    *exec.Cmd
 	Events string // path of the events file
+	RunDir string // the cluster's run dir (BROOD_RUN_DIR), unique per cluster
+
+	stdout syncBuffer
 
 	mu      sync.Mutex
 	lines   []Line
@@ -187,8 +190,9 @@ type Cluster struct {
 
 // Options adjust Start.
 type Options struct {
-	Env []string // extra environment
-	Dir string
+	Env    []string // extra environment
+	Dir    string
+	RunDir string // use this run dir instead of a new one (to talk to a running cluster)
 }
 
 // Start runs helper as a master with args (brood command-line flags). The
@@ -207,14 +211,19 @@ func Start(t testing.TB, helper string, args []string, opts ...Options) *Cluster
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &Cluster{t: t, Events: t.TempDir() + "/events", changed: make(chan struct{}), done: make(chan struct{})}
+	c := &Cluster{t: t, Events: t.TempDir() + "/events", RunDir: o.RunDir, changed: make(chan struct{}), done: make(chan struct{})}
+	if c.RunDir == "" {
+		c.RunDir = ShortTempDir(t)
+	}
 	cmd := exec.Command(exe, args...)
 	// GORACE: the race runtime otherwise sleeps a second at every exit, which
 	// would hide how long stops really take.
-	cmd.Env = append(os.Environ(), envHelper+"="+helper, EnvEvents+"="+c.Events, "GORACE=atexit_sleep_ms=0")
+	cmd.Env = append(os.Environ(), envHelper+"="+helper, EnvEvents+"="+c.Events, "GORACE=atexit_sleep_ms=0", "BROOD_RUN_DIR="+c.RunDir)
 	cmd.Env = append(cmd.Env, o.Env...)
 	cmd.Dir = o.Dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.WaitDelay = 10 * time.Second // children share stdout; do not wait forever for them
+	cmd.Stdout = &c.stdout
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -265,6 +274,38 @@ func (c *Cluster) cleanup() {
 	if c.t.Failed() {
 		c.t.Logf("cluster stderr:\n%s", c.Stderr())
 	}
+}
+
+// ShortTempDir returns a new directory under os.TempDir, removed when the test
+// ends. Unix socket paths must stay under 108 bytes, which t.TempDir (named
+// after the test) can exceed.
+func ShortTempDir(t testing.TB) string {
+	d, err := os.MkdirTemp("", "brood")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}
+
+// Stdout returns what the process wrote to stdout; complete once it exited.
+func (c *Cluster) Stdout() string { return c.stdout.String() }
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // Stderr returns everything the cluster wrote to stderr so far.

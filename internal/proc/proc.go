@@ -90,3 +90,52 @@ func Read(pid int) (Sample, error) {
 func Alive(pid int) bool {
 	return unix.Kill(pid, 0) == nil
 }
+
+// WaitGone waits until none of pids exists, or until timeout; it returns the
+// pids still alive then. It waits on pidfds (poll), not by sleeping, so it
+// returns as soon as the last process is gone. Zombies of our own children
+// count as alive until reaped.
+func WaitGone(pids []int, timeout time.Duration) []int {
+	deadline := time.Now().Add(timeout)
+	type waiting struct {
+		pid int
+		fd  int
+	}
+	var ws []waiting
+	defer func() {
+		for _, w := range ws {
+			unix.Close(w.fd)
+		}
+	}()
+	for _, pid := range pids {
+		fd, err := unix.PidfdOpen(pid, 0)
+		if err != nil {
+			continue // ESRCH: already gone
+		}
+		ws = append(ws, waiting{pid, fd})
+	}
+	for {
+		var fds []unix.PollFd
+		var alive []int
+		for _, w := range ws {
+			fds = append(fds, unix.PollFd{Fd: int32(w.fd), Events: unix.POLLIN})
+			alive = append(alive, w.pid)
+		}
+		left := time.Until(deadline)
+		if len(fds) == 0 || left <= 0 {
+			return alive
+		}
+		if _, err := unix.Poll(fds, int(left.Milliseconds())+1); err != nil && err != unix.EINTR {
+			return alive
+		}
+		kept := ws[:0]
+		for i, w := range ws {
+			if fds[i].Revents == 0 {
+				kept = append(kept, w)
+			} else {
+				unix.Close(w.fd)
+			}
+		}
+		ws = kept
+	}
+}

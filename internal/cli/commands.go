@@ -1,0 +1,221 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/brood-go/brood/internal/control"
+	"github.com/brood-go/brood/internal/proc"
+	"github.com/spf13/cobra"
+)
+
+// dial connects to the running master of opts, or explains that none runs.
+func dial(app *App, opts *Options) (*control.Client, error) {
+	c, err := control.Dial(app.runDir(opts), opts.Name)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (app *App) runDir(opts *Options) string {
+	if opts.RunDir != "" {
+		return opts.RunDir
+	}
+	return app.DefaultRunDir(opts.Name)
+}
+
+// notRunning maps "no master" to exit code code with a clear message.
+func notRunning(err error, code int) error {
+	if errors.Is(err, control.ErrNotRunning) {
+		return &ExitError{Code: code, Err: err}
+	}
+	return &ExitError{Code: ExitFailure, Err: err}
+}
+
+func newStatusCmd(app *App, opts *Options) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the running cluster's processes (exit 3 if none runs)",
+		Long:  "Show every process of the running cluster: role, id, pid, state, uptime, restarts and the last restart's reason, RSS and CPU. Exit code 3 if no instance runs (LSB).",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := dial(app, opts)
+			if err != nil {
+				return notRunning(err, ExitNotRunning)
+			}
+			defer c.Close()
+			var st control.Status
+			if err := c.Do(cmd.Context(), "GET", "/status", nil, &st); err != nil {
+				return notRunning(err, ExitNotRunning)
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			}
+			printStatus(cmd.OutOrStdout(), st)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON (stable keys, for scripts)")
+	return cmd
+}
+
+func printStatus(w io.Writer, st control.Status) {
+	fmt.Fprintf(w, "%s: %s, master pid %d, up %s, %d workers, listening on %s\n",
+		st.Name, st.State, st.PID, roundDur(time.Since(st.StartedAt)), st.Workers, strings.Join(orNone(st.Listen), ", "))
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ROLE\tID\tPID\tSTATE\tUPTIME\tRESTARTS\tLAST RESTART\tRSS\tCPU")
+	fmt.Fprintf(tw, "master\t-\t%d\t%s\t%s\t-\t-\t%s\t%.1f%%\n", st.PID, st.State, roundDur(time.Since(st.StartedAt)), mib(st.RSSBytes), st.CPUPercent)
+	for _, p := range st.Processes {
+		pid, up := "-", "-"
+		if p.PID != 0 {
+			pid, up = strconv.Itoa(p.PID), roundDur(time.Duration(p.Uptime*float64(time.Second)))
+		}
+		reason := p.LastReason
+		if reason == "" {
+			reason = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%s\t%s\t%.1f%%\n", p.Role, p.ID, pid, p.State, up, p.Restarts, reason, mib(p.RSSBytes), p.CPUPercent)
+	}
+	tw.Flush()
+	m := st.Messages
+	fmt.Fprintf(w, "messages: %d relayed, %d held for a starting process, %d redelivered, %d refused\n", m.Relayed, m.Held, m.Redelivered, m.Refused)
+}
+
+func orNone(s []string) []string {
+	if len(s) == 0 {
+		return []string{"nothing"}
+	}
+	return s
+}
+
+func mib(b uint64) string {
+	if b == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20))
+}
+
+func roundDur(d time.Duration) string {
+	switch {
+	case d < time.Second:
+		return d.Round(time.Millisecond).String()
+	case d < time.Hour:
+		return d.Round(time.Second).String()
+	default:
+		return d.Round(time.Minute).String()
+	}
+}
+
+func newStopCmd(app *App, opts *Options) *cobra.Command {
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "stop",
+		Short: "Stop the running cluster gracefully and wait until every process is gone",
+		Long: "Ask the running master to stop: workers drain, then the agent stops, then the master exits. " +
+			"stop returns once every process is gone. If that takes longer than --timeout, the remaining processes are killed (SIGKILL) and stop exits 1.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := dial(app, opts)
+			if err != nil {
+				return notRunning(err, ExitFailure)
+			}
+			defer c.Close()
+			start := time.Now()
+			var st control.Status
+			if err := c.Do(cmd.Context(), "POST", "/stop", nil, &st); err != nil {
+				return notRunning(err, ExitFailure)
+			}
+			pids := []int{st.PID}
+			for _, p := range st.Processes {
+				if p.PID != 0 {
+					pids = append(pids, p.PID)
+				}
+			}
+			if alive := proc.WaitGone(pids, timeout); len(alive) > 0 {
+				for _, pid := range alive {
+					syscall.Kill(pid, syscall.SIGKILL)
+				}
+				proc.WaitGone(alive, 5*time.Second)
+				return &ExitError{Code: ExitFailure, Err: fmt.Errorf("%s did not stop within %v; killed (SIGKILL) pids %v", st.Name, timeout, alive)}
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s stopped (master pid %d, %d processes) in %s\n", st.Name, st.PID, len(pids), roundDur(time.Since(start)))
+			return nil
+		},
+	}
+	cmd.Flags().DurationVar(&timeout, "timeout", 60*time.Second, "how long to wait for every process to exit before killing them")
+	return cmd
+}
+
+func newReloadCmd(app *App, opts *Options) *cobra.Command {
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "reload",
+		Short: "Replace every worker, one at a time, with the binary on disk now; then the agent",
+		Long: "Rolling, zero-downtime reload (also SIGHUP to the master): for each worker slot a new process starts from the executable on disk now; " +
+			"once it is ready the old one drains and exits. Then the agent is stopped and started again. " +
+			"If a new worker fails to start, the reload stops and the old workers keep serving; the error is printed and reload exits 1.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := dial(app, opts)
+			if err != nil {
+				return notRunning(err, ExitFailure)
+			}
+			defer c.Close()
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			var res control.ReloadResult
+			if err := c.Do(ctx, "POST", "/reload", nil, &res); err != nil {
+				return notRunning(err, ExitFailure)
+			}
+			for _, r := range res.Replaced {
+				name := r.Role
+				if r.Role == "worker" {
+					name += " " + strconv.Itoa(r.ID)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%-10s pid %d -> %d\n", name, r.OldPID, r.NewPID)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "reloaded %d processes in %s\n", len(res.Replaced), roundDur(time.Duration(res.Took*float64(time.Second))))
+			return nil
+		},
+	}
+	cmd.Flags().DurationVar(&timeout, "timeout", 10*time.Minute, "give up waiting for the reload after this long")
+	return cmd
+}
+
+func newScaleCmd(app *App, opts *Options) *cobra.Command {
+	return &cobra.Command{
+		Use:   "scale N",
+		Short: "Change the number of workers of the running cluster",
+		Long:  "Change the number of workers live: new workers start and must become ready; removed workers (the highest ids) drain and stop.",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n, err := strconv.Atoi(args[0])
+			if err != nil || n < 1 {
+				return &ExitError{Code: ExitUsage, Err: fmt.Errorf("scale: %q is not a worker count (want a number >= 1)", args[0])}
+			}
+			c, err := dial(app, opts)
+			if err != nil {
+				return notRunning(err, ExitFailure)
+			}
+			defer c.Close()
+			var res control.ScaleResult
+			if err := c.Do(cmd.Context(), "POST", "/scale", control.ScaleRequest{Workers: n}, &res); err != nil {
+				return notRunning(err, ExitFailure)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "workers: %d -> %d\n", res.From, res.To)
+			return nil
+		},
+	}
+}

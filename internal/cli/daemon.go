@@ -1,0 +1,181 @@
+package cli
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/brood-go/brood/internal/control"
+	"github.com/spf13/cobra"
+)
+
+// The daemon handshake: `start --daemon` starts the master with the write end of
+// a pipe as fd 3 and EnvNotifyFD=3. The master writes one line and closes it:
+// "ready <status JSON>" once the whole cluster is ready, or "error <message>"
+// if the start failed (it then stops everything and exits non-zero).
+const EnvNotifyFD = "BROOD_NOTIFY_FD"
+
+// EnvTitled marks a master that already runs under its title ("<name> master").
+const EnvTitled = "BROOD_MASTER_TITLED"
+
+func newStartCmd(app *App, opts *Options) *cobra.Command {
+	var daemon bool
+	var logDir string
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "start",
+		Short: "Start the cluster; with --daemon, in the background once it is ready",
+		Long: "Start the cluster. Without --daemon it runs in the foreground, like run. With --daemon the master detaches " +
+			"(new session, stdin from /dev/null, output to master-stdout.log and master-stderr.log in --log-dir), and start " +
+			"waits until the whole cluster is ready: it prints the addresses and pids and exits 0, or prints why the start failed " +
+			"and exits 1, leaving nothing running.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !daemon {
+				return runForeground(cmd.Context(), app, *opts)
+			}
+			if logDir == "" {
+				logDir = defaultLogDir(opts.Name)
+			}
+			return startDaemon(cmd, app, opts, logDir, timeout)
+		},
+	}
+	cmd.Flags().BoolVarP(&daemon, "daemon", "d", false, "run in the background; return once the cluster is ready")
+	cmd.Flags().StringVar(&logDir, "log-dir", "", "directory for master-stdout.log and master-stderr.log (default $HOME/logs/<name>, as egg-scripts)")
+	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "how long to wait for the cluster to be ready")
+	return cmd
+}
+
+func defaultLogDir(name string) string {
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return filepath.Join(os.TempDir(), "brood-logs", name)
+	}
+	return filepath.Join(home, "logs", name)
+}
+
+// daemonArgs are the flags that make the detached master run with opts.
+func daemonArgs(app *App, opts *Options) []string {
+	args := []string{"run", "--name", opts.Name, "--workers", strconv.Itoa(opts.Workers), "--run-dir", app.runDir(opts)}
+	if opts.StopTimeout > 0 {
+		args = append(args, "--stop-timeout", opts.StopTimeout.String())
+	}
+	if len(opts.Listen) == 0 {
+		args = append(args, "--listen=")
+	}
+	for _, l := range opts.Listen {
+		args = append(args, "--listen", l)
+	}
+	if opts.Single {
+		args = append(args, "--single")
+	}
+	return args
+}
+
+func startDaemon(cmd *cobra.Command, app *App, opts *Options, logDir string, timeout time.Duration) error {
+	fail := func(err error) error { return &ExitError{Code: ExitFailure, Err: err} }
+	if pid, err := control.ReadPID(app.runDir(opts)); err == nil && pid > 0 && syscall.Kill(pid, 0) == nil {
+		if c, err := control.Dial(app.runDir(opts), opts.Name); err == nil {
+			var st control.Status
+			if c.Do(cmd.Context(), "GET", "/status", nil, &st) == nil {
+				c.Close()
+				return fail(fmt.Errorf("%s is already running (pid %d, run dir %s); stop it first or use another --run-dir", opts.Name, st.PID, app.runDir(opts)))
+			}
+			c.Close()
+		}
+	}
+	if err := os.MkdirAll(logDir, 0o755); err != nil {
+		return fail(fmt.Errorf("start: log dir: %w", err))
+	}
+	open := func(name string) (*os.File, error) {
+		return os.OpenFile(filepath.Join(logDir, name), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	}
+	stdout, err := open("master-stdout.log")
+	if err != nil {
+		return fail(fmt.Errorf("start: %w", err))
+	}
+	defer stdout.Close()
+	stderrPath := filepath.Join(logDir, "master-stderr.log")
+	stderr, err := open("master-stderr.log")
+	if err != nil {
+		return fail(fmt.Errorf("start: %w", err))
+	}
+	defer stderr.Close()
+	exe, err := os.Executable()
+	if err != nil {
+		return fail(fmt.Errorf("start: %w", err))
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return fail(fmt.Errorf("start: %w", err))
+	}
+	defer r.Close()
+	master := &exec.Cmd{
+		Path:        exe,
+		Args:        append([]string{opts.Name + " master"}, daemonArgs(app, opts)...),
+		Env:         append(os.Environ(), EnvNotifyFD+"=3", EnvTitled+"=1"),
+		ExtraFiles:  []*os.File{w},
+		Stdout:      stdout,
+		Stderr:      stderr,
+		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
+	}
+	started := time.Now()
+	if err := master.Start(); err != nil {
+		w.Close()
+		return fail(fmt.Errorf("start: exec %s: %w", exe, err))
+	}
+	w.Close()
+	exited := make(chan error, 1)
+	go func() { exited <- master.Wait() }()
+	line := make(chan string, 1)
+	go func() {
+		s, _ := bufio.NewReader(r).ReadString('\n')
+		line <- strings.TrimSpace(s)
+	}()
+	select {
+	case l := <-line:
+		if st, ok := strings.CutPrefix(l, "ready "); ok {
+			var status control.Status
+			if err := json.Unmarshal([]byte(st), &status); err != nil {
+				return fail(fmt.Errorf("start: bad ready line from the master: %w", err))
+			}
+			printStarted(cmd, status, time.Since(started), stderrPath)
+			return nil
+		}
+		msg, _ := strings.CutPrefix(l, "error ")
+		if msg == "" {
+			msg = "the master exited before the cluster was ready"
+		}
+		select {
+		case <-exited:
+		case <-time.After(30 * time.Second):
+		}
+		return fail(fmt.Errorf("start failed: %s (log: %s)", msg, stderrPath))
+	case <-time.After(timeout):
+		master.Process.Signal(syscall.SIGTERM)
+		return fail(fmt.Errorf("start: the cluster was not ready within %v; stopping it (log: %s)", timeout, stderrPath))
+	}
+}
+
+func printStarted(cmd *cobra.Command, st control.Status, took time.Duration, logPath string) {
+	out := cmd.OutOrStdout()
+	fmt.Fprintf(out, "%s started: master pid %d, ready in %s\n", st.Name, st.PID, roundDur(took))
+	for _, l := range st.Listen {
+		fmt.Fprintf(out, "  listening on %s\n", l)
+	}
+	for _, p := range st.Processes {
+		name := p.Role
+		if p.Role == "worker" {
+			name += " " + strconv.Itoa(p.ID)
+		}
+		fmt.Fprintf(out, "  %-10s pid %d\n", name, p.PID)
+	}
+	fmt.Fprintf(out, "  log: %s\n", logPath)
+}
