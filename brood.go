@@ -76,7 +76,8 @@ func (c Config) withOptions(o cli.Options) Config {
 }
 
 // runWithSignals runs the cluster in the foreground: SIGTERM or SIGINT stops it
-// gracefully, a second SIGINT forces it, SIGHUP reloads every worker. Started
+// gracefully, a second SIGINT forces it, SIGHUP reloads every worker, SIGUSR1
+// rotates and reopens log files. Started
 // by `start --daemon`, it reports readiness (or the start error) on the pipe
 // named by BROOD_NOTIFY_FD.
 func runWithSignals(ctx context.Context, cfg Config) error {
@@ -94,7 +95,7 @@ func runWithSignals(ctx context.Context, cfg Config) error {
 	m.hooks.onReady = func(m *master) { notify.ready(m.status()) }
 
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGUSR1)
 	defer signal.Stop(sigs)
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -112,6 +113,12 @@ func runWithSignals(ctx context.Context, cfg Config) error {
 				switch {
 				case sig == syscall.SIGHUP:
 					m.reloadInBackground("SIGHUP")
+				case sig == syscall.SIGUSR1:
+					m.goOwned(func() {
+						if err := m.rotateLogs("SIGUSR1"); err != nil {
+							m.log.Error("log rotation", "err", err)
+						}
+					})
 				case !stopping:
 					stopping = true
 					cancel(fmt.Errorf("received %v", sig))

@@ -188,6 +188,16 @@ func runChild(ctx context.Context, cfg Config, cs childSpec) error {
 		}
 	}
 
+	// brood's own handlers, registered before the user's code runs.
+	installLogReopen(p)
+	var setupErr error
+	switch cs.role {
+	case Worker:
+		installWorkerSchedules(p, cfg.Schedules)
+	case Agent:
+		setupErr = errors.Join(installAgentSchedules(p, cfg.Schedules), installAgentRotation(p, cfg.LogRotation))
+	}
+
 	if err := w.Append(header(ipc.KindHello), "", []byte(strconv.Itoa(ipc.Version))); err != nil {
 		w.Close(time.Now())
 		m.close(0)
@@ -238,6 +248,9 @@ func runChild(ctx context.Context, cfg Config, cs childSpec) error {
 		return finish(fmt.Errorf("brood: %s %d: stopped before the handshake: %w", cs.role, cs.id, context.Cause(p.ctx)))
 	}
 
+	if setupErr != nil {
+		return finish(setupErr)
+	}
 	fn := cfg.Worker
 	if cs.role == Agent {
 		fn = cfg.Agent

@@ -83,6 +83,17 @@ type Config struct {
 	// the trade-off of per-worker sockets.
 	ReusePort bool
 
+	// Schedules are tasks run on timers (egg-schedule model): the agent owns the
+	// clock, the tasks run in one worker, all workers or the agent. A cluster
+	// with schedules always has an agent (an idle one if Agent is nil).
+	Schedules []Schedule
+
+	// LogRotation rotates brood's log files (from `start --daemon`) and the
+	// application's own (opened with Process.OpenLog), egg-logrotator style: the
+	// agent renames, then every process reopens. A cluster that rotates logs
+	// always has an agent.
+	LogRotation LogRotation
+
 	// Single runs the agent and one worker as goroutines of this process, with the
 	// in-memory messenger: same API, same events. For development and debuggers.
 	Single bool
@@ -167,6 +178,12 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
+	if _, err := scheduleSpecs(c.Schedules); err != nil {
+		return c, err
+	}
+	if c.Agent == nil && (len(c.Schedules) > 0 || c.LogRotation.enabled()) {
+		c.Agent = idleAgent
+	}
 	return c, nil
 }
 
@@ -191,4 +208,12 @@ func defaultName() string {
 		return "brood"
 	}
 	return name
+}
+
+// idleAgent is the agent of a cluster that needs one for brood's own work
+// (schedules, log rotation) but has no Config.Agent.
+func idleAgent(ctx context.Context, p *Process) error {
+	p.Ready()
+	<-ctx.Done()
+	return nil
 }

@@ -1,6 +1,8 @@
 package brood
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -9,7 +11,9 @@ import (
 	"time"
 
 	"github.com/brood-go/brood/internal/control"
+	"github.com/brood-go/brood/internal/ipc"
 	"github.com/brood-go/brood/internal/proc"
+	"github.com/brood-go/brood/internal/relay"
 )
 
 // The master's control plane: the endpoints the CLI (stop, status, reload,
@@ -18,7 +22,7 @@ import (
 func (m *master) controlHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
-		control.WriteJSON(w, http.StatusOK, m.status())
+		control.WriteJSON(w, http.StatusOK, m.statusWithSchedules(r.Context()))
 	})
 	mux.HandleFunc("POST /stop", func(w http.ResponseWriter, r *http.Request) {
 		pid, uid, _ := control.PeerFrom(r.Context())
@@ -32,6 +36,40 @@ func (m *master) controlHandler() http.Handler {
 			return
 		}
 		control.WriteJSON(w, http.StatusOK, res)
+	})
+	mux.HandleFunc("GET /schedules", func(w http.ResponseWriter, r *http.Request) {
+		var list []ScheduleStatus
+		if err := m.askAgent(r.Context(), actScheduleList, nil, &list); err != nil {
+			control.WriteError(w, http.StatusServiceUnavailable, err)
+			return
+		}
+		control.WriteJSON(w, http.StatusOK, list)
+	})
+	mux.HandleFunc("POST /schedules/run", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Name string `json:"name"`
+		}
+		if err := control.ReadJSON(r, &req); err != nil {
+			control.WriteError(w, http.StatusBadRequest, err)
+			return
+		}
+		var body errorBody
+		err := m.askAgent(r.Context(), actScheduleRun, req.Name, &body)
+		switch {
+		case err != nil:
+			control.WriteError(w, http.StatusServiceUnavailable, err)
+		case body.Error != "":
+			control.WriteError(w, http.StatusBadRequest, errors.New(body.Error))
+		default:
+			control.WriteJSON(w, http.StatusAccepted, body)
+		}
+	})
+	mux.HandleFunc("POST /logs/rotate", func(w http.ResponseWriter, r *http.Request) {
+		if err := m.rotateLogs("requested over the control socket"); err != nil {
+			control.WriteError(w, http.StatusInternalServerError, err)
+			return
+		}
+		control.WriteJSON(w, http.StatusOK, errorBody{})
 	})
 	mux.HandleFunc("POST /scale", func(w http.ResponseWriter, r *http.Request) {
 		var req control.ScaleRequest
@@ -101,6 +139,20 @@ func (m *master) status() control.Status {
 	}
 	rs := m.router.Stats()
 	st.Messages = control.Messages{Relayed: rs.Relayed, Held: rs.Held, Redelivered: rs.Redelivered, Refused: rs.Dropped, LostReplies: rs.LostReplies}
+	return st
+}
+
+// statusWithSchedules is status plus the agent's schedule table, if any.
+func (m *master) statusWithSchedules(ctx context.Context) control.Status {
+	st := m.status()
+	if len(m.cfg.Schedules) > 0 {
+		ctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		var list []ScheduleStatus
+		if err := m.askAgent(ctx, actScheduleList, nil, &list); err == nil {
+			st.Schedules, _ = json.Marshal(list)
+		}
+	}
 	return st
 }
 
@@ -344,4 +396,80 @@ func (m *master) reloadInBackground(why string) {
 	} else {
 		m.log.Warn("reload requested while stopping; ignored", "by", why)
 	}
+}
+
+// onMasterReply hands a reply to the master's request that waits for it.
+func (m *master) onMasterReply(f ipc.Frame) {
+	m.reqMu.Lock()
+	ch := m.requests[f.Ref]
+	delete(m.requests, f.Ref)
+	m.reqMu.Unlock()
+	if ch != nil {
+		ch <- append([]byte(nil), f.Payload...)
+	}
+}
+
+// onMasterMessage handles brood's messages to the master.
+func (m *master) onMasterMessage(from *relay.Endpoint, f ipc.Frame) {
+	switch string(f.Action) {
+	case actLogsRotated:
+		// Not on the reader's goroutine: reopening takes m.mu and writes files.
+		m.goOwned(func() { m.logsReopen(fmt.Sprintf("pid %d rotated %s", from.PID, f.Payload)) })
+	default:
+		m.log.Warn("unknown message to the master", "action", string(f.Action), "from_pid", from.PID)
+	}
+}
+
+// askAgent sends a request to the agent and waits for its answer, decoded
+// into out.
+func (m *master) askAgent(ctx context.Context, action string, data, out any) error {
+	m.mu.Lock()
+	var c *child
+	if m.agent != nil {
+		c = m.agent.serving
+	}
+	m.mu.Unlock()
+	if c == nil {
+		return fmt.Errorf("%s: no agent is running right now", action)
+	}
+	payload, err := json.Marshal(data)
+	if err != nil {
+		return err
+	}
+	ch := make(chan []byte, 1)
+	m.reqMu.Lock()
+	m.reqID++
+	id := m.reqID
+	m.requests[id] = ch
+	m.reqMu.Unlock()
+	defer func() {
+		m.reqMu.Lock()
+		delete(m.requests, id)
+		m.reqMu.Unlock()
+	}()
+	m.router.Request(c.ep, id, action, payload)
+	select {
+	case b := <-ch:
+		return json.Unmarshal(b, out)
+	case <-c.exited:
+		return fmt.Errorf("%s: the agent (pid %d) exited before answering", action, c.pid)
+	case <-ctx.Done():
+		return fmt.Errorf("%s: no answer from the agent (pid %d): %w", action, c.pid, ctx.Err())
+	}
+}
+
+// rotateLogs rotates what is due (by the agent) and then has every process
+// reopen its files: SIGUSR1, and logrotate(8)'s postrotate.
+func (m *master) rotateLogs(why string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var body errorBody
+	var err error
+	if m.cfg.LogRotation.enabled() {
+		if err = m.askAgent(ctx, actLogsRotate, nil, &body); err == nil && body.Error != "" {
+			err = errors.New(body.Error)
+		}
+	}
+	m.logsReopen(why)
+	return err
 }

@@ -22,6 +22,8 @@ func registerHelpers() {
 	helperproc.Register("scenario", scenarioMain)
 	helperproc.Register("faults", faultsMain)
 	helperproc.Register("chaos", chaosMain)
+	helperproc.Register("sched", schedMain)
+	helperproc.Register("logs", logsMain)
 }
 
 // helloConfig is a small HTTP cluster that records what it does in the events

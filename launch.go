@@ -26,11 +26,11 @@ type childProc interface {
 }
 
 // launched is a child as just started: its process, the master's end of its
-// channel, and (for OS processes) the read end of its stderr.
+// channel, and (for OS processes) the read ends of its stdout and stderr.
 type launched struct {
-	proc   childProc
-	conn   net.Conn
-	stderr *os.File
+	proc           childProc
+	conn           net.Conn
+	stdout, stderr *os.File
 }
 
 // launch starts a child for slot s. Called with m.mu held (so that no other
@@ -65,8 +65,17 @@ func (m *master) launchProcess(s *slot) (launched, error) {
 			files = append(files, f)
 		}
 	}
+	// Both output streams go through the master, which alone holds the log
+	// files, so that rotation (a reopen in the master) covers every process.
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		conn.Close()
+		return launched{}, err
+	}
+	defer outW.Close()
 	errR, errW, err := os.Pipe()
 	if err != nil {
+		outR.Close()
 		conn.Close()
 		return launched{}, err
 	}
@@ -80,16 +89,17 @@ func (m *master) launchProcess(s *slot) (launched, error) {
 		Args:        append([]string{title}, m.args...),
 		Env:         childEnv(m.cfg, s, m.pid, len(files)-1),
 		ExtraFiles:  files,
-		Stdout:      os.Stdout,
+		Stdout:      outW,
 		Stderr:      errW,
 		SysProcAttr: &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM},
 	}
 	if err := cmd.Start(); err != nil {
+		outR.Close()
 		errR.Close()
 		conn.Close()
 		return launched{}, fmt.Errorf("exec %s: %w", m.exe, err)
 	}
-	return launched{proc: &osProc{cmd: cmd}, conn: conn, stderr: errR}, nil
+	return launched{proc: &osProc{cmd: cmd}, conn: conn, stdout: outR, stderr: errR}, nil
 }
 
 type osProc struct{ cmd *exec.Cmd }

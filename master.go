@@ -78,7 +78,10 @@ type master struct {
 	singleSeq int // virtual pids handed out in single-process mode
 
 	startedAt time.Time
-	self      usage // the master's own resource sample
+	reqMu     sync.Mutex
+	reqID     uint64
+	requests  map[uint64]chan []byte // the master's requests awaiting a reply
+	self      usage                  // the master's own resource sample
 	stopReq   chan struct{}
 	stopOnce  sync.Once
 	stopWhy   string
@@ -118,6 +121,9 @@ type child struct {
 	conn      net.Conn
 	ep        *relay.Endpoint
 	startedAt time.Time
+	reqMu     sync.Mutex
+	reqID     uint64
+	requests  map[uint64]chan []byte // the master's requests awaiting a reply
 	readyAt   time.Time
 	lastSeen  atomic.Int64 // unix nanos of the last frame received
 
@@ -134,7 +140,7 @@ type child struct {
 	ready      chan struct{} // closed when it reports Ready
 	exited     chan struct{} // closed once its exit is handled
 	readDone   chan struct{}
-	stderrDone chan struct{}
+	stderrDone chan struct{} // both output pumps are done
 }
 
 func (c *child) String() string { return fmt.Sprintf("%s (pid %d)", c.slot, c.pid) }
@@ -160,7 +166,11 @@ func newMaster(cfg Config) (*master, error) {
 		children: make(map[int]*child),
 		stopReq:  make(chan struct{}),
 	}
-	m.router = relay.New(relay.Options{MasterPID: uint32(pid), MaxPending: cfg.MaxPending, Logger: m.log})
+	m.router = relay.New(relay.Options{
+		MasterPID: uint32(pid), MaxPending: cfg.MaxPending, Logger: m.log,
+		MasterReply: m.onMasterReply, MasterMessage: m.onMasterMessage,
+	})
+	m.requests = make(map[uint64]chan []byte)
 	m.life, m.endLife = context.WithCancel(context.Background())
 	return m, nil
 }
@@ -335,8 +345,10 @@ func (m *master) spawn(s *slot) (*child, error) {
 		l.proc.Wait()
 		w.Close(time.Now())
 		l.conn.Close()
-		if l.stderr != nil {
-			l.stderr.Close()
+		for _, f := range []*os.File{l.stdout, l.stderr} {
+			if f != nil {
+				f.Close()
+			}
 		}
 		return nil, err
 	}
@@ -348,11 +360,17 @@ func (m *master) spawn(s *slot) (*child, error) {
 
 	m.log.Info("started", c.logAttrs()...)
 	go m.readLoop(c)
-	if l.stderr != nil {
-		go m.pumpStderr(c, l.stderr)
-	} else {
-		close(c.stderrDone)
+	var pumps sync.WaitGroup
+	if l.stdout != nil {
+		pumps.Go(func() { m.pumpOutput(c, l.stdout, os.Stdout, false) })
 	}
+	if l.stderr != nil {
+		pumps.Go(func() { m.pumpOutput(c, l.stderr, m.out, true) })
+	}
+	go func() {
+		pumps.Wait()
+		close(c.stderrDone)
+	}()
 	go m.waitChild(c)
 	return c, nil
 }
@@ -422,16 +440,16 @@ func (m *master) setFatal(c *child, msg string) {
 	}
 }
 
-// pumpStderr copies a child's standard error to the master's, line by line, and
-// remembers the first panic line for the exit reason.
-func (m *master) pumpStderr(c *child, r *os.File) {
-	defer close(c.stderrDone)
+// pumpOutput copies a child's stdout or stderr to the master's, whole lines at
+// a time, until the child and its descendants close it. On stderr it remembers
+// the first panic line for the exit reason.
+func (m *master) pumpOutput(c *child, r *os.File, dst io.Writer, stderr bool) {
 	defer r.Close()
 	br := bufio.NewReaderSize(r, 64<<10)
 	for {
 		line, err := br.ReadSlice('\n')
 		if len(line) > 0 {
-			if bytes.HasPrefix(line, []byte("panic: ")) || bytes.HasPrefix(line, []byte("fatal error: ")) {
+			if stderr && (bytes.HasPrefix(line, []byte("panic: ")) || bytes.HasPrefix(line, []byte("fatal error: "))) {
 				m.mu.Lock()
 				if c.panicLine == "" {
 					c.panicLine = string(bytes.TrimSpace(line))
@@ -439,7 +457,7 @@ func (m *master) pumpStderr(c *child, r *os.File) {
 				m.mu.Unlock()
 			}
 			m.outMu.Lock()
-			m.out.Write(line)
+			dst.Write(line)
 			m.outMu.Unlock()
 		}
 		if err != nil && err != bufio.ErrBufferFull {

@@ -261,6 +261,14 @@ func (m *Messenger) SendTo(pid int, action string, data any) error {
 // done. It fails with ErrNoProcess if the pid is not in the cluster and with
 // ErrProcessExited if the process exits before replying.
 func (m *Messenger) Request(ctx context.Context, pid int, action string, data any) (Message, error) {
+	if strings.HasPrefix(action, "brood:") {
+		return Message{}, fmt.Errorf("brood: request %q to pid %d: %w", action, pid, ErrReservedAction)
+	}
+	return m.request(ctx, pid, action, data)
+}
+
+// request is Request without the reserved-name check.
+func (m *Messenger) request(ctx context.Context, pid int, action string, data any) (Message, error) {
 	if !m.known(pid) {
 		return Message{}, fmt.Errorf("brood: request %q to pid %d: %w", action, pid, ErrNoProcess)
 	}
@@ -274,7 +282,7 @@ func (m *Messenger) Request(ctx context.Context, pid int, action string, data an
 		delete(m.pending, id)
 		m.mu.Unlock()
 	}()
-	if err := m.sendID(ipc.DestPID, uint32(pid), id, ipc.FlagRequest, action, data, fmt.Sprintf("pid %d", pid)); err != nil {
+	if err := m.post(ipc.DestPID, uint32(pid), id, ipc.FlagRequest, action, data, fmt.Sprintf("pid %d", pid)); err != nil {
 		return Message{}, err
 	}
 	// The process may have left between the check above and the registration.
@@ -376,6 +384,11 @@ func (m *Messenger) sendID(dest ipc.Dest, to uint32, id uint64, flags ipc.Flags,
 	if strings.HasPrefix(action, "brood:") {
 		return fmt.Errorf("brood: send %q to %s: %w", action, where, ErrReservedAction)
 	}
+	return m.post(dest, to, id, flags, action, data, where)
+}
+
+// post sends a message without the reserved-name check: brood's own messages.
+func (m *Messenger) post(dest ipc.Dest, to uint32, id uint64, flags ipc.Flags, action string, data any, where string) error {
 	payload, raw, err := encodeData(data)
 	if err != nil {
 		return fmt.Errorf("brood: send %q to %s: %w", action, where, err)

@@ -59,6 +59,9 @@ type Process struct {
 	stop       context.CancelCauseFunc
 	goroutines sync.WaitGroup
 	onFault    func(reason string) // a guarded panic happened
+
+	runSchedule func(name string) error // set in the agent
+	logs        *logRegistry
 }
 
 // Role reports whether this is the agent or a worker.

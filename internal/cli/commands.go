@@ -219,3 +219,119 @@ func newScaleCmd(app *App, opts *Options) *cobra.Command {
 		},
 	}
 }
+
+// scheduleRow is what `schedule list` reads (brood.ScheduleStatus on the wire).
+type scheduleRow struct {
+	Name         string    `json:"name"`
+	Type         string    `json:"type"`
+	Every        string    `json:"every"`
+	Cron         string    `json:"cron"`
+	Disabled     bool      `json:"disabled"`
+	Running      int       `json:"running"`
+	LastRun      time.Time `json:"last_run"`
+	LastResult   string    `json:"last_result"`
+	LastDuration float64   `json:"last_duration_seconds"`
+	Next         time.Time `json:"next"`
+	Runs         uint64    `json:"runs"`
+	Failures     uint64    `json:"failures"`
+	Skips        uint64    `json:"skips"`
+}
+
+func newScheduleCmd(app *App, opts *Options) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "schedule",
+		Short: "List scheduled tasks or run one now",
+	}
+	var asJSON bool
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List the scheduled tasks with their last run, result and duration",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := dial(app, opts)
+			if err != nil {
+				return notRunning(err, ExitNotRunning)
+			}
+			defer c.Close()
+			var rows []json.RawMessage
+			if err := c.Do(cmd.Context(), "GET", "/schedules", nil, &rows); err != nil {
+				return notRunning(err, ExitFailure)
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(rows)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tTYPE\tWHEN\tLAST RUN\tRESULT\tDURATION\tNEXT\tRUNS\tFAILED\tSKIPPED")
+			for _, raw := range rows {
+				var r scheduleRow
+				json.Unmarshal(raw, &r)
+				when := r.Every
+				if r.Cron != "" {
+					when = r.Cron
+				}
+				if r.Disabled {
+					when += " (disabled)"
+				}
+				last, next := "-", "-"
+				if !r.LastRun.IsZero() {
+					last = roundDur(time.Since(r.LastRun)) + " ago"
+				}
+				if !r.Next.IsZero() {
+					next = "in " + roundDur(time.Until(r.Next))
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\n", r.Name, r.Type, when, last, orDash(r.LastResult),
+					roundDur(time.Duration(r.LastDuration*float64(time.Second))), next, r.Runs, r.Failures, r.Skips)
+			}
+			return tw.Flush()
+		},
+	}
+	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	run := &cobra.Command{
+		Use:   "run NAME",
+		Short: "Run a scheduled task now (wherever its type says), as an extra tick",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := dial(app, opts)
+			if err != nil {
+				return notRunning(err, ExitFailure)
+			}
+			defer c.Close()
+			if err := c.Do(cmd.Context(), "POST", "/schedules/run", map[string]string{"name": args[0]}, nil); err != nil {
+				return notRunning(err, ExitFailure)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: triggered; see `schedule list` for its result\n", args[0])
+			return nil
+		},
+	}
+	cmd.AddCommand(list, run)
+	return cmd
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func newRotateLogsCmd(app *App, opts *Options) *cobra.Command {
+	return &cobra.Command{
+		Use:   "rotate-logs",
+		Short: "Rotate the log files that are due, then make every process reopen its files (as SIGUSR1)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := dial(app, opts)
+			if err != nil {
+				return notRunning(err, ExitFailure)
+			}
+			defer c.Close()
+			if err := c.Do(cmd.Context(), "POST", "/logs/rotate", nil, nil); err != nil {
+				return notRunning(err, ExitFailure)
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), "log files rotated and reopened")
+			return nil
+		},
+	}
+}

@@ -1,6 +1,9 @@
 package control
 
-import "time"
+import (
+	"encoding/json"
+	"time"
+)
 
 // The JSON the control socket speaks. The master serves it; the CLI reads it.
 // Keys of Status and Process are a contract (scripts read `status --json`):
@@ -19,6 +22,9 @@ type Status struct {
 	RunDir     string    `json:"run_dir"`
 	Processes  []Process `json:"processes"`
 	Messages   Messages  `json:"messages"`
+	// Schedules is the agent's schedule table (brood.ScheduleStatus list), if
+	// the cluster has schedules and the agent answered.
+	Schedules json.RawMessage `json:"schedules,omitempty"`
 }
 
 // Process is one child, or one slot waiting for a child (pid 0, state

@@ -115,10 +115,11 @@ const (
 	DestApp         // every worker
 	DestAll         // the agent and every worker
 	DestRandom      // one worker picked by the master
+	DestMaster      // the master itself (brood's own coordination)
 	destEnd
 )
 
-var destNames = [...]string{"none", "pid", "agent", "app", "all", "random"}
+var destNames = [...]string{"none", "pid", "agent", "app", "all", "random", "master"}
 
 func (d Dest) String() string {
 	if d < destEnd {

@@ -40,6 +40,12 @@ type Options struct {
 	MasterPID  uint32
 	MaxPending int // per process and per slot queue; <= 0 means DefaultMaxPending
 	Logger     *slog.Logger
+	// MasterReply receives replies addressed to the master (answers to Request).
+	// The frame is valid only during the call.
+	MasterReply func(f ipc.Frame)
+	// MasterMessage receives messages addressed to the master (DestMaster).
+	// The frame is valid only during the call.
+	MasterMessage func(from *Endpoint, f ipc.Frame)
 }
 
 // Stats are counters since the Router was made.
@@ -300,13 +306,7 @@ func (r *Router) route(from *Endpoint, f ipc.Frame) {
 			return
 		}
 		ipc.SetFlags(raw, f.Flags&^ipc.FlagHeld)
-		to.slot.mu.Lock()
-		if to.ready {
-			r.send(to, raw)
-		} else {
-			r.hold(&to.queue, raw)
-		}
-		to.slot.mu.Unlock()
+		r.toEndpointLocked(to, raw)
 	case ipc.DestAgent:
 		if r.agent == nil {
 			r.nack(from, raw, "this cluster has no agent")
@@ -324,6 +324,12 @@ func (r *Router) route(from *Endpoint, f ipc.Frame) {
 		for _, s := range r.workers {
 			r.toSlot(s, raw)
 		}
+	case ipc.DestMaster:
+		if r.opts.MasterMessage == nil {
+			r.nack(from, raw, "the master takes no messages")
+			return
+		}
+		r.opts.MasterMessage(from, f)
 	case ipc.DestRandom:
 		s := r.pickWorker()
 		if s == nil {
@@ -436,6 +442,10 @@ func (r *Router) ack(e *Endpoint, n uint64) {
 }
 
 func (r *Router) reply(f ipc.Frame) {
+	if f.To == r.opts.MasterPID && r.opts.MasterReply != nil {
+		r.opts.MasterReply(f)
+		return
+	}
 	r.mu.RLock()
 	to := r.byPID[f.To]
 	r.mu.RUnlock()
@@ -473,9 +483,18 @@ func (r *Router) nackLocked(raw []byte, reason string) {
 
 // Event sends a message from the master to one process, by pid semantics.
 func (r *Router) Event(e *Endpoint, action string, payload []byte) {
-	raw := r.encodeEvent(ipc.DestPID, e.PID, action, payload)
+	r.toEndpoint(e, r.encodeEvent(ipc.DestPID, e.PID, action, payload))
+}
+
+// toEndpoint delivers a pid-addressed frame to e now, or when it is ready.
+func (r *Router) toEndpoint(e *Endpoint, raw []byte) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
+	r.toEndpointLocked(e, raw)
+}
+
+// toEndpointLocked is toEndpoint for callers holding r.mu.
+func (r *Router) toEndpointLocked(e *Endpoint, raw []byte) {
 	s := e.slot
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -486,6 +505,15 @@ func (r *Router) Event(e *Endpoint, action string, payload []byte) {
 	default:
 		r.hold(&e.queue, raw)
 	}
+}
+
+// Request sends a request from the master to one process (pid semantics: held
+// until it is ready). Its reply comes back through Options.MasterReply.
+func (r *Router) Request(e *Endpoint, id uint64, action string, payload []byte) {
+	raw := r.encodeEvent(ipc.DestPID, e.PID, action, payload)
+	ipc.SetFlags(raw, ipc.FlagRequest)
+	binary.BigEndian.PutUint64(raw[20:], id)
+	r.toEndpoint(e, raw)
 }
 
 // EventToSlot sends a message from the master to a slot, with held semantics: it

@@ -1,0 +1,163 @@
+package brood_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/brood-go/brood"
+	"github.com/brood-go/brood/internal/control"
+	"github.com/brood-go/brood/internal/helperproc"
+)
+
+const logLines = 4000
+
+// logsConfig: the agent and 2 workers all write numbered lines into one log
+// file that the agent rotates by size while they write.
+func logsConfig() brood.Config {
+	path := os.Getenv("LOGS_FILE")
+	write := func(ctx context.Context, p *brood.Process) error {
+		f, err := p.OpenLog(path)
+		if err != nil {
+			return err
+		}
+		who := fmt.Sprintf("%s%d", p.Role(), p.ID())
+		p.Messenger().On(brood.ActionReady, func(brood.Message) {
+			p.Go(func(ctx context.Context) {
+				pad := strings.Repeat("x", 60)
+				for i := range logLines {
+					if _, err := fmt.Fprintf(f, "writer=%s seq=%d %s\n", who, i, pad); err != nil {
+						helperproc.Event("write-error %v", err)
+						return
+					}
+				}
+				helperproc.Event("done %s", who)
+			})
+		})
+		p.Ready()
+		<-ctx.Done()
+		return f.Close()
+	}
+	return brood.Config{
+		Name:        "logs",
+		Workers:     2,
+		Logger:      helperproc.Logger(),
+		LogRotation: brood.LogRotation{Files: []string{path}, MaxSize: 32 << 10, CheckEvery: 2 * time.Millisecond},
+		Agent:       write,
+		Worker:      write,
+	}
+}
+
+func logsMain() { brood.Main(logsConfig()) }
+
+func TestLogRotationAcrossProcesses(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "app.log")
+	c := helperproc.Start(t, "logs", []string{"--listen="}, helperproc.Options{Env: []string{"LOGS_FILE=" + path}})
+	c.WaitReady(startTimeout)
+	c.WaitEvents(60*time.Second, "every writer to finish", 3, hasPrefix("done "))
+	if code, out, s := cli(t, c.RunDir, "rotate-logs"); code != 0 {
+		t.Fatalf("rotate-logs: exit %d %s %s", code, out, s.Stderr())
+	}
+	stopCluster(t, c)
+	for _, ev := range c.ReadEvents() {
+		if strings.HasPrefix(ev, "write-error") {
+			t.Fatal(ev)
+		}
+	}
+	files, _ := filepath.Glob(path + "*")
+	seen := map[string]map[int]int{}
+	bad := 0
+	for _, f := range files {
+		fh, err := os.Open(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc := bufio.NewScanner(fh)
+		for sc.Scan() {
+			var who string
+			var seq int
+			if n, _ := fmt.Sscanf(sc.Text(), "writer=%s seq=%d", &who, &seq); n != 2 || len(sc.Text()) != len(fmt.Sprintf("writer=%s seq=%d ", who, seq))+60 {
+				bad++
+				continue
+			}
+			if seen[who] == nil {
+				seen[who] = map[int]int{}
+			}
+			seen[who][seq]++
+		}
+		fh.Close()
+	}
+	if bad > 0 {
+		t.Errorf("%d malformed (split or merged) lines", bad)
+	}
+	writers := make([]string, 0, len(seen))
+	for who, seqs := range seen {
+		writers = append(writers, who)
+		for i := range logLines {
+			if seqs[i] != 1 {
+				t.Errorf("%s line %d appears %d times", who, i, seqs[i])
+			}
+		}
+	}
+	sort.Strings(writers)
+	if strings.Join(writers, ",") != "agent0,worker1,worker2" {
+		t.Errorf("writers %v", writers)
+	}
+	reopens := c.Count(helperproc.MasterMsg("log files reopened"))
+	t.Logf("%d lines from %d processes in %d files; %d reopens", 3*logLines, len(seen), len(files), reopens)
+	if len(files) < 4 || reopens < 3 {
+		t.Errorf("only %d files and %d reopens: rotation did not happen while the processes wrote", len(files), reopens)
+	}
+}
+
+// An external logrotate renames the daemon's log and sends SIGUSR1: the master
+// reopens, and new lines go to the new file.
+func TestSIGUSR1ReopensDaemonLogs(t *testing.T) {
+	runDir := helperproc.ShortTempDir(t)
+	logDir := t.TempDir()
+	killDaemon(t, runDir)
+	if code, out, _ := cli(t, runDir, "start", "--daemon", "--workers", "1", "--log-dir", logDir); code != 0 {
+		t.Fatalf("start: exit %d %s", code, out)
+	}
+	logPath := filepath.Join(logDir, "master-stderr.log")
+	if err := os.Rename(logPath, logPath+".1"); err != nil {
+		t.Fatal(err)
+	}
+	pid, err := control.ReadPID(runDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	syscall.Kill(pid, syscall.SIGUSR1)
+	deadline := time.Now().Add(10 * time.Second)
+	for { // the master creates the new file when it reopens
+		if b, err := os.ReadFile(logPath); err == nil && strings.Contains(string(b), "log files reopened") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no new master-stderr.log with the reopen line within 10s")
+		}
+		time.Sleep(10 * time.Millisecond) // polling a file another process writes, with a deadline
+	}
+	if code, _, _ := cli(t, runDir, "scale", "2"); code != 0 {
+		t.Fatal("scale 2 failed")
+	}
+	b, _ := os.ReadFile(logPath)
+	if !strings.Contains(string(b), `"msg":"scaled"`) || !strings.Contains(string(b), `"child_id":2`) {
+		t.Errorf("lines after the reopen are not in the new file:\n%s", b)
+	}
+	old, _ := os.ReadFile(logPath + ".1")
+	if strings.Contains(string(old), `"msg":"scaled"`) {
+		t.Error("lines after the reopen went to the renamed file")
+	}
+	if code, _, _ := cli(t, runDir, "stop"); code != 0 {
+		t.Fatal("stop failed")
+	}
+}

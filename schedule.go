@@ -1,0 +1,377 @@
+package brood
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/brood-go/brood/internal/ipc"
+	"github.com/brood-go/brood/internal/schedule"
+)
+
+// ScheduleType says where a scheduled task runs (egg-schedule's "type").
+type ScheduleType int
+
+// Schedule types.
+const (
+	// OneWorker runs each tick in one ready worker, round robin over the
+	// workers (egg-schedule's type "worker").
+	OneWorker ScheduleType = iota
+	// AllWorkers runs each tick in every ready worker (egg-schedule's "all").
+	AllWorkers
+	// InAgent runs each tick in the agent.
+	InAgent
+)
+
+func (t ScheduleType) String() string { return schedule.Type(t).String() }
+
+// Schedule is a task run on a timer, in the egg-schedule model: the agent owns
+// the clock and triggers each tick; the task runs where Type says; the worker
+// that ran it reports the outcome and duration to the agent.
+//
+// A tick while the previous run of the same task is still running is skipped
+// and logged, unless AllowOverlap. A tick when no worker is ready waits for one
+// (up to a minute) instead of being lost. A panic in Task is a guarded panic
+// (see Process.Go): it is reported as the run's error, and the worker is
+// replaced gracefully.
+type Schedule struct {
+	// Name identifies the task (CLI: `schedule run NAME`): [A-Za-z0-9._-]+.
+	Name string
+	// Every runs the task every interval, without drift. Set Every or Cron.
+	Every time.Duration
+	// Cron runs the task at the times of a cron expression (robfig/cron syntax
+	// with an optional seconds field, descriptors like "@hourly", and an optional
+	// "CRON_TZ=Asia/Shanghai " prefix).
+	Cron string
+	// Type is where the task runs; OneWorker by default.
+	Type ScheduleType
+	// Immediate also runs the task once as soon as the cluster is ready.
+	Immediate bool
+	// Disable keeps the task listed and runnable by hand, never on its schedule.
+	Disable bool
+	// Timeout, if non-zero, fails a run that has not reported within it and
+	// frees the task to run again; the context Task gets ends then too.
+	Timeout time.Duration
+	// AllowOverlap lets runs of this task overlap.
+	AllowOverlap bool
+	// Task is the work. ctx ends when the process stops or Timeout passes.
+	Task func(ctx context.Context, p *Process) error
+}
+
+// ScheduleStatus describes a task as `schedule list` and `status --json` show it.
+type ScheduleStatus struct {
+	Name         string    `json:"name"`
+	Type         string    `json:"type"`
+	Every        string    `json:"every,omitempty"`
+	Cron         string    `json:"cron,omitempty"`
+	Disabled     bool      `json:"disabled,omitempty"`
+	Running      int       `json:"running"`
+	LastRun      time.Time `json:"last_run,omitzero"`
+	LastResult   string    `json:"last_result,omitempty"`
+	LastDuration float64   `json:"last_duration_seconds"`
+	Next         time.Time `json:"next,omitzero"`
+	Runs         uint64    `json:"runs"`
+	Failures     uint64    `json:"failures"`
+	Skips        uint64    `json:"skips"`
+}
+
+// Internal actions of the scheduler (reserved prefix).
+const (
+	actScheduleTick = "brood:schedule-tick" // agent -> worker: run this tick
+	actScheduleDone = "brood:schedule-done" // worker -> agent: the outcome
+	actScheduleRun  = "brood:schedule-run"  // -> agent (request): run a task now
+	actScheduleList = "brood:schedule-list" // -> agent (request): the task table
+)
+
+// scheduleSpecs converts and validates the public schedules.
+func scheduleSpecs(list []Schedule) ([]schedule.Spec, error) {
+	specs := make([]schedule.Spec, 0, len(list))
+	seen := map[string]bool{}
+	var errs []error
+	for _, s := range list {
+		spec := schedule.Spec{
+			Name: s.Name, Every: s.Every, Cron: s.Cron, Type: schedule.Type(s.Type),
+			Immediate: s.Immediate, Disable: s.Disable, Timeout: s.Timeout, AllowOverlap: s.AllowOverlap,
+		}
+		switch err := spec.Validate(); {
+		case err != nil:
+			errs = append(errs, err)
+		case s.Task == nil:
+			errs = append(errs, fmt.Errorf("schedule %q: Task is required", s.Name))
+		case seen[s.Name]:
+			errs = append(errs, fmt.Errorf("schedule %q: the name is used twice", s.Name))
+		}
+		seen[s.Name] = true
+		specs = append(specs, spec)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("brood: Config.Schedules: %w", err)
+	}
+	return specs, nil
+}
+
+// tickMsg is a tick on the wire.
+type tickMsg struct {
+	Task string `json:"task"`
+	Seq  uint64 `json:"seq"`
+}
+
+// outcomeMsg is an outcome on the wire.
+type outcomeMsg struct {
+	Task     string  `json:"task"`
+	Seq      uint64  `json:"seq"`
+	Err      string  `json:"err,omitempty"`
+	Duration float64 `json:"duration_seconds"`
+	PID      int     `json:"pid"`
+}
+
+// taskRunner runs ticks in a worker (or, for InAgent tasks, in the agent).
+type taskRunner struct {
+	p     *Process
+	tasks map[string]Schedule
+}
+
+func newTaskRunner(p *Process, list []Schedule) *taskRunner {
+	r := &taskRunner{p: p, tasks: make(map[string]Schedule, len(list))}
+	for _, s := range list {
+		r.tasks[s.Name] = s
+	}
+	return r
+}
+
+// run executes one tick on a goroutine the process waits for at stop, and calls
+// report with the outcome. A panic is reported as the run's error, then handled
+// as a guarded panic.
+func (r *taskRunner) run(t tickMsg, report func(outcomeMsg)) {
+	s, ok := r.tasks[t.Task]
+	if !ok {
+		report(outcomeMsg{Task: t.Task, Seq: t.Seq, Err: "unknown task in this process", PID: os.Getpid()})
+		return
+	}
+	r.p.goroutines.Add(1)
+	go func() {
+		defer r.p.goroutines.Done()
+		ctx := r.p.ctx
+		if s.Timeout > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, s.Timeout)
+			defer cancel()
+		}
+		start := time.Now()
+		out := outcomeMsg{Task: t.Task, Seq: t.Seq, PID: os.Getpid()}
+		defer func() {
+			if v := recover(); v != nil {
+				out.Err = fmt.Sprintf("panic: %v", v)
+				out.Duration = time.Since(start).Seconds()
+				report(out)
+				r.p.fault(fmt.Sprintf("panic in scheduled task %q: %v", t.Task, v), debug.Stack())
+			}
+		}()
+		err := s.Task(ctx, r.p)
+		out.Duration = time.Since(start).Seconds()
+		if err != nil {
+			out.Err = err.Error()
+		}
+		report(out)
+	}()
+}
+
+// installWorkerSchedules lets a worker run ticks sent by the agent.
+func installWorkerSchedules(p *Process, list []Schedule) {
+	if len(list) == 0 {
+		return
+	}
+	r := newTaskRunner(p, list)
+	m := p.Messenger()
+	m.On(actScheduleTick, func(msg Message) {
+		var t tickMsg
+		if err := msg.Decode(&t); err != nil {
+			p.log.Error("bad schedule tick", "err", err)
+			return
+		}
+		r.run(t, func(o outcomeMsg) {
+			if err := m.post(ipc.DestAgent, 0, m.nextID.Add(1), 0, actScheduleDone, o, "the agent"); err != nil {
+				p.log.Error("schedule outcome not sent", "task", o.Task, "seq", o.Seq, "err", err)
+			}
+		})
+	})
+}
+
+// agentScheduler is the agent side: the clock, dispatch, and the outcomes.
+type agentScheduler struct {
+	p      *Process
+	sched  *schedule.Scheduler
+	runner *taskRunner
+	types  map[string]ScheduleType
+
+	mu       sync.Mutex
+	rr       int
+	inflight map[int][]tickMsg // worker pid -> ticks sent and not reported
+}
+
+// installAgentSchedules starts the scheduler in the agent once the cluster is
+// ready, and answers the list/run requests.
+func installAgentSchedules(p *Process, list []Schedule) error {
+	specs, err := scheduleSpecs(list)
+	if err != nil {
+		return err
+	}
+	a := &agentScheduler{p: p, runner: newTaskRunner(p, list), types: map[string]ScheduleType{}, inflight: map[int][]tickMsg{}}
+	for _, s := range list {
+		a.types[s.Name] = s.Type
+	}
+	a.sched, err = schedule.New(specs, schedule.Options{Logger: p.log, Dispatch: a.dispatch})
+	if err != nil {
+		return fmt.Errorf("brood: %w", err)
+	}
+	m := p.Messenger()
+	var startOnce sync.Once
+	m.On(ActionReady, func(Message) {
+		startOnce.Do(func() {
+			p.Go(func(ctx context.Context) {
+				if err := a.sched.Run(ctx); err != nil {
+					p.log.Error("scheduler stopped", "err", err)
+				}
+			})
+		})
+	})
+	m.On(actScheduleDone, func(msg Message) {
+		var o outcomeMsg
+		if err := msg.Decode(&o); err == nil {
+			a.report(o)
+		}
+	})
+	m.On(ActionWorkerStart, func(Message) { a.sched.WorkersAvailable() })
+	m.On(ActionWorkerExit, func(msg Message) {
+		var ev ProcessEvent
+		if msg.Decode(&ev) != nil {
+			return
+		}
+		a.mu.Lock()
+		lost := a.inflight[ev.PID]
+		delete(a.inflight, ev.PID)
+		a.mu.Unlock()
+		for _, t := range lost {
+			a.sched.Report(schedule.Outcome{Task: t.Task, Seq: t.Seq, PID: ev.PID, Err: "worker exited before reporting: " + ev.Reason})
+		}
+	})
+	m.On(actScheduleList, func(msg Message) { msg.Reply(a.list()) })
+	m.On(actScheduleRun, func(msg Message) {
+		var name string
+		msg.Decode(&name)
+		msg.Reply(errorReply(a.sched.RunNow(name)))
+	})
+	p.runSchedule = func(name string) error { return a.sched.RunNow(name) }
+	return nil
+}
+
+// errorReply is the body of an answer that can fail: {"error": "..."}.
+type errorBody struct {
+	Error string `json:"error,omitempty"`
+}
+
+func errorReply(err error) errorBody {
+	if err == nil {
+		return errorBody{}
+	}
+	return errorBody{Error: err.Error()}
+}
+
+func (a *agentScheduler) dispatch(t schedule.Tick) (int, error) {
+	msg := tickMsg{Task: t.Task, Seq: t.Seq}
+	m := a.p.Messenger()
+	if a.types[t.Task] == InAgent {
+		a.runner.run(msg, a.report)
+		return 1, nil
+	}
+	var ready []int
+	for _, mb := range m.Members() {
+		if mb.Role == Worker && mb.Ready {
+			ready = append(ready, mb.PID)
+		}
+	}
+	if len(ready) == 0 {
+		return 0, schedule.ErrNoWorker
+	}
+	targets := ready
+	if a.types[t.Task] == OneWorker {
+		a.mu.Lock()
+		a.rr++
+		targets = []int{ready[a.rr%len(ready)]}
+		a.mu.Unlock()
+	}
+	sent := 0
+	for _, pid := range targets {
+		if err := m.post(ipc.DestPID, uint32(pid), m.nextID.Add(1), 0, actScheduleTick, msg, fmt.Sprintf("pid %d", pid)); err != nil {
+			a.p.log.Warn("schedule tick not sent", "task", t.Task, "seq", t.Seq, "pid", pid, "err", err)
+			continue
+		}
+		a.mu.Lock()
+		a.inflight[pid] = append(a.inflight[pid], msg)
+		a.mu.Unlock()
+		sent++
+	}
+	if sent == 0 {
+		return 0, schedule.ErrNoWorker
+	}
+	return sent, nil
+}
+
+func (a *agentScheduler) report(o outcomeMsg) {
+	a.mu.Lock()
+	list := a.inflight[o.PID]
+	for i, t := range list {
+		if t.Task == o.Task && t.Seq == o.Seq {
+			a.inflight[o.PID] = append(list[:i:i], list[i+1:]...)
+			break
+		}
+	}
+	a.mu.Unlock()
+	a.sched.Report(schedule.Outcome{Task: o.Task, Seq: o.Seq, Err: o.Err, PID: o.PID, Duration: time.Duration(o.Duration * float64(time.Second))})
+}
+
+func (a *agentScheduler) list() []ScheduleStatus {
+	var out []ScheduleStatus
+	for _, s := range a.sched.List() {
+		st := ScheduleStatus{
+			Name: s.Name, Type: s.Type.String(), Cron: s.Cron, Disabled: s.Disabled, Running: s.Running,
+			LastRun: s.LastRun, LastResult: s.LastResult, LastDuration: s.LastDuration.Seconds(), Next: s.Next,
+			Runs: s.Runs, Failures: s.Failures, Skips: s.Skips,
+		}
+		if s.Every > 0 {
+			st.Every = s.Every.String()
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
+// RunSchedule runs the schedule named name now, wherever its Type says, as a
+// tick of its own (the overlap rule applies). From a worker it asks the agent.
+func (p *Process) RunSchedule(name string) error {
+	if p.runSchedule != nil {
+		return p.runSchedule(name)
+	}
+	ctx, cancel := context.WithTimeout(p.ctx, 10*time.Second)
+	defer cancel()
+	agent := p.Messenger().AgentPID()
+	if agent == 0 {
+		return fmt.Errorf("brood: run schedule %q: no agent is running", name)
+	}
+	reply, err := p.Messenger().request(ctx, agent, actScheduleRun, name)
+	if err != nil {
+		return fmt.Errorf("brood: run schedule %q: %w", name, err)
+	}
+	var body errorBody
+	if err := reply.Decode(&body); err != nil {
+		return err
+	}
+	if body.Error != "" {
+		return errors.New(body.Error)
+	}
+	return nil
+}
