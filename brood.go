@@ -180,11 +180,8 @@ func (n notifier) failed(err error) {
 	n.f.Close()
 }
 
-// runCluster runs a master (or, with cfg.Single, the single-process cluster).
+// runCluster runs a master (with cfg.Single, over goroutine children).
 func runCluster(ctx context.Context, cfg Config, force <-chan struct{}) error {
-	if cfg.Single {
-		return runSingle(ctx, cfg, force)
-	}
 	m, err := newMaster(cfg)
 	if err != nil {
 		return err

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/brood-go/brood/internal/control"
+
 	"github.com/brood-go/brood/internal/helperproc"
 )
 
@@ -285,4 +287,61 @@ func TestStopAfterRefork(t *testing.T) {
 		t.Fatalf("graceful stop took %v after a refork", took)
 	}
 	requireAllGone(t, pids, time.Second)
+}
+
+// A second SIGINT forces the stop: a request that would hold the drain for 10s
+// does not hold the master.
+func TestSecondSIGINTForces(t *testing.T) {
+	c := helperproc.Start(t, "hello", []string{"--workers", "1", "--stop-timeout", "20s"})
+	addr := c.WaitReady(startTimeout)
+	go newConnClient().Get("http://" + addr + "/slow?ms=10000") // fails when forced; that is the point
+	c.WaitEvents(5*time.Second, "the slow request", 1, hasPrefix("slow:start:"))
+	pids := append(c.AllPIDs(), c.Cmd.Process.Pid)
+	c.Signal(syscall.SIGINT)
+	c.WaitFor(5*time.Second, "the graceful stop to begin", helperproc.MasterMsg("stopping"))
+	start := time.Now()
+	c.Signal(syscall.SIGINT)
+	c.Wait(5 * time.Second)
+	if took := time.Since(start); took > 3*time.Second {
+		t.Fatalf("forced stop took %v", took)
+	}
+	requireAllGone(t, pids, 2*time.Second)
+}
+
+func TestRunSingle(t *testing.T) {
+	c := helperproc.Start(t, "hello", []string{"run", "--single"})
+	addr := c.WaitReady(startTimeout)
+	if n := len(c.AllPIDs()); n != 2 {
+		t.Fatalf("%d children in single-process mode, want the agent and one worker", n)
+	}
+	for _, pid := range c.AllPIDs() {
+		if pid < 1<<22 {
+			t.Errorf("pid %d: single-process mode should give virtual pids above pid_max", pid)
+		}
+	}
+	if body := get(t, newConnClient(), "http://"+addr+"/"); body != fmt.Sprintf("worker 1 pid %d\n", c.Cmd.Process.Pid) {
+		t.Fatalf("answer %q, want worker 1 in the master's own process %d", body, c.Cmd.Process.Pid)
+	}
+	c.WaitEvents(5*time.Second, "brood:ready in the agent and the worker", 2, func(ev string) bool { return strings.HasSuffix(ev, ":brood-ready") })
+	stopCluster(t, c)
+}
+
+// A master killed with SIGKILL leaves its pid file and socket; the next start
+// cleans them up and runs.
+func TestStaleRunDirAfterKill(t *testing.T) {
+	c := helperproc.Start(t, "hello", []string{"--workers", "1"})
+	c.WaitReady(startTimeout)
+	pids := c.AllPIDs()
+	c.Signal(syscall.SIGKILL)
+	c.Wait(5 * time.Second)
+	requireAllGone(t, pids, 5*time.Second)
+	if _, err := os.Stat(control.SocketPath(c.RunDir)); err != nil {
+		t.Fatalf("expected a stale socket after SIGKILL: %v", err)
+	}
+	if code, _, _ := cli(t, c.RunDir, "status"); code != 3 {
+		t.Errorf("status against a stale run dir: exit %d, want 3", code)
+	}
+	again := helperproc.Start(t, "hello", []string{"--workers", "1"}, helperproc.Options{RunDir: c.RunDir})
+	again.WaitReady(startTimeout)
+	stopCluster(t, again)
 }

@@ -96,6 +96,7 @@ type Config struct {
 
 	// Single runs the agent and one worker as goroutines of this process, with the
 	// in-memory messenger: same API, same events. For development and debuggers.
+	// Workers is ignored. (`run --single` on the command line.)
 	Single bool
 
 	// RunDir holds the control socket and pid file. Defaults to
@@ -146,6 +147,8 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("brood: Config.Name %q: use letters, digits, '.', '_' or '-' (at most 64)", c.Name)
 	}
 	switch {
+	case c.Single:
+		c.Workers = 1 // single-process mode: the agent and one worker
 	case c.Workers == 0:
 		c.Workers = runtime.NumCPU()
 	case c.Workers < 0:

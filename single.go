@@ -2,20 +2,12 @@ package brood
 
 import "context"
 
-// runSingle runs the agent and one worker as goroutines of this process, under
-// the same master code as a cluster: the same start order, events, relay and
+// Single-process mode (Config.Single) is the master's own code with goroutine
+// children (see launchGoroutine): the same start order, events, relay and
 // delivery guarantees, over in-memory pipes instead of socketpairs. Each
 // goroutine has a virtual pid (Process.PID) above the kernel's pid_max. A
 // crashed or replaced worker is replaced by a new goroutine; a goroutine that
 // ignores its stop cannot be killed, only abandoned after StopTimeout.
-func runSingle(ctx context.Context, cfg Config, force <-chan struct{}) error {
-	cfg.Workers = 1
-	m, err := newMaster(cfg)
-	if err != nil {
-		return err
-	}
-	return m.run(ctx, force)
-}
 
 // runInMemory runs cfg.Workers workers and the agent as goroutines over
 // in-memory pipes (single-process mode without the one-worker limit). Tests use
