@@ -102,11 +102,14 @@ func (m *master) requestStop(why string) {
 }
 
 // status describes the cluster for `status`. Resource figures are sampled now
-// if the last sample is older than half a second.
+// if the last sample is older than half a second or a process has none yet.
 func (m *master) status() control.Status {
 	now := time.Now()
 	m.mu.Lock()
 	stale := now.Sub(m.self.at) > 500*time.Millisecond
+	for _, c := range m.children {
+		stale = stale || (c.usage.at.IsZero() && c.pid < singlePIDBase)
+	}
 	m.mu.Unlock()
 	if stale {
 		m.sampleUsage(now)

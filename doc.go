@@ -41,9 +41,19 @@
 //
 // # Signals
 //
-// Master: SIGTERM and SIGINT stop gracefully, a second SIGINT forces. Children:
-// SIGTERM stops gracefully; SIGINT and SIGHUP are ignored (the master
+// Master: SIGTERM and SIGINT stop gracefully, a second SIGINT forces, SIGHUP
+// reloads every worker (rolling), SIGUSR1 rotates and reopens log files.
+// Children: SIGTERM stops gracefully; SIGINT and SIGHUP are ignored (the master
 // orchestrates; Ctrl-C reaches the whole process group).
+//
+// # Messages, schedules, logs, operations
+//
+// The Messenger's delivery guarantees are documented on its type. Schedules
+// (Config.Schedules) run in the egg-schedule model and log rotation
+// (Config.LogRotation) in the egg-logrotator model; both are driven by the
+// agent. Main gives the program the commands run, start --daemon, stop, status,
+// reload, scale, schedule and rotate-logs, which talk to the master over a unix
+// control socket in Config.RunDir.
 //
 // # Environment and descriptors of a child
 //
