@@ -533,8 +533,8 @@ func (m *master) sendPidsLocked() {
 		return
 	}
 	pids := []int{}
-	for id := 1; id <= len(m.workers)+64 && len(pids) < len(m.workers); id++ {
-		if w := m.workers[id]; w != nil && w.serving != nil && w.serving.state == childReady {
+	for _, id := range m.workerIDsLocked() {
+		if w := m.workers[id]; w.serving != nil && w.serving.state == childReady {
 			pids = append(pids, w.serving.pid)
 		}
 	}

@@ -17,13 +17,19 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// dial connects to the running master of opts, or explains that none runs.
-func dial(app *App, opts *Options) (*control.Client, error) {
+// call makes one request to the running master of opts. If none runs, the
+// error carries exit code absent (ExitNotRunning for status, ExitFailure for
+// the commands that act).
+func call(ctx context.Context, app *App, opts *Options, absent int, method, path string, in, out any) error {
 	c, err := control.Dial(app.runDir(opts), opts.Name)
 	if err != nil {
-		return nil, err
+		return notRunning(err, absent)
 	}
-	return c, nil
+	defer c.Close()
+	if err := c.Do(ctx, method, path, in, out); err != nil {
+		return notRunning(err, absent)
+	}
+	return nil
 }
 
 func (app *App) runDir(opts *Options) string {
@@ -49,14 +55,9 @@ func newStatusCmd(app *App, opts *Options) *cobra.Command {
 		Long:  "Show every process of the running cluster: role, id, pid, state, uptime, restarts and the last restart's reason, RSS and CPU. Exit code 3 if no instance runs (LSB).",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := dial(app, opts)
-			if err != nil {
-				return notRunning(err, ExitNotRunning)
-			}
-			defer c.Close()
 			var st control.Status
-			if err := c.Do(cmd.Context(), "GET", "/status", nil, &st); err != nil {
-				return notRunning(err, ExitNotRunning)
+			if err := call(cmd.Context(), app, opts, ExitNotRunning, "GET", "/status", nil, &st); err != nil {
+				return err
 			}
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())
@@ -127,15 +128,10 @@ func newStopCmd(app *App, opts *Options) *cobra.Command {
 			"stop returns once every process is gone. If that takes longer than --timeout, the remaining processes are killed (SIGKILL) and stop exits 1.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := dial(app, opts)
-			if err != nil {
-				return notRunning(err, ExitFailure)
-			}
-			defer c.Close()
 			start := time.Now()
 			var st control.Status
-			if err := c.Do(cmd.Context(), "POST", "/stop", nil, &st); err != nil {
-				return notRunning(err, ExitFailure)
+			if err := call(cmd.Context(), app, opts, ExitFailure, "POST", "/stop", nil, &st); err != nil {
+				return err
 			}
 			pids := []int{st.PID}
 			for _, p := range st.Processes {
@@ -168,16 +164,11 @@ func newReloadCmd(app *App, opts *Options) *cobra.Command {
 			"If a new worker fails to start, the reload stops and the old workers keep serving; the error is printed and reload exits 1.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := dial(app, opts)
-			if err != nil {
-				return notRunning(err, ExitFailure)
-			}
-			defer c.Close()
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
 			var res control.ReloadResult
-			if err := c.Do(ctx, "POST", "/reload", nil, &res); err != nil {
-				return notRunning(err, ExitFailure)
+			if err := call(ctx, app, opts, ExitFailure, "POST", "/reload", nil, &res); err != nil {
+				return err
 			}
 			for _, r := range res.Replaced {
 				name := r.Role
@@ -205,14 +196,9 @@ func newScaleCmd(app *App, opts *Options) *cobra.Command {
 			if err != nil || n < 1 {
 				return &ExitError{Code: ExitUsage, Err: fmt.Errorf("scale: %q is not a worker count (want a number >= 1)", args[0])}
 			}
-			c, err := dial(app, opts)
-			if err != nil {
-				return notRunning(err, ExitFailure)
-			}
-			defer c.Close()
 			var res control.ScaleResult
-			if err := c.Do(cmd.Context(), "POST", "/scale", control.ScaleRequest{Workers: n}, &res); err != nil {
-				return notRunning(err, ExitFailure)
+			if err := call(cmd.Context(), app, opts, ExitFailure, "POST", "/scale", control.ScaleRequest{Workers: n}, &res); err != nil {
+				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "workers: %d -> %d\n", res.From, res.To)
 			return nil
@@ -220,7 +206,8 @@ func newScaleCmd(app *App, opts *Options) *cobra.Command {
 	}
 }
 
-// scheduleRow is what `schedule list` reads (brood.ScheduleStatus on the wire).
+// scheduleRow is what `schedule list` reads: brood.ScheduleStatus on the wire.
+// The CLI cannot import package brood, so the client side has its own copy.
 type scheduleRow struct {
 	Name         string    `json:"name"`
 	Type         string    `json:"type"`
@@ -248,14 +235,9 @@ func newScheduleCmd(app *App, opts *Options) *cobra.Command {
 		Short: "List the scheduled tasks with their last run, result and duration",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := dial(app, opts)
-			if err != nil {
-				return notRunning(err, ExitNotRunning)
-			}
-			defer c.Close()
 			var rows []json.RawMessage
-			if err := c.Do(cmd.Context(), "GET", "/schedules", nil, &rows); err != nil {
-				return notRunning(err, ExitFailure)
+			if err := call(cmd.Context(), app, opts, ExitNotRunning, "GET", "/schedules", nil, &rows); err != nil {
+				return err
 			}
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())
@@ -293,13 +275,8 @@ func newScheduleCmd(app *App, opts *Options) *cobra.Command {
 		Short: "Run a scheduled task now (wherever its type says), as an extra tick",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := dial(app, opts)
-			if err != nil {
-				return notRunning(err, ExitFailure)
-			}
-			defer c.Close()
-			if err := c.Do(cmd.Context(), "POST", "/schedules/run", map[string]string{"name": args[0]}, nil); err != nil {
-				return notRunning(err, ExitFailure)
+			if err := call(cmd.Context(), app, opts, ExitFailure, "POST", "/schedules/run", map[string]string{"name": args[0]}, nil); err != nil {
+				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s: triggered; see `schedule list` for its result\n", args[0])
 			return nil
@@ -322,13 +299,8 @@ func newRotateLogsCmd(app *App, opts *Options) *cobra.Command {
 		Short: "Rotate the log files that are due, then make every process reopen its files (as SIGUSR1)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := dial(app, opts)
-			if err != nil {
-				return notRunning(err, ExitFailure)
-			}
-			defer c.Close()
-			if err := c.Do(cmd.Context(), "POST", "/logs/rotate", nil, nil); err != nil {
-				return notRunning(err, ExitFailure)
+			if err := call(cmd.Context(), app, opts, ExitFailure, "POST", "/logs/rotate", nil, nil); err != nil {
+				return err
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), "log files rotated and reopened")
 			return nil

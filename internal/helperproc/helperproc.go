@@ -26,6 +26,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/brood-go/brood/internal/proc"
 )
 
 const envHelper = "BROOD_TEST_HELPER"
@@ -487,25 +489,18 @@ func Alive(pid int) bool {
 	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
 }
 
-// WaitGone waits until none of pids is alive, polling /proc with a deadline; it
-// returns the ones still alive at the deadline.
+// WaitGone waits until none of pids is alive, or ctx is done; it returns the
+// ones still alive then. It waits on pidfds (see proc.WaitGone), not by polling.
 func WaitGone(ctx context.Context, pids []int) []int {
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		var alive []int
-		for _, p := range pids {
-			if Alive(p) {
-				alive = append(alive, p)
-			}
-		}
-		if len(alive) == 0 {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return alive
-		case <-tick.C:
+	timeout := time.Minute
+	if d, ok := ctx.Deadline(); ok {
+		timeout = time.Until(d)
+	}
+	var alive []int
+	for _, p := range proc.WaitGone(pids, timeout) {
+		if Alive(p) { // a zombie of ours has exited
+			alive = append(alive, p)
 		}
 	}
+	return alive
 }
