@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -46,6 +47,8 @@ type Writer struct {
 	twN   int
 	twErr error
 	twFn  func(fd uintptr) bool
+
+	writes atomic.Uint64 // write syscalls made, for benchmarks
 }
 
 // owner says who is writing out (and will write pending after it).
@@ -196,6 +199,7 @@ func (w *Writer) tryWrite(buf []byte) (int, error) {
 func (w *Writer) tryWriteFd(fd uintptr) bool {
 	for w.twN < len(w.twBuf) {
 		n, err := unix.Write(int(fd), w.twBuf[w.twN:])
+		w.writes.Add(1)
 		if n > 0 {
 			w.twN += n
 		}
@@ -239,6 +243,7 @@ func (w *Writer) flushLoop() {
 			buf := w.out
 			w.mu.Unlock()
 			_, err := w.conn.Write(buf)
+			w.writes.Add(1)
 			w.mu.Lock()
 			if err != nil {
 				w.fail(err)
