@@ -345,3 +345,38 @@ func TestStaleRunDirAfterKill(t *testing.T) {
 	again.WaitReady(startTimeout)
 	stopCluster(t, again)
 }
+
+// SIGTERM while workers are still starting ends the start at once.
+func TestStopDuringStart(t *testing.T) {
+	c := helperproc.Start(t, "hello", []string{"--workers", "2"}, helperproc.Options{Env: []string{"HELLO_WORKER_DELAY=20s"}})
+	c.WaitEvents(10*time.Second, "the workers' init", 2, func(ev string) bool { return strings.HasSuffix(ev, ":init") && strings.HasPrefix(ev, "worker") })
+	pids := c.AllPIDs()
+	start := time.Now()
+	c.Signal(syscall.SIGTERM)
+	if code := c.Wait(10 * time.Second); code != 1 {
+		t.Fatalf("exit code %d, want 1 (the start did not complete)", code)
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Fatalf("stopping during the start took %v", took)
+	}
+	if !strings.Contains(c.Stderr(), "start interrupted: received terminated") {
+		t.Fatalf("no interruption reason:\n%s", c.Stderr())
+	}
+	requireAllGone(t, pids, time.Second)
+}
+
+// A child that dies after its Ready while the others still start aborts the
+// start: no cluster reports ready without its agent.
+func TestCrashDuringStartAborts(t *testing.T) {
+	c := helperproc.Start(t, "hello", []string{"--workers", "2"}, helperproc.Options{Env: []string{"HELLO_WORKER_DELAY=1s", "HELLO_AGENT_EXIT_AFTER=100ms"}})
+	if code := c.Wait(20 * time.Second); code != 1 {
+		t.Fatalf("exit code %d, want 1", code)
+	}
+	if out := c.Stderr(); !strings.Contains(out, "agent (pid") || !strings.Contains(out, "exited after it was ready: exit status 3") {
+		t.Fatalf("the start error does not name the agent's exit:\n%s", out)
+	}
+	if c.Count(helperproc.MasterMsg("cluster ready")) != 0 {
+		t.Fatal("the cluster reported ready")
+	}
+	requireAllGone(t, c.AllPIDs(), time.Second)
+}

@@ -36,6 +36,12 @@ func helloConfig() brood.Config {
 		Logger: helperproc.Logger(),
 		Agent: func(ctx context.Context, p *brood.Process) error {
 			helperproc.Event("agent:init")
+			if d, err := time.ParseDuration(os.Getenv("HELLO_AGENT_EXIT_AFTER")); err == nil {
+				p.Go(func(context.Context) {
+					time.Sleep(d) // the agent dies this long after its Ready
+					os.Exit(3)
+				})
+			}
 			p.Messenger().On(brood.ActionReady, func(brood.Message) { helperproc.Event("agent:0:brood-ready") })
 			helperproc.Event("agent:ready")
 			p.Ready()
@@ -44,6 +50,13 @@ func helloConfig() brood.Config {
 		},
 		Worker: func(ctx context.Context, p *brood.Process) error {
 			helperproc.Event("worker:%d:init", p.ID())
+			if d, err := time.ParseDuration(os.Getenv("HELLO_WORKER_DELAY")); err == nil {
+				select { // a slow initialisation
+				case <-time.After(d):
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
 			p.Messenger().On(brood.ActionReady, func(brood.Message) { helperproc.Event("worker:%d:brood-ready", p.ID()) })
 			mux := http.NewServeMux()
 			mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

@@ -85,6 +85,7 @@ type master struct {
 	stopReq   chan struct{}
 	stopOnce  sync.Once
 	stopWhy   string
+	startErr  error // why the first start was aborted, if it was
 }
 
 // masterHooks lets the CLI observe the master (daemon start waits on onReady).
@@ -198,7 +199,22 @@ func (m *master) run(ctx context.Context, force <-chan struct{}) error {
 	go m.heartbeatLoop()
 
 	started := time.Now()
-	if err := m.startCluster(); err != nil {
+	// A stop requested during the start aborts it.
+	startDone := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+			m.abortStart(fmt.Errorf("brood: start interrupted: %w", context.Cause(ctx)))
+		case <-m.stopReq:
+			m.abortStart(fmt.Errorf("brood: start interrupted: %s", m.stopWhy))
+		case <-force:
+			m.abortStart(errors.New("brood: start interrupted: forced stop"))
+		case <-startDone:
+		}
+	}()
+	err = m.startCluster()
+	close(startDone)
+	if err != nil {
 		m.stopAll(force)
 		return err
 	}
@@ -245,6 +261,11 @@ func (m *master) startCluster() error {
 	if m.cfg.Agent != nil {
 		s := m.addSlot(Agent, 0)
 		if _, err := m.startChild(s); err != nil {
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			if m.startErr != nil {
+				return m.startErr
+			}
 			return fmt.Errorf("brood: start agent: %w", err)
 		}
 	}
@@ -266,11 +287,14 @@ func (m *master) startCluster() error {
 			first = err
 		}
 	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.startErr != nil {
+		return m.startErr // an interruption, or a child that died after its Ready
+	}
 	if first != nil {
 		return first
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	m.state = stateRunning
 	for _, c := range m.children {
 		if c.state == childReady {
@@ -293,6 +317,23 @@ func (m *master) addSlot(role Role, id int) *slot {
 }
 
 var errStopping = errors.New("the cluster is stopping")
+
+// abortStart ends the first start with err (the first reason wins).
+func (m *master) abortStart(err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.abortStartLocked(err)
+}
+
+func (m *master) abortStartLocked(err error) {
+	if m.state != stateStarting {
+		return
+	}
+	if m.startErr == nil {
+		m.startErr = err
+	}
+	m.endLife()
+}
 
 // startChild starts a process for slot s and waits until it is ready. On failure
 // the process is gone when startChild returns.
@@ -593,6 +634,10 @@ func (m *master) onExit(c *child, how string) {
 	case !wasReady:
 		// A start that failed: whoever started it reports and decides.
 		m.log.Warn("exited before it was ready", attrs...)
+	case m.state == stateStarting:
+		// Ready, then dead while the others start: no half-up cluster.
+		m.log.Warn("crashed during the start", attrs...)
+		m.abortStartLocked(fmt.Errorf("brood: start: %s exited after it was ready: %s", c, reason))
 	default:
 		s.restarts++
 		s.lastReason = reason
