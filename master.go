@@ -442,6 +442,7 @@ func (m *master) readLoop(c *child) {
 	defer close(c.readDone)
 	rd := ipc.NewReader(c.conn, m.cfg.MaxFrame)
 	for {
+		fresh := !rd.HasFrame() // Next will read: a new batch from the child
 		f, err := rd.Next()
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, syscall.ECONNRESET) {
@@ -450,7 +451,9 @@ func (m *master) readLoop(c *child) {
 			}
 			return
 		}
-		c.lastSeen.Store(time.Now().UnixNano())
+		if fresh {
+			c.lastSeen.Store(time.Now().UnixNano())
+		}
 		switch f.Kind {
 		case ipc.KindMessage, ipc.KindReply, ipc.KindAck:
 			m.router.Handle(c.ep, f)
@@ -469,6 +472,9 @@ func (m *master) readLoop(c *child) {
 			m.onReplaceMe(c, string(f.Payload))
 		default:
 			m.log.Warn("unexpected frame from child", append(c.logAttrs(), "kind", f.Kind.String())...)
+		}
+		if !rd.HasFrame() { // end of this read's batch: one write per destination
+			m.router.Flush(c.ep)
 		}
 	}
 }

@@ -56,6 +56,16 @@ func (r *Reader) Next() (Frame, error) {
 	}
 }
 
+// HasFrame reports whether a whole frame is already buffered, so that the next
+// Next returns without reading: false marks the end of a read batch.
+func (r *Reader) HasFrame() bool {
+	avail := r.end - r.start
+	if avail < 4 {
+		return false
+	}
+	return avail >= int(binary.BigEndian.Uint32(r.buf[r.start:]))+4
+}
+
 // makeRoom ensures buf can hold need bytes from r.start, growing in proportion to
 // the data already received so that a header claiming a huge body costs nothing
 // until the body arrives.

@@ -128,6 +128,29 @@ func (w *Writer) AppendRaw(raw []byte) error {
 	return nil
 }
 
+// Queue appends encoded frames without writing them: the next Flush (or
+// Append) writes them. A relay queues every frame of a read batch and flushes
+// once per destination, so a burst costs one syscall, not one per frame.
+func (w *Writer) Queue(raw []byte) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := w.usable(len(raw)); err != nil {
+		return err
+	}
+	w.pending = append(w.pending, raw...)
+	return nil
+}
+
+// Flush writes what Queue left, or makes sure the write in flight will.
+func (w *Writer) Flush() {
+	w.mu.Lock()
+	if len(w.pending) == 0 {
+		w.mu.Unlock()
+		return
+	}
+	w.kick()
+}
+
 // usable reports why n more bytes cannot be queued. Called with mu held.
 func (w *Writer) usable(n int) error {
 	switch {

@@ -99,6 +99,10 @@ type Endpoint struct {
 	sent     uint64     // messages written
 	retained frameQueue // held messages written and not yet acknowledged, by sequence
 	queue    frameQueue // messages waiting for this process to be ready
+
+	// Endpoints Handle queued frames for on behalf of this endpoint since the
+	// last Flush. Used only by this endpoint's reader goroutine.
+	touched []*Endpoint
 }
 
 // Slot returns the slot the endpoint fills.
@@ -196,7 +200,7 @@ func (r *Router) MarkReady(e *Endpoint) (previous *Endpoint) {
 	e.ready = true
 	q := e.queue
 	e.queue = frameQueue{}
-	q.Each(func(raw []byte, _ uint64) { r.send(e, raw) })
+	q.Each(func(raw []byte, _ uint64) { r.send(e, raw, nil) })
 	if s.next == e {
 		previous = s.cur
 		s.cur, s.next = e, nil
@@ -262,7 +266,7 @@ func (r *Router) redistribute(s *Slot, q *frameQueue) {
 			s.mu.Unlock()
 			if removed {
 				if t := r.pickWorker(); t != nil {
-					r.toSlot(t, raw)
+					r.toSlot(t, raw, nil)
 					return
 				}
 			}
@@ -274,13 +278,24 @@ func (r *Router) redistribute(s *Slot, q *frameQueue) {
 			r.log.Info("message for a removed slot discarded", "slot", s.ID, "action", actionOf(raw), "from_pid", fromOf(raw))
 			return
 		}
-		r.placeLocked(s, raw)
+		r.placeLocked(s, raw, nil)
 		s.mu.Unlock()
 	})
 }
 
+// Flush writes what Handle queued on behalf of from. The reader calls it at the
+// end of each read batch (ipc.Reader.HasFrame false).
+func (r *Router) Flush(from *Endpoint) {
+	for i, e := range from.touched {
+		e.w.Flush()
+		from.touched[i] = nil
+	}
+	from.touched = from.touched[:0]
+}
+
 // Handle routes one frame read from e. Message and reply frames are modified in
-// place (sender fields) before being copied.
+// place (sender fields) before being copied, and queued: call Flush(e) once the
+// reader has no whole frame buffered.
 func (r *Router) Handle(e *Endpoint, f ipc.Frame) {
 	switch f.Kind {
 	case ipc.KindMessage:
@@ -288,7 +303,7 @@ func (r *Router) Handle(e *Endpoint, f ipc.Frame) {
 		r.route(e, f)
 	case ipc.KindReply:
 		ipc.SetSender(f.Raw, e.Role, e.PID)
-		r.reply(f)
+		r.reply(f, e)
 	case ipc.KindAck:
 		r.ack(e, f.Ref)
 	}
@@ -306,23 +321,23 @@ func (r *Router) route(from *Endpoint, f ipc.Frame) {
 			return
 		}
 		ipc.SetFlags(raw, f.Flags&^ipc.FlagHeld)
-		r.toEndpointLocked(to, raw)
+		r.toEndpointLocked(to, raw, from)
 	case ipc.DestAgent:
 		if r.agent == nil {
 			r.nack(from, raw, "this cluster has no agent")
 			return
 		}
-		r.toSlot(r.agent, raw)
+		r.toSlot(r.agent, raw, from)
 	case ipc.DestApp:
 		for _, s := range r.workers {
-			r.toSlot(s, raw)
+			r.toSlot(s, raw, from)
 		}
 	case ipc.DestAll:
 		if r.agent != nil {
-			r.toSlot(r.agent, raw)
+			r.toSlot(r.agent, raw, from)
 		}
 		for _, s := range r.workers {
-			r.toSlot(s, raw)
+			r.toSlot(s, raw, from)
 		}
 	case ipc.DestMaster:
 		if r.opts.MasterMessage == nil {
@@ -336,7 +351,7 @@ func (r *Router) route(from *Endpoint, f ipc.Frame) {
 			r.nack(from, raw, "this cluster has no workers")
 			return
 		}
-		r.toSlot(s, raw)
+		r.toSlot(s, raw, from)
 	default:
 		r.nack(from, raw, fmt.Sprintf("destination %v is not routable", f.Dest))
 	}
@@ -372,18 +387,18 @@ func (r *Router) pickWorker() *Slot {
 	return r.workers[0] // a slot became unready meanwhile
 }
 
-func (r *Router) toSlot(s *Slot, raw []byte) {
+func (r *Router) toSlot(s *Slot, raw []byte, by *Endpoint) {
 	ipc.SetFlags(raw, flagsOf(raw)|ipc.FlagHeld)
 	s.mu.Lock()
-	r.placeLocked(s, raw)
+	r.placeLocked(s, raw, by)
 	s.mu.Unlock()
 }
 
 // placeLocked puts a held frame where slot s takes it. Called with s.mu held.
-func (r *Router) placeLocked(s *Slot, raw []byte) {
+func (r *Router) placeLocked(s *Slot, raw []byte, by *Endpoint) {
 	switch {
 	case s.cur != nil:
-		r.send(s.cur, raw)
+		r.send(s.cur, raw, by)
 	case s.next != nil:
 		r.hold(&s.next.queue, raw)
 	default:
@@ -401,8 +416,10 @@ func (r *Router) hold(q *frameQueue, raw []byte) {
 	r.held.Add(1)
 }
 
-// send writes a frame to a ready process. Called with e's slot locked.
-func (r *Router) send(e *Endpoint, raw []byte) {
+// send writes a frame to a ready process, or, when routing on behalf of a
+// reader (by != nil), queues it until that reader calls Flush. Called with e's
+// slot locked.
+func (r *Router) send(e *Endpoint, raw []byte, by *Endpoint) {
 	held := flagsOf(raw)&ipc.FlagHeld != 0
 	if held && e.retained.Len() >= r.opts.MaxPending {
 		r.nackLocked(raw, fmt.Sprintf("pid %d has %d unacknowledged messages", e.PID, e.retained.Len()))
@@ -412,7 +429,15 @@ func (r *Router) send(e *Endpoint, raw []byte) {
 	if held {
 		e.retained.Push(raw, e.sent)
 	}
-	if err := e.w.AppendRaw(raw); err != nil {
+	var err error
+	if by != nil {
+		if err = e.w.Queue(raw); err == nil && !slices.Contains(by.touched, e) {
+			by.touched = append(by.touched, e)
+		}
+	} else {
+		err = e.w.AppendRaw(raw)
+	}
+	if err != nil {
 		// Not written: keep the child's count and ours in step.
 		e.sent--
 		if held {
@@ -441,7 +466,7 @@ func (r *Router) ack(e *Endpoint, n uint64) {
 	s.mu.Unlock()
 }
 
-func (r *Router) reply(f ipc.Frame) {
+func (r *Router) reply(f ipc.Frame, by *Endpoint) {
 	if f.To == r.opts.MasterPID && r.opts.MasterReply != nil {
 		r.opts.MasterReply(f)
 		return
@@ -454,7 +479,11 @@ func (r *Router) reply(f ipc.Frame) {
 		r.log.Warn("reply dropped: the requester is gone", "action", string(f.Action), "to_pid", f.To, "from_pid", f.From)
 		return
 	}
-	if err := to.w.AppendRaw(f.Raw); err != nil {
+	err := to.w.Queue(f.Raw)
+	if err == nil && !slices.Contains(by.touched, to) {
+		by.touched = append(by.touched, to)
+	}
+	if err != nil {
 		r.lostReplies.Add(1)
 		r.log.Warn("reply dropped", "action", string(f.Action), "to_pid", f.To, "err", err)
 	}
@@ -490,18 +519,18 @@ func (r *Router) Event(e *Endpoint, action string, payload []byte) {
 func (r *Router) toEndpoint(e *Endpoint, raw []byte) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	r.toEndpointLocked(e, raw)
+	r.toEndpointLocked(e, raw, nil)
 }
 
-// toEndpointLocked is toEndpoint for callers holding r.mu.
-func (r *Router) toEndpointLocked(e *Endpoint, raw []byte) {
+// toEndpointLocked is toEndpoint for callers holding r.mu; by as for send.
+func (r *Router) toEndpointLocked(e *Endpoint, raw []byte, by *Endpoint) {
 	s := e.slot
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
 	case e.gone:
 	case e.ready:
-		r.send(e, raw)
+		r.send(e, raw, by)
 	default:
 		r.hold(&e.queue, raw)
 	}
@@ -526,7 +555,7 @@ func (r *Router) EventToSlot(s *Slot, action string, payload []byte) {
 	raw := r.encodeEvent(dest, 0, action, payload)
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	r.toSlot(s, raw)
+	r.toSlot(s, raw, nil)
 }
 
 func (r *Router) encodeEvent(dest ipc.Dest, to uint32, action string, payload []byte) []byte {

@@ -96,6 +96,13 @@ func msg(t testing.TB, dest ipc.Dest, to uint32, action string, id uint64) ipc.F
 	return f
 }
 
+// handle routes one frame and flushes, as the master's reader does at the end
+// of a batch of one.
+func handle(r *Router, e *Endpoint, f ipc.Frame) {
+	r.Handle(e, f)
+	r.Flush(e)
+}
+
 func newRouter(maxPending int) *Router {
 	return New(Options{MasterPID: 1, MaxPending: maxPending})
 }
@@ -107,8 +114,8 @@ func TestHeldUntilReady(t *testing.T) {
 	agent, _ := attach(t, r, agentSlot, 10)
 	r.MarkReady(agent)
 	w, wp := attach(t, r, ws, 20)
-	r.Handle(agent, msg(t, ipc.DestApp, 0, "early", 1))
-	r.Handle(agent, msg(t, ipc.DestPID, 20, "early-pid", 2))
+	handle(r, agent, msg(t, ipc.DestApp, 0, "early", 1))
+	handle(r, agent, msg(t, ipc.DestPID, 20, "early-pid", 2))
 	if q, _ := r.Pending(w); q != 2 {
 		t.Fatalf("held %d, want 2 while the worker starts", q)
 	}
@@ -133,18 +140,18 @@ func TestUnacknowledgedRedeliveredToReplacement(t *testing.T) {
 	old, oldp := attach(t, r, ws, 20)
 	r.MarkReady(old)
 	for i := range 5 {
-		r.Handle(agent, msg(t, ipc.DestApp, 0, "m", uint64(i)))
+		handle(r, agent, msg(t, ipc.DestApp, 0, "m", uint64(i)))
 	}
-	r.Handle(agent, msg(t, ipc.DestPID, 20, "by-pid", 9))
+	handle(r, agent, msg(t, ipc.DestPID, 20, "by-pid", 9))
 	for range 6 {
 		oldp.next(t)
 	}
-	r.Handle(old, ipc.Frame{Header: ipc.Header{Kind: ipc.KindAck, Ref: 2}}) // handled 2 of them
+	handle(r, old, ipc.Frame{Header: ipc.Header{Kind: ipc.KindAck, Ref: 2}}) // handled 2 of them
 	if _, un := r.Pending(old); un != 3 {
 		t.Fatalf("unacknowledged %d, want 3", un)
 	}
 	r.Detach(old)
-	r.Handle(agent, msg(t, ipc.DestApp, 0, "m", 5)) // while the slot is empty: held
+	handle(r, agent, msg(t, ipc.DestApp, 0, "m", 5)) // while the slot is empty: held
 	nw, np := attach(t, r, ws, 21)
 	r.MarkReady(nw)
 	var got []uint64
@@ -180,7 +187,7 @@ func TestUnknownPIDIsNacked(t *testing.T) {
 	ws := r.AddSlot(ipc.RoleWorker, 1)
 	w, wp := attach(t, r, ws, 20)
 	r.MarkReady(w)
-	r.Handle(w, msg(t, ipc.DestPID, 4242, "lost?", 77))
+	handle(r, w, msg(t, ipc.DestPID, 4242, "lost?", 77))
 	f := wp.next(t)
 	if f.Kind != ipc.KindNack || f.ID != 77 || string(f.Action) != "lost?" || !strings.Contains(string(f.Payload), "no process with pid 4242") {
 		t.Fatalf("got %s id %d %q %q, want a nack for message 77", f.Kind, f.ID, f.Action, f.Payload)
@@ -198,7 +205,7 @@ func TestHoldBoundNacksTheSender(t *testing.T) {
 	r.MarkReady(agent)
 	attach(t, r, ws, 20) // starting, never ready
 	for i := range 3 {
-		r.Handle(agent, msg(t, ipc.DestApp, 0, "m", uint64(i)))
+		handle(r, agent, msg(t, ipc.DestApp, 0, "m", uint64(i)))
 	}
 	f := ap.next(t)
 	if f.Kind != ipc.KindNack || f.ID != 2 || !strings.Contains(string(f.Payload), "already holds 2 messages") {
@@ -221,7 +228,7 @@ func TestRandomIsRoundRobinOverReadyWorkers(t *testing.T) {
 		peers = append(peers, p)
 	}
 	for i := range 10 {
-		r.Handle(agent, msg(t, ipc.DestRandom, 0, "r", uint64(i)))
+		handle(r, agent, msg(t, ipc.DestRandom, 0, "r", uint64(i)))
 	}
 	got := make([]int, 3)
 	deadline := time.After(5 * time.Second)
@@ -252,14 +259,15 @@ func TestReplyToGoneRequesterIsCounted(t *testing.T) {
 	r.MarkReady(w)
 	raw, _ := ipc.AppendFrame(nil, &ipc.Header{Kind: ipc.KindReply, Dest: ipc.DestPID, To: 99, Ref: 5}, "q", nil, ipc.DefaultMaxFrame)
 	f, _ := ipc.Decode(raw)
-	r.Handle(w, f)
+	handle(r, w, f)
 	if r.Stats().LostReplies != 1 {
 		t.Fatalf("lost replies %d, want 1", r.Stats().LostReplies)
 	}
 }
 
 // BenchmarkRelay measures the master's path for one relayed message to a ready
-// worker (pid-addressed) and to every worker (app), acknowledgements included.
+// worker (pid-addressed) and to every worker (app), acknowledgements included,
+// with one flush per batch of 64 frames as the master's reader does under load.
 // It must not allocate in steady state.
 func BenchmarkRelay(b *testing.B) {
 	for _, bc := range []struct {
@@ -285,11 +293,14 @@ func BenchmarkRelay(b *testing.B) {
 			b.ResetTimer()
 			for i := 0; b.Loop(); i++ {
 				r.Handle(agent, f)
+				if i%64 == 63 { // a read batch of 64 frames, as under load
+					r.Flush(agent)
+				}
 				if i%256 == 255 {
 					acked += 256
 					ack.Ref = acked
 					for _, w := range ws {
-						r.Handle(w, ack)
+						handle(r, w, ack)
 						for w.Writer().Buffered() > 256<<10 {
 							runtime.Gosched() // the consumer sets the pace, as a child would
 						}
