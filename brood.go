@@ -85,7 +85,7 @@ func runWithSignals(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	retitle(cfg.Name)
+	setProcessName(cfg.Name + " master")
 	notify := notifyPipe()
 	m, err := newMaster(cfg)
 	if err != nil {
@@ -135,19 +135,17 @@ func runWithSignals(ctx context.Context, cfg Config) error {
 	return err
 }
 
-// retitle makes `ps` show "<name> master" for a master started from a shell: it
-// executes the program again, same pid, with that argv[0]. Skipped when already
-// done, or if it fails (then the title stays what the shell ran).
-func retitle(name string) {
-	if os.Getenv(cli.EnvTitled) != "" {
-		return
+// setProcessName sets the process's name as `ps -e`, top and pgrep show it
+// (the thread-group leader's comm, at most 15 bytes). The command line of
+// children is set too (argv[0] "<name> worker 2"); a master run from a shell
+// keeps the command line it was given, one started by `start --daemon` gets
+// "<name> master". (Re-executing the master to change its command line would
+// cost a second runtime start on the path to the first request.)
+func setProcessName(name string) {
+	if len(name) > 15 {
+		name = name[:15]
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		return
-	}
-	env := append(os.Environ(), cli.EnvTitled+"=1")
-	_ = syscall.Exec(exe, append([]string{name + " master"}, os.Args[1:]...), env)
+	_ = os.WriteFile("/proc/self/comm", []byte(name), 0)
 }
 
 // notifier is the write end of `start --daemon`'s readiness pipe, or nothing.

@@ -36,7 +36,7 @@ const (
 
 // childOnlyEnv are the variables a master never passes on from its own
 // environment: the child contract, and the master's own markers.
-var childOnlyEnv = []string{envRole, envID, envIPCFD, envListenFDs, envMasterPID, envProtocol, cli.EnvNotifyFD, cli.EnvTitled}
+var childOnlyEnv = []string{envRole, envID, envIPCFD, envListenFDs, envMasterPID, envProtocol, cli.EnvNotifyFD}
 
 func isChildEnv(kv string) bool {
 	for _, k := range childOnlyEnv {
@@ -129,6 +129,11 @@ func runChildProcess(ctx context.Context, cfg Config) error {
 	// write to a dead master's stderr pipe fails instead of killing the process
 	// before it drains.
 	signal.Ignore(syscall.SIGINT, syscall.SIGHUP, syscall.SIGPIPE)
+	name := cfg.Name + " " + cs.role.String()
+	if cs.role == Worker {
+		name += " " + strconv.Itoa(cs.id)
+	}
+	setProcessName(name)
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM)
 	defer stop()
 	return runChild(ctx, cfg, cs)

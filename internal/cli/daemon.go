@@ -22,9 +22,6 @@ import (
 // if the start failed (it then stops everything and exits non-zero).
 const EnvNotifyFD = "BROOD_NOTIFY_FD"
 
-// EnvTitled marks a master that already runs under its title ("<name> master").
-const EnvTitled = "BROOD_MASTER_TITLED"
-
 // EnvLogFiles tells a daemon master the paths of its stdout and stderr files
 // ("<stdout>,<stderr>"), so that it can reopen them after rotation.
 const EnvLogFiles = "BROOD_LOG_FILES"
@@ -124,7 +121,7 @@ func startDaemon(cmd *cobra.Command, app *App, opts *Options, logDir string, tim
 	master := &exec.Cmd{
 		Path:        exe,
 		Args:        append([]string{opts.Name + " master"}, daemonArgs(app, opts)...),
-		Env:         append(os.Environ(), EnvNotifyFD+"=3", EnvTitled+"=1", EnvLogFiles+"="+filepath.Join(logDir, "master-stdout.log")+","+stderrPath),
+		Env:         append(os.Environ(), EnvNotifyFD+"=3", EnvLogFiles+"="+filepath.Join(logDir, "master-stdout.log")+","+stderrPath),
 		ExtraFiles:  []*os.File{w},
 		Stdout:      stdout,
 		Stderr:      stderr,
