@@ -7,10 +7,11 @@
 //
 // It builds examples/hello and the programs under bench/ into a temporary
 // directory, runs each figure several times on loopback, and reports the median,
-// min and max of the runs, the floor's median, their ratio, the goal and whether
-// it is met (judged on medians: the machine is noisy, absolute figures move
-// 10-20%, so goals are ratios to a floor measured in the same run, with floor
-// and brood runs interleaved).
+// min and max of the runs, the floor's median, the ratio, the goal and whether
+// it is met. The machine is noisy (absolute figures move 10-20%), so goals are
+// ratios to a floor measured in the same run: floor and brood runs alternate,
+// and the ratio is the median of the per-run ratios; other goals are judged on
+// the median of the runs.
 //
 // The figures and their floors:
 //

@@ -44,11 +44,20 @@ func passFail(ok bool) string {
 	return "FAIL"
 }
 
-// ratioRow is a figure judged by the ratio of its median to the floor's median.
-// atMost: ratio ≤ limit; otherwise ratio ≥ limit.
+// ratioRow is a figure judged by its ratio to the floor: the median of the
+// per-run ratios (each run's figure over the floor run next to it, so that a
+// noisy minute weighs on both), or the ratio of the medians if the runs are not
+// paired. atMost: ratio ≤ limit; otherwise ratio ≥ limit.
 func ratioRow(figure, unit string, vals, floor []float64, atMost bool, limit float64) row {
 	r := row{figure: figure, unit: unit, vals: vals, floor: floor}
 	q := median(vals) / median(floor)
+	if len(vals) == len(floor) {
+		per := make([]float64, len(vals))
+		for i := range vals {
+			per[i] = vals[i] / floor[i]
+		}
+		q = median(per)
+	}
 	r.ratio = fmt.Sprintf("%.2f×", q)
 	if atMost {
 		r.goal = fmt.Sprintf("≤ %g× floor", limit)
