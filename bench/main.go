@@ -81,6 +81,7 @@ type bench struct {
 	rttN, onewayN     int
 	tool              string
 	profDir           string
+	loadBefore        string // 1-minute load average when the figures started
 }
 
 func (b *bench) exe(name string) string { return filepath.Join(b.bin, name) }
@@ -144,6 +145,7 @@ func run() int {
 	}
 
 	// Whatever happens from here on, the processes we started go with us.
+	becomeSubreaper()
 	defer killGroups()
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
@@ -179,6 +181,7 @@ func run() int {
 	}
 
 	began := time.Now()
+	b.loadBefore = loadAvg()
 	var rows []row
 	var micro []string
 	failed := false
@@ -199,7 +202,8 @@ func run() int {
 	}
 	took := time.Since(began)
 
-	fmt.Printf("\nbrood bench — %s\nload generator: %s; %d runs per figure; took %v\n\n", machine(), b.toolDesc(), b.runs, took.Round(time.Second))
+	fmt.Printf("\nbrood bench — %s\nload generator: %s; %d runs per figure; took %v; load average %s before, %s after\n\n",
+		machine(), b.toolDesc(), b.runs, took.Round(time.Second), b.loadBefore, loadAvg())
 	printTable(os.Stdout, rows)
 
 	path := *out

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Every process the bench starts leads a process group of its own (a brood
@@ -129,6 +131,30 @@ func killGroups() {
 	groups.Unlock()
 	for _, p := range ps {
 		p.kill()
+	}
+	reapOrphans()
+}
+
+// becomeSubreaper makes the processes our children leave behind (a brood
+// child whose master was killed) our children, so that reapOrphans can collect
+// them instead of leaving zombies to an init that may not reap.
+func becomeSubreaper() { _ = unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) }
+
+// reapOrphans waits for exited processes that were re-parented to us. The
+// processes we started ourselves are reaped by their exec.Cmd.
+func reapOrphans() {
+	groups.Lock()
+	defer groups.Unlock()
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || groups.procs[pid] != nil {
+			continue
+		}
+		if st, ok := procStat(pid); ok && st.ppid == os.Getpid() && st.state == 'Z' {
+			var ws unix.WaitStatus
+			_, _ = unix.Wait4(pid, &ws, unix.WNOHANG, nil)
+		}
 	}
 }
 

@@ -187,10 +187,21 @@ func writeResults(path, generated string) error {
 	return os.WriteFile(path, []byte(doc), 0o644)
 }
 
+// loadAvg returns the 1-minute load average: how busy the machine was with
+// work other than ours, too.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) > 0 {
+		return f[0]
+	}
+	return "?"
+}
+
 func generated(b *bench, rows []row, micro []string, took time.Duration) string {
 	var s strings.Builder
-	fmt.Fprintf(&s, "Latest run: %s (UTC), `go run ./bench %s`, %d runs per figure, took %v.\n\n",
-		time.Now().UTC().Format("2006-01-02 15:04"), strings.Join(os.Args[1:], " "), b.runs, took.Round(time.Second))
+	command := strings.Join(append([]string{"go run ./bench"}, os.Args[1:]...), " ")
+	fmt.Fprintf(&s, "Latest run: %s (UTC), `%s`, %d runs per figure, took %v; 1-minute load average %s before, %s after (other work shares this machine).\n\n",
+		time.Now().UTC().Format("2006-01-02 15:04"), command, b.runs, took.Round(time.Second), b.loadBefore, loadAvg())
 	fmt.Fprintf(&s, "Machine: %s. Load generator: %s (%d connections, 2 threads, %v per run).\n\n", machine(), b.toolDesc(), b.conns, b.httpDur)
 	s.WriteString(markdownTable(rows))
 	if len(micro) > 0 {
