@@ -598,5 +598,5 @@ func (b *bench) microRows() ([]row, []string) {
 		return []row{errorRow(name, errors.New("no BenchmarkRelay line"))}, lines
 	}
 	return []row{{figure: name, unit: "count", vals: allocs, goal: "0", pass: passFail(slices.Max(allocs) == 0),
-		note: "one value per BenchmarkRelay case (pid, app3); the benchmark lines are in bench/RESULTS.md."}}, lines
+		note: "one value per BenchmarkRelay case (pid, app3); bench/RESULTS.md has the benchmark lines after the table."}}, lines
 }
