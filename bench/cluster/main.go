@@ -1,0 +1,231 @@
+// Command cluster is the brood program the bench measures: workers serve
+// fixture.Handler (the floor's handler) with brood.ServeHTTP and answer the
+// messenger bench; the agent, when -msg is given, runs one messenger bench once
+// the cluster is ready and writes its result as JSON to -out:
+//
+//	-msg rtt     -n N  N Request/Reply round trips agent→worker→agent (workers
+//	                   alternately), each timed; fixture.RTT
+//	-msg random  -n N  N one-way 64-byte raw messages with SendRandom (N deliveries)
+//	-msg app     -n N  N/2 SendToApp calls to the 2 workers (N deliveries)
+//
+// One-way senders are paced by a window: after every block of messages the agent
+// sends a "mark" Request to every worker, and does not run more than two blocks
+// ahead of the marks answered, so the master never holds more than
+// Config.MaxPending (65536) unacknowledged messages for a worker.
+//
+// It uses brood.Run with its own flags (every process parses the same argv) so
+// that, with -cpuprofile DIR, every process (master included) writes a CPU
+// profile DIR/<role>-<pid>.prof when it exits.
+package main
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime/pprof"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/brood-go/brood"
+	"github.com/brood-go/brood/bench/internal/fixture"
+)
+
+func main() {
+	listen := flag.String("listen", "127.0.0.1:0", "listen address")
+	workers := flag.Int("workers", 2, "workers")
+	runDir := flag.String("rundir", "", "run dir")
+	mode := flag.String("msg", "", "messenger bench: rtt, random or app")
+	n := flag.Int("n", 20000, "round trips, or one-way deliveries")
+	out := flag.String("out", "", "file for the messenger result (JSON)")
+	profDir := flag.String("cpuprofile", "", "directory for one CPU profile per process")
+	flag.Parse()
+
+	role := os.Getenv("BROOD_ROLE") // read before brood.Run removes it
+	if role == "" {
+		role = "master"
+	} else if role == "worker" {
+		role += os.Getenv("BROOD_ID")
+	}
+	if *profDir != "" {
+		f, err := os.Create(filepath.Join(*profDir, fmt.Sprintf("%s-%d.prof", role, os.Getpid())))
+		if err == nil && pprof.StartCPUProfile(f) == nil {
+			defer func() { pprof.StopCPUProfile(); f.Close() }()
+		}
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	var received atomic.Int64
+	err := brood.Run(ctx, brood.Config{
+		Name:    "benchcluster",
+		Workers: *workers,
+		Listen:  []string{*listen},
+		RunDir:  *runDir,
+		Agent: func(ctx context.Context, p *brood.Process) error {
+			clusterUp := make(chan struct{})
+			p.Messenger().Once(brood.ActionReady, func(brood.Message) { close(clusterUp) })
+			p.Ready()
+			if *mode != "" {
+				p.Go(func(ctx context.Context) {
+					select {
+					case <-clusterUp:
+					case <-ctx.Done():
+						return
+					}
+					res, err := runBench(ctx, p.Messenger(), *mode, *n)
+					if err == nil {
+						err = writeJSON(*out, res)
+					}
+					if err != nil {
+						p.Logger().Error("bench failed", "err", err)
+						return
+					}
+					p.Logger().Info("bench done", "file", *out)
+				})
+			}
+			<-ctx.Done()
+			return nil
+		},
+		Worker: func(ctx context.Context, p *brood.Process) error {
+			m := p.Messenger()
+			mono := fixture.NewMono()
+			m.On(fixture.ActionPing, func(msg brood.Message) {
+				recv := mono.Ns(time.Now())
+				b := make([]byte, fixture.PingPayload)
+				copy(b, msg.Data[:8])
+				binary.BigEndian.PutUint64(b[8:], uint64(recv))
+				binary.BigEndian.PutUint64(b[16:], uint64(mono.Ns(time.Now())))
+				msg.Reply(b)
+			})
+			m.On(fixture.ActionMsg, func(brood.Message) { received.Add(1) })
+			m.On(fixture.ActionMark, func(msg brood.Message) {
+				msg.Reply(binary.BigEndian.AppendUint64(nil, uint64(received.Load())))
+			})
+			return brood.ServeHTTP(ctx, p, &http.Server{Handler: fixture.Handler()})
+		},
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cluster:", err)
+		pprof.StopCPUProfile()
+		os.Exit(1)
+	}
+}
+
+func runBench(ctx context.Context, m *brood.Messenger, mode string, n int) (any, error) {
+	pids := m.WorkerPIDs()
+	if len(pids) == 0 {
+		return nil, errors.New("no workers")
+	}
+	switch mode {
+	case "rtt":
+		return rtt(ctx, m, pids, n)
+	case "random", "app":
+		return oneway(ctx, m, pids, mode, n)
+	}
+	return nil, fmt.Errorf("unknown -msg %q", mode)
+}
+
+func rtt(ctx context.Context, m *brood.Messenger, pids []int, n int) (fixture.RTT, error) {
+	mono := fixture.NewMono()
+	const warmup = 1000
+	all := make([]int64, 0, n)
+	there := make([]int64, 0, n)
+	back := make([]int64, 0, n)
+	payload := make([]byte, fixture.PingPayload)
+	for i := range warmup + n {
+		t0 := time.Now()
+		binary.BigEndian.PutUint64(payload, uint64(mono.Ns(t0)))
+		reply, err := m.Request(ctx, pids[i%len(pids)], fixture.ActionPing, payload)
+		t3 := time.Now()
+		if err != nil {
+			return fixture.RTT{}, err
+		}
+		if i < warmup {
+			continue
+		}
+		all = append(all, int64(t3.Sub(t0)))
+		if len(reply.Data) == fixture.PingPayload {
+			sent := int64(binary.BigEndian.Uint64(reply.Data))
+			recv := int64(binary.BigEndian.Uint64(reply.Data[8:]))
+			replied := int64(binary.BigEndian.Uint64(reply.Data[16:]))
+			there = append(there, recv-sent)
+			back = append(back, mono.Ns(t3)-replied)
+		}
+	}
+	r := fixture.RTTOf(all)
+	r.ThereP50, r.BackP50 = fixture.RTTOf(there).P50, fixture.RTTOf(back).P50
+	return r, nil
+}
+
+// oneway sends n deliveries' worth of 64-byte raw messages, paced by marks.
+func oneway(ctx context.Context, m *brood.Messenger, pids []int, mode string, n int) (fixture.Oneway, error) {
+	payload := make([]byte, fixture.OnewayPayload)
+	sends, block := n, 16384
+	send := m.SendRandom
+	if mode == "app" {
+		sends, block = n/len(pids), 16384/len(pids)
+		send = m.SendToApp
+	}
+	mark := func() <-chan error {
+		done := make(chan error, 1)
+		go func() {
+			for _, pid := range pids {
+				if _, err := m.Request(ctx, pid, fixture.ActionMark, nil); err != nil {
+					done <- err
+					return
+				}
+			}
+			done <- nil
+		}()
+		return done
+	}
+	t0 := time.Now()
+	var marks []<-chan error
+	for i := range sends {
+		if err := send(fixture.ActionMsg, payload); err != nil {
+			return fixture.Oneway{}, err
+		}
+		if (i+1)%block == 0 {
+			marks = append(marks, mark())
+			if len(marks) > 2 {
+				if err := <-marks[0]; err != nil {
+					return fixture.Oneway{}, err
+				}
+				marks = marks[1:]
+			}
+		}
+	}
+	var delivered int64
+	for _, pid := range pids {
+		reply, err := m.Request(ctx, pid, fixture.ActionMark, nil)
+		if err != nil {
+			return fixture.Oneway{}, err
+		}
+		delivered += int64(binary.BigEndian.Uint64(reply.Data))
+	}
+	secs := time.Since(t0).Seconds()
+	for _, c := range marks {
+		<-c
+	}
+	return fixture.Oneway{Mode: mode, Sends: int64(sends), Deliveries: delivered, Seconds: secs, Refused: m.Stats().Refused}, nil
+}
+
+func writeJSON(path string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}

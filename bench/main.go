@@ -1,0 +1,287 @@
+// Command bench measures brood against floors measured in the same run, and
+// prints one table:
+//
+//	go run ./bench                 # every figure, 5 runs each; writes bench/RESULTS.md
+//	go run ./bench -quick          # 2 runs, shorter loads (a smoke test; no RESULTS.md)
+//	go run ./bench -only=rtt       # one figure (or a comma-separated list)
+//
+// It builds examples/hello and the programs under bench/ into a temporary
+// directory, runs each figure several times on loopback, and reports the median,
+// min and max of the runs, the floor's median, the ratio, the goal and whether
+// it is met. The machine is noisy (absolute figures move 10-20%), so goals are
+// ratios to a floor measured in the same run: floor and brood runs alternate,
+// and the ratio is the median of the per-run ratios; other goals are judged on
+// the median of the runs.
+//
+// The figures and their floors:
+//
+//   - start: exec of the hello example (master + agent + 2 workers) → first HTTP
+//     200 on its port, polled every 0.2 ms. Floor: exec of a single net/http
+//     process (bench/floor http) → first 200. Goal ≤ 3× floor.
+//   - http: requests/s of the bench cluster (bench/cluster: 2 workers serving
+//     fixture.Handler, a fixed 13-byte body, with brood.ServeHTTP), keep-alive and
+//     Connection: close. Floor: one net/http process serving the same handler.
+//     Same load generator for both: wrk -t2 -c64 -d5s (installed with apt-get if
+//     missing and root; else a Go load generator, named in the table). Goal ≥ 0.95×.
+//   - rtt: messenger round trip agent → worker → agent, Request + Reply of a
+//     24-byte raw payload, p50 and p99 over 20,000 round trips (after 1,000 warm-up
+//     ones), alternating between the two workers. Floor: two processes
+//     ping-ponging a frame of the same wire size over a raw socketpair, blocking
+//     write(2) + read(2) per hop, same count. Goal p50 ≤ 2.5×, p99 ≤ 4×. The note
+//     gives the relayed breakdown (agent → worker's handler, worker's reply →
+//     agent, on CLOCK_MONOTONIC) and two references: the same ping-pong through
+//     Go's netpoller, and through a third Go process that only copies bytes
+//     (the least a Go relay costs).
+//   - oneway: messenger one-way throughput, 64-byte raw payloads sent by the agent;
+//     msgs/s counts deliveries (handler calls in the workers): SendRandom (one
+//     delivery per send) and SendToApp (two per send). The sender is paced by a
+//     window of marks (see bench/cluster) so it stays under Config.MaxPending;
+//     refused messages are counted. Floor: one process writing frames of the same
+//     wire size to a socketpair, one write(2) per frame, another reading them.
+//     Goal ≥ 1× floor and ≥ 1 M msgs/s.
+//   - kill: SIGKILL of a worker of hello → a new worker pid answers HTTP. Floor:
+//     that replacement's own start → ready, from the master's "ready" log line
+//     ("took"). Goal ≤ floor + 20 ms (median of the per-run differences).
+//   - reload: failed requests (wrk socket errors + non-2xx) while the master of
+//     hello does a rolling reload (SIGHUP) under load, keep-alive and
+//     Connection: close. Goal 0. Reported "n/a" when the build has no reload
+//     (the CLI lists no reload command, or no worker pid changes within 5 s).
+//   - stop: SIGTERM to the master of an idle hello cluster → the master has exited
+//     (what `stop` waits for), checking that every child was gone by then. Goal
+//     ≤ 300 ms, and no child outlives the master.
+//   - rss: VmRSS of hello's master, agent and workers, idle after its first request.
+//     Floor: a Go program that only sleeps (bench/bare). Goals: master ≤ 15 MiB,
+//     master + agent + 2 workers ≤ 50 MiB.
+//   - micro: go test -bench of internal/ipc and internal/relay; the relay path must
+//     not allocate (0 allocs/op).
+//
+// Every process the bench starts leads its own process group and is killed
+// with its group on any exit path; the bench checks at the end that none is
+// left. All traffic is on 127.0.0.1, every loop is bounded in count and time.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+type bench struct {
+	root, bin, logDir string
+	runs              int
+	httpDur           time.Duration
+	conns             int
+	rttN, onewayN     int
+	tool              string
+	profDir           string
+	loadBefore        string // 1-minute load average when the figures started
+}
+
+func (b *bench) exe(name string) string { return filepath.Join(b.bin, name) }
+
+func (b *bench) toolDesc() string {
+	switch b.tool {
+	case "wrk":
+		return "wrk"
+	case "go":
+		return "Go load generator (bench/load.go; wrk unavailable)"
+	}
+	return "none (no HTTP load figure selected)"
+}
+
+type figure struct {
+	name string
+	run  func(*bench) []row
+}
+
+var figures = []figure{
+	{"start", (*bench).figStart},
+	{"http", (*bench).figHTTP},
+	{"rtt", (*bench).figRTT},
+	{"oneway", (*bench).figOneway},
+	{"kill", (*bench).figKill},
+	{"reload", (*bench).figReload},
+	{"stop", (*bench).figStop},
+	{"rss", (*bench).figRSS},
+	{"micro", (*bench).figMicro},
+}
+
+func main() { os.Exit(run()) }
+
+func run() int {
+	var b bench
+	quick := flag.Bool("quick", false, "2 runs, 2 s loads, fewer messages: a smoke test")
+	only := flag.String("only", "", "comma-separated figures to run: start, http, rtt, oneway, kill, reload, stop, rss, micro")
+	runs := flag.Int("runs", 0, "runs per figure (default 5, or 2 with -quick)")
+	flag.IntVar(&b.conns, "conns", 64, "HTTP load: connections")
+	dur := flag.Duration("duration", 0, "HTTP load: duration of one run (default 5s, or 2s with -quick)")
+	loadgen := flag.String("loadgen", "wrk", "HTTP load generator: wrk (installed if missing) or go")
+	out := flag.String("out", "", "results file (default bench/RESULTS.md, written only by a full run)")
+	flag.StringVar(&b.profDir, "cpuprofile", "", "directory: every bench-cluster process writes a CPU profile there")
+	keep := flag.Bool("keep", false, "keep the temporary directory (binaries and logs)")
+	flag.Parse()
+
+	b.runs, b.httpDur, b.rttN, b.onewayN = 5, 5*time.Second, 20000, 1000000
+	if *quick {
+		b.runs, b.httpDur, b.rttN, b.onewayN = 2, 2*time.Second, 5000, 200000
+	}
+	if *runs > 0 {
+		b.runs = *runs
+	}
+	if *dur > 0 {
+		b.httpDur = *dur
+	}
+	selected, err := selectFigures(*only)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 2
+	}
+
+	// Whatever happens from here on, the processes we started go with us.
+	becomeSubreaper()
+	defer killGroups()
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	go func() {
+		sig := <-sigs
+		fmt.Fprintf(os.Stderr, "\nbench: %v: killing every process started\n", sig)
+		killGroups()
+		os.Exit(130)
+	}()
+
+	tmp, err := os.MkdirTemp("", "brood-bench-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 1
+	}
+	b.bin, b.logDir = filepath.Join(tmp, "bin"), filepath.Join(tmp, "logs")
+	os.MkdirAll(b.logDir, 0o755)
+	if b.profDir != "" {
+		if b.profDir, err = filepath.Abs(b.profDir); err == nil {
+			err = os.MkdirAll(b.profDir, 0o755)
+		}
+	}
+	if err == nil {
+		err = b.build()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.RemoveAll(tmp)
+		return 1
+	}
+	if wantsLoad(selected) {
+		b.tool = loadTool(*loadgen)
+	}
+
+	began := time.Now()
+	b.loadBefore = loadAvg()
+	var rows []row
+	var micro []string
+	failed := false
+	for _, f := range selected {
+		fmt.Fprintf(os.Stderr, "bench: %s ...\n", f.name)
+		t0 := time.Now()
+		var got []row
+		if f.name == "micro" {
+			got, micro = b.microRows()
+		} else {
+			got = f.run(&b)
+		}
+		for _, r := range got {
+			failed = failed || r.pass == "error"
+		}
+		rows = append(rows, got...)
+		fmt.Fprintf(os.Stderr, "bench: %s done in %v\n", f.name, time.Since(t0).Round(100*time.Millisecond))
+	}
+	took := time.Since(began)
+
+	fmt.Printf("\nbrood bench — %s\nload generator: %s; %d runs per figure; took %v; load average %s before, %s after\n\n",
+		machine(), b.toolDesc(), b.runs, took.Round(time.Second), b.loadBefore, loadAvg())
+	printTable(os.Stdout, rows)
+
+	path := *out
+	if path == "" && *only == "" && !*quick {
+		path = filepath.Join(b.root, "bench", "RESULTS.md")
+	}
+	if path != "" {
+		if err := writeResults(path, generated(&b, rows, micro, took)); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			return 1
+		}
+		fmt.Printf("\nwrote %s\n", path)
+	}
+
+	killGroups()
+	if left := leftovers(allGroups()); len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "bench: LEFTOVER processes (killed now):\n  %s\n", strings.Join(left, "\n  "))
+		for pgid := range allGroups() {
+			syscall.Kill(-pgid, syscall.SIGKILL)
+		}
+		failed = true
+	} else {
+		fmt.Println("no leftover processes")
+	}
+	if failed || *keep {
+		fmt.Fprintf(os.Stderr, "bench: binaries and logs kept in %s\n", tmp)
+	} else {
+		os.RemoveAll(tmp)
+	}
+	if failed {
+		return 1
+	}
+	return 0
+}
+
+func selectFigures(only string) ([]figure, error) {
+	if only == "" {
+		return figures, nil
+	}
+	var out []figure
+	for _, name := range strings.Split(only, ",") {
+		found := false
+		for _, f := range figures {
+			if f.name == strings.TrimSpace(name) {
+				out = append(out, f)
+				found = true
+			}
+		}
+		if !found {
+			return nil, fmt.Errorf("unknown figure %q", name)
+		}
+	}
+	return out, nil
+}
+
+func wantsLoad(fs []figure) bool {
+	for _, f := range fs {
+		if f.name == "http" || f.name == "reload" {
+			return true
+		}
+	}
+	return false
+}
+
+// build compiles the programs the figures run.
+func (b *bench) build() error {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	gomod := strings.TrimSpace(string(out))
+	if err != nil || gomod == "" || gomod == os.DevNull {
+		return errors.New("run the bench from the brood module (go run ./bench)")
+	}
+	b.root = filepath.Dir(gomod)
+	fmt.Fprintf(os.Stderr, "bench: building into %s\n", b.bin)
+	cmd := exec.Command("go", "build", "-o", b.bin+string(filepath.Separator),
+		"./examples/hello", "./bench/floor", "./bench/bare", "./bench/cluster")
+	cmd.Dir = b.root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return nil
+}
