@@ -250,7 +250,9 @@ func runChild(ctx context.Context, cfg Config, cs childSpec) error {
 	select {
 	case <-m.welcomed:
 	case <-p.ctx.Done():
-		return finish(fmt.Errorf("brood: %s %d: stopped before the handshake: %w", cs.role, cs.id, context.Cause(p.ctx)))
+		// Stopped while held (the start was aborted): nothing of the user's ran.
+		p.log.Debug("stopped before the handshake", "cause", context.Cause(p.ctx))
+		return finish(nil)
 	}
 
 	if setupErr != nil {

@@ -33,18 +33,17 @@ type launched struct {
 	stdout, stderr *os.File
 }
 
-// launch starts a child for slot s. Called with m.mu held (so that no other
-// fork inherits a descriptor meant for this child).
-func (m *master) launch(s *slot) (launched, error) {
+// launch starts a child for slot s in a cluster of the given number of workers.
+func (m *master) launch(s *slot, workers int) (launched, error) {
 	if m.cfg.Single {
 		return m.launchGoroutine(s)
 	}
-	return m.launchProcess(s)
+	return m.launchProcess(s, workers)
 }
 
 // launchProcess re-executes the program with the role in the environment, the
 // channel on fd 3 and the listeners after it.
-func (m *master) launchProcess(s *slot) (launched, error) {
+func (m *master) launchProcess(s *slot, workers int) (launched, error) {
 	conn, childEnd, err := proc.Socketpair()
 	if err != nil {
 		return launched{}, err
@@ -87,7 +86,7 @@ func (m *master) launchProcess(s *slot) (launched, error) {
 	cmd := &exec.Cmd{
 		Path:        m.exe,
 		Args:        append([]string{title}, m.args...),
-		Env:         childEnv(m.cfg, s, m.pid, len(files)-1),
+		Env:         childEnv(m.cfg, s, m.pid, len(files)-1, workers),
 		ExtraFiles:  files,
 		Stdout:      outW,
 		Stderr:      errW,
@@ -133,10 +132,9 @@ func (m *master) launchGoroutine(s *slot) (launched, error) {
 			ls = append(ls, l)
 		}
 	}
-	m.singleSeq++
 	masterEnd, childEnd := net.Pipe()
 	ctx, cancel := context.WithCancel(context.Background())
-	g := &goroutineProc{pid: singlePIDBase + m.singleSeq, cancel: cancel, done: make(chan struct{}), killed: make(chan struct{})}
+	g := &goroutineProc{pid: singlePIDBase + int(m.singleSeq.Add(1)), cancel: cancel, done: make(chan struct{}), killed: make(chan struct{})}
 	spec := childSpec{role: s.role, id: s.id, pid: uint32(g.pid), conn: childEnd, listeners: ls, single: true}
 	go func() {
 		defer close(g.done)

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -75,7 +76,7 @@ type master struct {
 	endLife context.CancelFunc
 	wg      sync.WaitGroup // goroutines owned by the master (restarts, replacements, heartbeat)
 
-	singleSeq int // virtual pids handed out in single-process mode
+	singleSeq atomic.Int32 // virtual pids handed out in single-process mode
 
 	startedAt time.Time
 	reqMu     sync.Mutex
@@ -130,6 +131,7 @@ type child struct {
 
 	// Guarded by master.mu.
 	state      childState
+	held       bool   // started, but not yet sent the member table (see spawn)
 	stopping   bool   // the master asked it to stop: its exit is expected
 	replaced   bool   // a replacement took or is taking its slot: not a crash
 	killReason string // why the master killed it (hang, start timeout)
@@ -258,21 +260,47 @@ func (m *master) startCluster() error {
 	for i := range slots {
 		slots[i] = m.addSlot(Worker, i+1)
 	}
+	// The workers' processes start now, held, so that their exec and runtime
+	// start overlap with the agent's initialisation; their user code runs only
+	// once the agent is ready (Egg's order).
+	var agent *child
+	var agentErr error
 	if m.cfg.Agent != nil {
-		s := m.addSlot(Agent, 0)
-		if _, err := m.startChild(s); err != nil {
-			m.mu.Lock()
-			defer m.mu.Unlock()
-			if m.startErr != nil {
-				return m.startErr
-			}
-			return fmt.Errorf("brood: start agent: %w", err)
+		agent, agentErr = m.spawn(m.addSlot(Agent, 0), false)
+	}
+	held := make([]*child, len(slots))
+	heldErrs := make([]error, len(slots))
+	var spawning sync.WaitGroup
+	for i, s := range slots {
+		spawning.Go(func() { held[i], heldErrs[i] = m.spawn(s, true) })
+	}
+	if agentErr == nil && agent != nil {
+		agentErr = m.awaitReady(agent)
+	}
+	spawning.Wait()
+	if agentErr != nil {
+		m.endLife()
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if m.startErr != nil {
+			return m.startErr
+		}
+		return fmt.Errorf("brood: start agent: %w", agentErr)
+	}
+	var started []*child
+	for _, c := range held {
+		if c != nil {
+			started = append(started, c)
 		}
 	}
+	m.release(started)
 	errs := make(chan error, len(slots))
-	for _, s := range slots {
+	for i, s := range slots {
 		go func() {
-			_, err := m.startChild(s)
+			err := heldErrs[i]
+			if err == nil {
+				err = m.awaitReady(held[i])
+			}
 			if err != nil {
 				err = fmt.Errorf("brood: start %s: %w", s, err)
 				m.endLife() // no point waiting for the others
@@ -338,15 +366,21 @@ func (m *master) abortStartLocked(err error) {
 // startChild starts a process for slot s and waits until it is ready. On failure
 // the process is gone when startChild returns.
 func (m *master) startChild(s *slot) (*child, error) {
-	c, err := m.spawn(s)
+	c, err := m.spawn(s, false)
 	if err != nil {
 		return nil, err
 	}
+	return c, m.awaitReady(c)
+}
+
+// awaitReady waits up to ReadyTimeout for c's Ready. On failure c is gone when
+// it returns.
+func (m *master) awaitReady(c *child) error {
 	timer := time.NewTimer(m.cfg.ReadyTimeout)
 	defer timer.Stop()
 	select {
 	case <-c.ready:
-		return c, nil
+		return nil
 	case <-c.exited:
 	case <-timer.C:
 		m.kill(c, fmt.Sprintf("not ready within %v (ReadyTimeout)", m.cfg.ReadyTimeout))
@@ -354,27 +388,50 @@ func (m *master) startChild(s *slot) (*child, error) {
 	case <-m.life.Done():
 		m.kill(c, "start abandoned: "+errStopping.Error())
 		<-c.exited
-		return nil, errStopping
+		return errStopping
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return nil, fmt.Errorf("pid %d exited before it was ready: %s", c.pid, c.exitReason)
+	return fmt.Errorf("pid %d exited before it was ready: %s", c.pid, c.exitReason)
 }
 
-// spawn starts a process for slot s and registers it as the slot's starting one.
-func (m *master) spawn(s *slot) (*child, error) {
+// spawn starts a process for slot s and registers it as the slot's starting
+// one. A held child is not sent the member table, which it waits for before
+// running the user's code: its exec and runtime start overlap with the agent's
+// initialisation, and release lets it go on.
+func (m *master) spawn(s *slot, held bool) (*child, error) {
+	m.mu.Lock()
+	stopping := m.state >= stateStopping || m.life.Err() != nil || s.removed
+	workers := len(m.workers)
+	m.mu.Unlock()
+	if stopping {
+		return nil, errStopping
+	}
+	// Launch outside m.mu: its descriptors are close-on-exec (the child gets
+	// its own through ExtraFiles) and Go serialises forks itself, so workers
+	// started together fork in parallel with the rest of the master's work.
+	l, err := m.launch(s, workers)
+	if err != nil {
+		return nil, err
+	}
+	abandon := func() {
+		l.proc.Signal(syscall.SIGKILL)
+		l.proc.Wait()
+		l.conn.Close()
+		for _, f := range []*os.File{l.stdout, l.stderr} {
+			if f != nil {
+				f.Close()
+			}
+		}
+	}
 	m.mu.Lock()
 	if m.state >= stateStopping || m.life.Err() != nil || s.removed {
 		m.mu.Unlock()
+		abandon() // the cluster began stopping meanwhile
 		return nil, errStopping
 	}
-	l, err := m.launch(s)
-	if err != nil {
-		m.mu.Unlock()
-		return nil, err
-	}
 	c := &child{
-		slot: s, pid: l.proc.PID(), proc: l.proc, conn: l.conn, startedAt: time.Now(),
+		slot: s, pid: l.proc.PID(), proc: l.proc, conn: l.conn, startedAt: time.Now(), held: held,
 		ready: make(chan struct{}), exited: make(chan struct{}), readDone: make(chan struct{}), stderrDone: make(chan struct{}),
 	}
 	c.lastSeen.Store(time.Now().UnixNano())
@@ -382,15 +439,8 @@ func (m *master) spawn(s *slot) (*child, error) {
 	ep, err := m.router.Attach(s.rs, uint32(c.pid), w)
 	if err != nil { // a bug: the slot already has a starting process
 		m.mu.Unlock()
-		l.proc.Signal(syscall.SIGKILL)
-		l.proc.Wait()
 		w.Close(time.Now())
-		l.conn.Close()
-		for _, f := range []*os.File{l.stdout, l.stderr} {
-			if f != nil {
-				f.Close()
-			}
-		}
+		abandon()
 		return nil, err
 	}
 	c.ep = ep
@@ -416,14 +466,32 @@ func (m *master) spawn(s *slot) (*child, error) {
 	return c, nil
 }
 
+// release lets held children run the user's code: they get the member table.
+func (m *master) release(cs []*child) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, c := range cs {
+		c.held = false
+	}
+	m.sendMembersLocked()
+}
+
 // childEnv is the environment of a child: the master's, minus any brood child
 // variables, plus the child's own (see doc.go for the contract).
-func childEnv(cfg Config, s *slot, masterPID, listeners int) []string {
-	env := make([]string, 0, len(os.Environ())+8)
+//
+// Workers get GOMAXPROCS = max(1, NumCPU/workers) unless GOMAXPROCS is set:
+// like Egg's single-threaded workers, N workers share the CPUs instead of each
+// scheduling on all of them (measured: with 2 workers on 2 cores, Connection:
+// close throughput 0.83 -> 0.89 of one process; keep-alive unchanged).
+func childEnv(cfg Config, s *slot, masterPID, listeners, workers int) []string {
+	env := make([]string, 0, len(os.Environ())+9)
 	for _, kv := range os.Environ() {
 		if !isChildEnv(kv) {
 			env = append(env, kv)
 		}
+	}
+	if _, set := os.LookupEnv("GOMAXPROCS"); !set && s.role == Worker && workers > 0 {
+		env = append(env, "GOMAXPROCS="+strconv.Itoa(max(1, runtime.NumCPU()/workers)))
 	}
 	return append(env,
 		envRole+"="+s.role.String(),
@@ -601,7 +669,9 @@ func (m *master) sendMembersLocked() {
 	b, _ := json.Marshal(list)
 	h := ipc.Header{Kind: ipc.KindMembers, Role: ipc.RoleMaster, From: uint32(m.pid)}
 	for _, c := range m.children {
-		_ = c.ep.Writer().Append(&h, "", b)
+		if !c.held {
+			_ = c.ep.Writer().Append(&h, "", b)
+		}
 	}
 }
 
