@@ -105,11 +105,11 @@ func childFromEnv(cfg *Config) (childSpec, error) {
 	if cs.conn, err = proc.ConnFromFD(fd, "brood ipc"); err != nil {
 		return cs, fmt.Errorf("brood: %w", err)
 	}
-	files := make([]*os.File, n)
-	for i := range files {
-		files[i] = os.NewFile(uintptr(fd+1+i), "inherited listener "+strconv.Itoa(i))
+	fds := make([]int, n)
+	for i := range fds {
+		fds[i] = fd + 1 + i
 	}
-	if cs.listeners, err = listener.Inherit(files); err != nil {
+	if cs.listeners, err = listener.Inherit(fds); err != nil {
 		cs.conn.Close()
 		return cs, fmt.Errorf("brood: %w", err)
 	}

@@ -1,12 +1,13 @@
 package listener
 
 import (
-	"golang.org/x/sys/unix"
+	"fmt"
 	"net"
 	"os"
 	"sync"
 	"syscall"
-	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Fair spreading of connections over workers that share one listening socket.
@@ -20,43 +21,53 @@ import (
 // which puts it at the front of the wake-up queue for the next connection. Under
 // load workers are rarely idle and the accept queue spreads the work by itself.
 
-// acceptable is what FairListener needs from the listeners it wraps.
-type acceptable interface {
-	net.Listener
-	SetDeadline(time.Time) error
-	SyscallConn() (syscall.RawConn, error)
-}
-
-// FairListener wraps an inherited listener; see the comment above. It accepts
-// with non-blocking accept4 calls of its own and waits for readiness on a second
-// registration of the same socket (a listener's RawConn cannot wait), which it
-// renews after losing a race. The cost over net's Accept is a few cheap syscalls
-// per connection (net.FileConn's duplicate); the benchmark measures it.
+// FairListener accepts from an inherited listening socket. It keeps the socket
+// as a bare descriptor, out of the poller, and accepts with non-blocking
+// accept4 calls of its own; it waits for readiness on a second descriptor of
+// the same socket, the only one registered with the poller, which it renews
+// after losing a race. So each incoming connection wakes each idle worker once.
+// The cost over net's Accept is a few cheap syscalls per connection
+// (net.FileConn's duplicate); the bench measures it.
 type FairListener struct {
-	l    acceptable
-	ctrl syscall.RawConn
+	addr net.Addr
+
+	fdMu   sync.RWMutex // read-held around accept4 so that Close cannot reuse the fd under it
+	fd     int
+	closed bool
 
 	mu     sync.Mutex
 	waiter *os.File
 	raw    syscall.RawConn
-	closed bool
 }
 
-// NewFair wraps l. Listeners of other types are returned as they are.
-func NewFair(l net.Listener) net.Listener {
-	a, ok := l.(acceptable)
-	if !ok {
-		return l
-	}
-	ctrl, err := a.SyscallConn()
+// NewFair takes ownership of the listening socket fd (made close-on-exec).
+func NewFair(fd int) (*FairListener, error) {
+	unix.CloseOnExec(fd)
+	sa, err := unix.Getsockname(fd)
 	if err != nil {
-		return l
+		return nil, fmt.Errorf("getsockname: %w", err)
 	}
-	f := &FairListener{l: a, ctrl: ctrl}
+	f := &FairListener{fd: fd, addr: sockaddrToAddr(sa)}
 	if err := f.renewWaiter(); err != nil {
-		return l
+		return nil, err
 	}
-	return f
+	return f, nil
+}
+
+func sockaddrToAddr(sa unix.Sockaddr) net.Addr {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return &net.TCPAddr{IP: net.IP(sa.Addr[:]).To16(), Port: sa.Port}
+	case *unix.SockaddrInet6:
+		var zone string
+		if ifi, err := net.InterfaceByIndex(int(sa.ZoneId)); err == nil {
+			zone = ifi.Name
+		}
+		return &net.TCPAddr{IP: net.IP(sa.Addr[:]), Port: sa.Port, Zone: zone}
+	case *unix.SockaddrUnix:
+		return &net.UnixAddr{Name: sa.Name, Net: "unix"}
+	}
+	return &net.TCPAddr{}
 }
 
 // Accept takes a waiting connection, or waits for one and takes it unless a
@@ -69,12 +80,12 @@ func (f *FairListener) Accept() (net.Conn, error) {
 			return c, nil
 		}
 		if err != nil {
-			return nil, f.closedErr(err)
+			return nil, err
 		}
 		if woke {
 			// Woken for a connection a sibling took: move to the front.
 			if err := f.renewWaiter(); err != nil {
-				return nil, f.closedErr(err)
+				return nil, err
 			}
 		}
 		f.mu.Lock()
@@ -89,54 +100,61 @@ func (f *FairListener) Accept() (net.Conn, error) {
 	}
 }
 
-// tryAccept accepts one connection without blocking; (nil, nil) means none was
-// waiting. The descriptor is accepted in blocking mode so that os.NewFile does
-// not register it with the poller; net.FileConn's duplicate is set nonblocking.
-func (f *FairListener) tryAccept() (net.Conn, error) {
-	nfd := -1
-	var aerr error
-	err := f.ctrl.Control(func(fd uintptr) {
-		for {
-			nfd, _, aerr = unix.Accept4(int(fd), unix.SOCK_CLOEXEC)
-			if aerr != unix.EINTR {
-				return
-			}
-		}
-	})
-	if err != nil {
-		return nil, err
-	}
-	switch aerr {
-	case nil:
-	case unix.EAGAIN, unix.ECONNABORTED:
-		return nil, nil
-	default:
-		return nil, &net.OpError{Op: "accept", Net: f.l.Addr().Network(), Addr: f.l.Addr(), Err: os.NewSyscallError("accept4", aerr)}
-	}
-	file := os.NewFile(uintptr(nfd), "accepted")
-	c, err := net.FileConn(file)
-	file.Close()
-	if err != nil {
-		return nil, &net.OpError{Op: "accept", Net: f.l.Addr().Network(), Addr: f.l.Addr(), Err: err}
-	}
-	return c, nil
-}
-
 func (f *FairListener) closedErr(err error) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
+	f.fdMu.RLock()
+	defer f.fdMu.RUnlock()
 	if f.closed {
 		return net.ErrClosed
 	}
 	return err
 }
 
+// tryAccept accepts one connection without blocking; (nil, nil) means none was
+// waiting. The descriptor is accepted in blocking mode so that os.NewFile does
+// not register it with the poller; net.FileConn's duplicate is set nonblocking.
+func (f *FairListener) tryAccept() (net.Conn, error) {
+	f.fdMu.RLock()
+	if f.closed {
+		f.fdMu.RUnlock()
+		return nil, net.ErrClosed
+	}
+	var nfd int
+	var err error
+	for {
+		nfd, _, err = unix.Accept4(f.fd, unix.SOCK_CLOEXEC)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	f.fdMu.RUnlock()
+	switch err {
+	case nil:
+	case unix.EAGAIN, unix.ECONNABORTED:
+		return nil, nil
+	default:
+		return nil, &net.OpError{Op: "accept", Net: f.addr.Network(), Addr: f.addr, Err: os.NewSyscallError("accept4", err)}
+	}
+	file := os.NewFile(uintptr(nfd), "accepted")
+	c, err := net.FileConn(file)
+	file.Close()
+	if err != nil {
+		return nil, &net.OpError{Op: "accept", Net: f.addr.Network(), Addr: f.addr, Err: err}
+	}
+	return c, nil
+}
+
 // renewWaiter registers a fresh duplicate of the socket for waiting and drops
 // the old one: the new registration is the first the kernel wakes.
 func (f *FairListener) renewWaiter() error {
-	fd, err := dupListener(f.l)
+	f.fdMu.RLock()
+	if f.closed {
+		f.fdMu.RUnlock()
+		return net.ErrClosed
+	}
+	fd, err := unix.FcntlInt(uintptr(f.fd), unix.F_DUPFD_CLOEXEC, 0)
+	f.fdMu.RUnlock()
 	if err != nil {
-		return err
+		return fmt.Errorf("dup listener: %w", err)
 	}
 	w := os.NewFile(uintptr(fd), "listener-waiter")
 	raw, err := w.SyscallConn()
@@ -145,30 +163,35 @@ func (f *FairListener) renewWaiter() error {
 		return err
 	}
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.closed {
-		w.Close()
-		return net.ErrClosed
-	}
 	old := f.waiter
 	f.waiter, f.raw = w, raw
+	f.mu.Unlock()
 	if old != nil {
 		old.Close()
+	}
+	if f.closedErr(nil) != nil { // closed meanwhile
+		w.Close()
+		return net.ErrClosed
 	}
 	return nil
 }
 
 // Close closes this process's descriptors; the socket stays open elsewhere.
 func (f *FairListener) Close() error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
+	f.fdMu.Lock()
 	if f.closed {
+		f.fdMu.Unlock()
 		return net.ErrClosed
 	}
 	f.closed = true
-	f.waiter.Close()
-	return f.l.Close()
+	err := unix.Close(f.fd)
+	f.fdMu.Unlock()
+	f.mu.Lock()
+	w := f.waiter
+	f.mu.Unlock()
+	w.Close() // wakes a waiting Accept
+	return err
 }
 
 // Addr returns the listener's address.
-func (f *FairListener) Addr() net.Addr { return f.l.Addr() }
+func (f *FairListener) Addr() net.Addr { return f.addr }

@@ -213,21 +213,19 @@ func CloseAll(socks []*Socket) {
 	}
 }
 
-// Inherit turns inherited descriptors into listeners, in order, and closes the
-// originals (net.FileListener keeps its own duplicate). Each listener is wrapped
-// in a FairListener.
-func Inherit(files []*os.File) ([]net.Listener, error) {
-	out := make([]net.Listener, 0, len(files))
-	for _, f := range files {
-		l, err := net.FileListener(f)
-		f.Close()
+// Inherit turns inherited listening descriptors into FairListeners, in order.
+// They become close-on-exec, so programs the child starts do not inherit them.
+func Inherit(fds []int) ([]net.Listener, error) {
+	out := make([]net.Listener, 0, len(fds))
+	for _, fd := range fds {
+		l, err := NewFair(fd)
 		if err != nil {
 			for _, l := range out {
 				l.Close()
 			}
-			return nil, fmt.Errorf("inherit listener %s: %w", f.Name(), err)
+			return nil, fmt.Errorf("inherit listener (fd %d): %w", fd, err)
 		}
-		out = append(out, NewFair(l))
+		out = append(out, l)
 	}
 	return out, nil
 }
