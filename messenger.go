@@ -313,10 +313,14 @@ func (m *Messenger) Once(action string, h func(Message)) {
 	m.subscribe(action, &subscription{h: h, once: true})
 }
 
+// Handler lists are copy-on-write: a list in m.handlers is never modified in
+// place, so dispatch can run one it read under the lock without copying it.
+
 func (m *Messenger) subscribe(action string, s *subscription) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.handlers[action] = append(m.handlers[action], s)
+	list := m.handlers[action]
+	m.handlers[action] = append(list[:len(list):len(list)], s)
 }
 
 func (m *Messenger) unsubscribe(action string, s *subscription) {
@@ -552,22 +556,13 @@ func (m *Messenger) ack() {
 
 func (m *Messenger) dispatch(msg Message) {
 	m.mu.Lock()
-	list := m.handlers[msg.Action]
-	var run []*subscription
-	if len(list) > 0 {
-		run = append(run, list...)
-		kept := list[:0:0]
-		for _, s := range list {
-			if !s.once {
-				kept = append(kept, s)
-			}
-		}
-		if len(kept) != len(list) {
-			if len(kept) == 0 {
-				delete(m.handlers, msg.Action)
-			} else {
-				m.handlers[msg.Action] = kept
-			}
+	run := m.handlers[msg.Action] // copy-on-write: safe to use after unlocking
+	if slices.ContainsFunc(run, func(s *subscription) bool { return s.once }) {
+		kept := slices.DeleteFunc(slices.Clone(run), func(s *subscription) bool { return s.once })
+		if len(kept) == 0 {
+			delete(m.handlers, msg.Action)
+		} else {
+			m.handlers[msg.Action] = kept
 		}
 	}
 	m.mu.Unlock()
