@@ -6,6 +6,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -38,7 +39,15 @@ type FairListener struct {
 	mu     sync.Mutex
 	waiter *os.File
 	raw    syscall.RawConn
+
+	lastAccept time.Time // used by the Accept goroutine only
 }
+
+// renewQuiet is how long a worker must have gone without accepting before a
+// lost race makes it renew its place: fairness matters for a quiet cluster;
+// under load every worker accepts all the time and the renewal (a dup and two
+// epoll_ctl calls) would only cost.
+const renewQuiet = time.Millisecond
 
 // NewFair takes ownership of the listening socket fd (made close-on-exec).
 func NewFair(fd int) (*FairListener, error) {
@@ -77,12 +86,13 @@ func (f *FairListener) Accept() (net.Conn, error) {
 	for {
 		c, err := f.tryAccept()
 		if c != nil {
+			f.lastAccept = time.Now()
 			return c, nil
 		}
 		if err != nil {
 			return nil, err
 		}
-		if woke {
+		if woke && time.Since(f.lastAccept) > renewQuiet {
 			// Woken for a connection a sibling took: move to the front.
 			if err := f.renewWaiter(); err != nil {
 				return nil, err
