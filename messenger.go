@@ -72,6 +72,7 @@ type Message struct {
 	id      uint64
 	request bool
 	raw     bool
+	held    bool // the master keeps a copy until we acknowledge it
 	m       *Messenger
 }
 
@@ -464,6 +465,7 @@ func (m *Messenger) toMessage(f ipc.Frame) Message {
 		id:      f.ID,
 		request: f.Flags&ipc.FlagRequest != 0,
 		raw:     f.Flags&ipc.FlagRaw != 0,
+		held:    f.Flags&ipc.FlagHeld != 0,
 		m:       m,
 	}
 }
@@ -523,11 +525,20 @@ func (m *Messenger) enqueue(msg Message) {
 	}
 }
 
+// ackEvery bounds how many handled messages a long batch leaves unacknowledged.
 const ackEvery = 256
 
+// dispatchLoop runs handlers, one message at a time in arrival order, and
+// acknowledges handled messages to the master: after each batch and every
+// ackEvery messages, and only when the master holds a copy of one of them
+// (FlagHeld). The acknowledgement carries the count of every message handled,
+// which is the master's sequence for this process, so skipping it when only
+// pid-addressed messages were handled changes nothing it releases, and saves a
+// write on the request/reply path.
 func (m *Messenger) dispatchLoop() {
 	defer close(m.qdone)
 	var batch []Message
+	unacked := 0 // held messages handled since the last ack
 	for range m.qwake {
 		for {
 			m.qmu.Lock()
@@ -538,14 +549,21 @@ func (m *Messenger) dispatchLoop() {
 			}
 			for i := range batch {
 				m.dispatch(batch[i])
+				if batch[i].held {
+					unacked++
+				}
 				batch[i] = Message{}
 				m.handled++
-				if m.handled%ackEvery == 0 {
+				if unacked >= ackEvery {
 					m.ack()
+					unacked = 0
 				}
 			}
 		}
-		m.ack()
+		if unacked > 0 {
+			m.ack()
+			unacked = 0
+		}
 	}
 }
 
