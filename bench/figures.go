@@ -197,11 +197,11 @@ func (b *bench) runFloor(v any, args ...string) error {
 	return json.Unmarshal(out.Bytes(), v)
 }
 
-// runMessengerBench runs bench/cluster with one messenger bench and decodes the
-// agent's result into v.
-func (b *bench) runMessengerBench(v any, mode string, n int) error {
+// runMessengerBench runs bench/cluster with one messenger bench (and extra
+// flags) and decodes the agent's result into v.
+func (b *bench) runMessengerBench(v any, mode string, n int, extra ...string) error {
 	out := filepath.Join(b.logDir, fmt.Sprintf("msg-%s-%d.json", mode, time.Now().UnixNano()))
-	c, err := b.startBenchCluster("-msg", mode, "-n", strconv.Itoa(n), "-out", out)
+	c, err := b.startBenchCluster(append([]string{"-msg", mode, "-n", strconv.Itoa(n), "-out", out}, extra...)...)
 	if err != nil {
 		return err
 	}
@@ -227,30 +227,54 @@ func us(ns int64) float64 { return float64(ns) / 1e3 }
 
 func (b *bench) figRTT() []row {
 	names := [2]string{"messenger RTT agent→worker→agent, p50", "messenger RTT agent→worker→agent, p99"}
-	var p50, p99, f50, f99, n50, n99, r50, r99, there, back []float64
+	n := strconv.Itoa(b.rttN)
+	// refs are the references in the note: each a floor run, or the brood
+	// cluster pinned to one CPU.
+	refs := []struct {
+		what string
+		args []string // floor arguments; nil: the brood cluster with -onecpu
+		p50  []float64
+		p99  []float64
+	}{
+		{what: "the same ping-pong through Go's netpoller (net.Conn)", args: []string{"pingpong", "-net", "-n", n}},
+		{what: "through a third process copying bytes both ways with blocking read(2)/write(2) on two threads, no netpoller (what a relay in C costs)", args: []string{"pingpong", "-relay", "-n", n}},
+		{what: "the same relay through Go's netpoller in all three processes (the least a Go relay costs, no brood code)", args: []string{"pingpong", "-relay", "-net", "-n", n}},
+		{what: "the blocking relay with every process pinned to one CPU (no cross-CPU wake-ups)", args: []string{"pingpong", "-relay", "-onecpu", "-n", n}},
+		{what: "brood with every process pinned to one CPU", args: nil},
+	}
+	var p50, p99, f50, f99, there, back []float64
 	for range b.runs {
-		var raw, netp, goRelay, relayed fixture.RTT
-		err := errors.Join(
-			b.runFloor(&raw, "pingpong", "-n", strconv.Itoa(b.rttN)),
-			b.runFloor(&netp, "pingpong", "-net", "-n", strconv.Itoa(b.rttN)),
-			b.runFloor(&goRelay, "pingpong", "-relay", "-n", strconv.Itoa(b.rttN)),
-			b.runMessengerBench(&relayed, "rtt", b.rttN))
-		if err != nil {
+		var raw, relayed fixture.RTT
+		errs := []error{
+			b.runFloor(&raw, "pingpong", "-n", n),
+			b.runMessengerBench(&relayed, "rtt", b.rttN),
+		}
+		for i := range refs {
+			var ref fixture.RTT
+			if refs[i].args == nil {
+				errs = append(errs, b.runMessengerBench(&ref, "rtt", b.rttN, "-onecpu"))
+			} else {
+				errs = append(errs, b.runFloor(&ref, refs[i].args...))
+			}
+			refs[i].p50, refs[i].p99 = append(refs[i].p50, us(ref.P50)), append(refs[i].p99, us(ref.P99))
+		}
+		if err := errors.Join(errs...); err != nil {
 			return []row{errorRow(names[0], err), errorRow(names[1], err)}
 		}
 		f50, f99 = append(f50, us(raw.P50)), append(f99, us(raw.P99))
-		n50, n99 = append(n50, us(netp.P50)), append(n99, us(netp.P99))
-		r50, r99 = append(r50, us(goRelay.P50)), append(r99, us(goRelay.P99))
 		p50, p99 = append(p50, us(relayed.P50)), append(p99, us(relayed.P99))
 		there, back = append(there, us(relayed.ThereP50)), append(back, us(relayed.BackP50))
 	}
 	row50 := ratioRow(names[0], "µs", p50, f50, true, 2.5)
 	row99 := ratioRow(names[1], "µs", p99, f99, true, 4)
-	row50.note = fmt.Sprintf("%d round trips per run (Request + Reply, 24-byte raw payload, workers alternately); floor: raw socketpair ping-pong of a %d-byte frame, blocking write+read per hop. "+
+	var refNotes []string
+	for _, r := range refs {
+		refNotes = append(refNotes, fmt.Sprintf("%s: p50 %.0f µs, p99 %.0f µs", r.what, median(r.p50), median(r.p99)))
+	}
+	row50.note = fmt.Sprintf("%d round trips per run (Request + Reply, 24-byte raw payload, workers alternately); floor: raw socketpair ping-pong of a %d-byte frame between two processes, blocking write+read per hop. "+
 		"Breakdown (medians of per-run p50s): agent send → worker's handler %.0f µs, worker's Reply → agent's Request returns %.0f µs. "+
-		"References, same frame and count: ping-pong through Go's netpoller (net.Conn) p50 %.0f µs, p99 %.0f µs; "+
-		"through a third Go process copying bytes both ways (the least a Go relay costs, no brood code) p50 %.0f µs, p99 %.0f µs.",
-		b.rttN, fixture.PingFrame, median(there), median(back), median(n50), median(n99), median(r50), median(r99))
+		"References, same frame and count, medians: %s.",
+		b.rttN, fixture.PingFrame, median(there), median(back), strings.Join(refNotes, "; "))
 	return []row{row50, row99}
 }
 

@@ -7,6 +7,7 @@
 //	                   alternately), each timed; fixture.RTT
 //	-msg random  -n N  N one-way 64-byte raw messages with SendRandom (N deliveries)
 //	-msg app     -n N  N/2 SendToApp calls to the 2 workers (N deliveries)
+//	-onecpu            every process on one CPU (a reference for the RTT figure)
 //
 // One-way senders are paced by a window: after every block of messages the agent
 // sends a "mark" Request to every worker, and does not run more than two blocks
@@ -46,7 +47,14 @@ func main() {
 	n := flag.Int("n", 20000, "round trips, or one-way deliveries")
 	out := flag.String("out", "", "file for the messenger result (JSON)")
 	profDir := flag.String("cpuprofile", "", "directory for one CPU profile per process")
+	oneCPU := flag.Bool("onecpu", false, "pin the master, and so every child, to one CPU")
 	flag.Parse()
+	if *oneCPU {
+		if err := fixture.PinToOneCPU(); err != nil {
+			fmt.Fprintln(os.Stderr, "cluster:", err)
+			os.Exit(1)
+		}
+	}
 
 	role := os.Getenv("BROOD_ROLE") // read before brood.Run removes it
 	if role == "" {

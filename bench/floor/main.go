@@ -9,8 +9,14 @@
 //	                                  each end), as every Go program's socket I/O:
 //	                                  a reference for the Go runtime's share
 //	floor pingpong -relay -n N        the same with a third process in the middle
-//	                                  that copies bytes both ways (net.Conn): the
-//	                                  least a Go relay like brood's master costs
+//	                                  that copies bytes both ways with blocking
+//	                                  read(2)/write(2) on two threads: the least
+//	                                  any relaying process costs, in any language
+//	floor pingpong -relay -net -n N   the same relay through Go's netpoller in all
+//	                                  three processes: the least a Go relay like
+//	                                  brood's master costs
+//	floor pingpong ... -onecpu        any of the above with every process pinned
+//	                                  to one CPU (no cross-CPU wake-ups)
 //	floor oneway -n N                 one process writes N frames to a socketpair,
 //	                                  one write(2) per frame, another reads them;
 //	                                  prints a fixture.Oneway as JSON
@@ -51,16 +57,20 @@ func main() {
 	listen := fs.String("listen", "127.0.0.1:8080", "http: address")
 	n := fs.Int("n", 20000, "pingpong: round trips; oneway: frames")
 	useNet := fs.Bool("net", false, "pingpong: use net.Conn (Go's netpoller) instead of blocking syscalls")
-	relay := fs.Bool("relay", false, "pingpong: through a relay process (implies -net)")
+	relay := fs.Bool("relay", false, "pingpong: through a relay process")
+	oneCPU := fs.Bool("onecpu", false, "pingpong: pin every process to one CPU")
 	fs.Parse(os.Args[2:])
 	var err error
+	if *oneCPU {
+		err = fixture.PinToOneCPU()
+	}
 	switch mode {
 	case "http":
 		err = serveHTTP(*listen)
 	case "pingpong":
-		err = pingpong(*n, *useNet, *relay)
+		err = errors.Join(err, pingpong(*n, *useNet, *relay))
 	case "relay-child":
-		err = relayChild()
+		err = relayChild(*useNet)
 	case "pingpong-child":
 		err = echo(*useNet)
 	case "oneway":
@@ -158,8 +168,8 @@ func endpoint(fd int, useNet bool) (rw, func(), error) {
 
 func pingpong(n int, useNet, relay bool) error {
 	var extra []string
-	if useNet || relay {
-		useNet, extra = true, []string{"-net"}
+	if useNet {
+		extra = []string{"-net"}
 	}
 	child := "pingpong-child"
 	if relay {
@@ -198,20 +208,31 @@ func pingpong(n int, useNet, relay bool) error {
 }
 
 // relayChild sits between the measuring process (fd 3) and an echoing child
-// of its own, and copies bytes both ways through Go's netpoller, one read and
-// one write per chunk, as a relaying master does.
-func relayChild() error {
-	up, closeUp, err := endpoint(childFD, true)
+// of its own, and copies bytes both ways, one read and one write per chunk, as
+// a relaying master does: through Go's netpoller with useNet, else with
+// blocking syscalls (each direction then holds a thread in read(2)).
+func relayChild(useNet bool) error {
+	up, closeUp, err := endpoint(childFD, useNet)
 	if err != nil {
 		return err
 	}
-	fd, cmd, err := startChild("pingpong-child", 0, "-net")
+	var extra []string
+	if useNet {
+		extra = []string{"-net"}
+	}
+	fd, cmd, err := startChild("pingpong-child", 0, extra...)
 	if err != nil {
 		return err
 	}
-	down, closeDown, err := endpoint(fd, true)
+	down, closeDown, err := endpoint(fd, useNet)
 	if err != nil {
 		return err
+	}
+	if !useNet {
+		// close(2) does not wake a thread blocked in read(2) on the same
+		// socket; shutdown(2) does: the pump reading it and the echo child
+		// both see EOF.
+		closeDown = func() { unix.Shutdown(fd, unix.SHUT_RDWR) }
 	}
 	pump := func(dst io.Writer, src io.Reader) {
 		buf := make([]byte, 64<<10)
@@ -225,9 +246,14 @@ func relayChild() error {
 			}
 		}
 	}
-	go pump(up, down)
+	back := make(chan struct{})
+	go func() {
+		defer close(back)
+		pump(up, down)
+	}()
 	pump(down, up) // until the measuring process closes its end
 	closeDown()
+	<-back
 	closeUp()
 	return cmd.Wait()
 }
