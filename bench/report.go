@@ -50,14 +50,7 @@ func passFail(ok bool) string {
 // paired. atMost: ratio ≤ limit; otherwise ratio ≥ limit.
 func ratioRow(figure, unit string, vals, floor []float64, atMost bool, limit float64) row {
 	r := row{figure: figure, unit: unit, vals: vals, floor: floor}
-	q := median(vals) / median(floor)
-	if len(vals) == len(floor) {
-		per := make([]float64, len(vals))
-		for i := range vals {
-			per[i] = vals[i] / floor[i]
-		}
-		q = median(per)
-	}
+	q := medianRatio(vals, floor)
 	r.ratio = fmt.Sprintf("%.2f×", q)
 	if atMost {
 		r.goal = fmt.Sprintf("≤ %g× floor", limit)
@@ -67,6 +60,20 @@ func ratioRow(figure, unit string, vals, floor []float64, atMost bool, limit flo
 		r.pass = passFail(q >= limit)
 	}
 	return r
+}
+
+// medianRatio is the median of the per-run ratios vals[i]/floor[i] (each run
+// against the floor run next to it), or the ratio of the medians when the
+// counts differ.
+func medianRatio(vals, floor []float64) float64 {
+	if len(vals) != len(floor) {
+		return median(vals) / median(floor)
+	}
+	per := make([]float64, len(vals))
+	for i := range vals {
+		per[i] = vals[i] / floor[i]
+	}
+	return median(per)
 }
 
 func errorRow(figure string, err error) row {

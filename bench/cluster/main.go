@@ -8,6 +8,8 @@
 //	-msg random  -n N  N one-way 64-byte raw messages with SendRandom (N deliveries)
 //	-msg app     -n N  N/2 SendToApp calls to the 2 workers (N deliveries)
 //	-onecpu            every process on one CPU (a reference for the RTT figure)
+//	-no-header-timeout no http.Server.ReadHeaderTimeout, as the floor (a
+//	                   reference for the HTTP figures)
 //
 // One-way senders are paced by a window: after every block of messages the agent
 // sends a "mark" Request to every worker, and does not run more than two blocks
@@ -48,6 +50,7 @@ func main() {
 	out := flag.String("out", "", "file for the messenger result (JSON)")
 	profDir := flag.String("cpuprofile", "", "directory for one CPU profile per process")
 	oneCPU := flag.Bool("onecpu", false, "pin the master, and so every child, to one CPU")
+	noHeaderTimeout := flag.Bool("no-header-timeout", false, "http.Server.ReadHeaderTimeout -1 (as the floor) instead of brood's default")
 	flag.Parse()
 	if *oneCPU {
 		if err := fixture.PinToOneCPU(); err != nil {
@@ -117,7 +120,11 @@ func main() {
 			m.On(fixture.ActionMark, func(msg brood.Message) {
 				msg.Reply(binary.BigEndian.AppendUint64(nil, uint64(received.Load())))
 			})
-			return brood.ServeHTTP(ctx, p, &http.Server{Handler: fixture.Handler()})
+			srv := &http.Server{Handler: fixture.Handler()}
+			if *noHeaderTimeout {
+				srv.ReadHeaderTimeout = -1
+			}
+			return brood.ServeHTTP(ctx, p, srv)
 		},
 	})
 	if err != nil {
