@@ -295,7 +295,11 @@ func runChild(ctx context.Context, cfg Config, cs childSpec) error {
 	return finish(err)
 }
 
-// waitTimeout waits for wg up to d and reports whether it finished.
+// waitTimeout waits for wg up to d and reports whether it finished. On a
+// timeout the goroutine blocked in wg.Wait stays until wg finishes: the
+// Process.Go goroutines it waits for are stuck already, and the child process
+// exits right after (with "run --single" the goroutines of the stuck process
+// outlive its stop, which the error returned then says).
 func waitTimeout(wg interface{ Wait() }, d time.Duration) bool {
 	done := make(chan struct{})
 	go func() {
