@@ -23,15 +23,18 @@
 //     Connection: close. Floor: one net/http process serving the same handler.
 //     Same load generator for both: wrk -t2 -c64 -d5s (installed with apt-get if
 //     missing and root; else a Go load generator, named in the table). Goal ≥ 0.95×.
+//     The note gives a reference: the same cluster with ReadHeaderTimeout -1,
+//     configured as the floor is (ServeHTTP's default header timeout has a cost).
 //   - rtt: messenger round trip agent → worker → agent, Request + Reply of a
 //     24-byte raw payload, p50 and p99 over 20,000 round trips (after 1,000 warm-up
 //     ones), alternating between the two workers. Floor: two processes
 //     ping-ponging a frame of the same wire size over a raw socketpair, blocking
 //     write(2) + read(2) per hop, same count. Goal p50 ≤ 2.5×, p99 ≤ 4×. The note
 //     gives the relayed breakdown (agent → worker's handler, worker's reply →
-//     agent, on CLOCK_MONOTONIC) and two references: the same ping-pong through
-//     Go's netpoller, and through a third Go process that only copies bytes
-//     (the least a Go relay costs).
+//     agent, on CLOCK_MONOTONIC) and references: the same ping-pong through Go's
+//     netpoller; through a third process that only copies bytes, with blocking
+//     calls and through Go's netpoller (what any relay costs); that blocking
+//     relay and brood with every process pinned to one CPU.
 //   - oneway: messenger one-way throughput, 64-byte raw payloads sent by the agent;
 //     msgs/s counts deliveries (handler calls in the workers): SendRandom (one
 //     delivery per send) and SendToApp (two per send). The sender is paced by a
