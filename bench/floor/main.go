@@ -10,8 +10,8 @@
 //	                                  a reference for the Go runtime's share
 //	floor pingpong -relay -n N        the same with a third process in the middle
 //	                                  that copies bytes both ways with blocking
-//	                                  read(2)/write(2) on two threads: the least
-//	                                  any relaying process costs, in any language
+//	                                  read(2)/write(2) on two threads, no
+//	                                  netpoller: about what a relay in C costs
 //	floor pingpong -relay -net -n N   the same relay through Go's netpoller in all
 //	                                  three processes: the least a Go relay like
 //	                                  brood's master costs
@@ -60,15 +60,18 @@ func main() {
 	relay := fs.Bool("relay", false, "pingpong: through a relay process")
 	oneCPU := fs.Bool("onecpu", false, "pingpong: pin every process to one CPU")
 	fs.Parse(os.Args[2:])
-	var err error
 	if *oneCPU {
-		err = fixture.PinToOneCPU()
+		if err := fixture.PinToOneCPU(); err != nil {
+			fmt.Fprintln(os.Stderr, "floor:", err)
+			os.Exit(1)
+		}
 	}
+	var err error
 	switch mode {
 	case "http":
 		err = serveHTTP(*listen)
 	case "pingpong":
-		err = errors.Join(err, pingpong(*n, *useNet, *relay))
+		err = pingpong(*n, *useNet, *relay)
 	case "relay-child":
 		err = relayChild(*useNet)
 	case "pingpong-child":
