@@ -525,7 +525,8 @@ func (m *Messenger) enqueue(msg Message) {
 	}
 }
 
-// ackEvery bounds how many handled messages a long batch leaves unacknowledged.
+// ackEvery bounds how many messages a long batch handles before it acknowledges
+// the held ones among them.
 const ackEvery = 256
 
 // dispatchLoop runs handlers, one message at a time in arrival order, and
@@ -538,7 +539,8 @@ const ackEvery = 256
 func (m *Messenger) dispatchLoop() {
 	defer close(m.qdone)
 	var batch []Message
-	unacked := 0 // held messages handled since the last ack
+	sinceAck := 0    // messages handled since the last ack
+	needAck := false // one of them was held
 	for range m.qwake {
 		for {
 			m.qmu.Lock()
@@ -549,20 +551,18 @@ func (m *Messenger) dispatchLoop() {
 			}
 			for i := range batch {
 				m.dispatch(batch[i])
-				if batch[i].held {
-					unacked++
-				}
+				needAck = needAck || batch[i].held
 				batch[i] = Message{}
 				m.handled++
-				if unacked >= ackEvery {
+				if sinceAck++; sinceAck >= ackEvery && needAck {
 					m.ack()
-					unacked = 0
+					sinceAck, needAck = 0, false
 				}
 			}
 		}
-		if unacked > 0 {
+		if needAck {
 			m.ack()
-			unacked = 0
+			sinceAck, needAck = 0, false
 		}
 	}
 }
