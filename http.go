@@ -23,9 +23,9 @@ const drainIdleGrace = time.Second
 // DefaultReadHeaderTimeout is the http.Server.ReadHeaderTimeout ServeHTTP sets
 // when the server has none, so that a client that connects and sends its
 // headers slowly, or nothing, cannot hold a connection (or a graceful stop)
-// for longer. It is not free: each request arms and disarms a read-deadline
-// timer, ~5% of the throughput of a Connection: close benchmark with a
-// trivial handler (bench/RESULTS.md). Set ReadHeaderTimeout to -1 for none.
+// for longer. Each request arms and disarms a read-deadline timer (about 1% of
+// a worker's CPU with a trivial handler, bench/RESULTS.md). Set
+// ReadHeaderTimeout to -1 for none.
 const DefaultReadHeaderTimeout = 10 * time.Second
 
 // ServeHTTP serves srv on every listener of p, calls p.Ready once it is serving,
