@@ -141,8 +141,8 @@ func (b *bench) figHTTP() []row {
 	}
 	defer c.stop(15 * time.Second)
 	// The reference: brood without ServeHTTP's default ReadHeaderTimeout,
-	// configured as the floor is (each read deadline is a runtime timer, and
-	// arming one can cost the worker a poller wake-up per connection).
+	// configured as the floor is, to tell the timeout's share of the gap (a
+	// read-deadline timer armed and disarmed per request) from the rest.
 	ref, err := b.startBenchCluster("-no-header-timeout")
 	if err != nil {
 		return fail(err)

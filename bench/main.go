@@ -24,7 +24,7 @@
 //     Same load generator for both: wrk -t2 -c64 -d5s (installed with apt-get if
 //     missing and root; else a Go load generator, named in the table). Goal ≥ 0.95×.
 //     The note gives a reference: the same cluster with ReadHeaderTimeout -1,
-//     configured as the floor is (ServeHTTP's default header timeout has a cost).
+//     configured as the floor is (to tell the default header timeout's share).
 //   - rtt: messenger round trip agent → worker → agent, Request + Reply of a
 //     24-byte raw payload, p50 and p99 over 20,000 round trips (after 1,000 warm-up
 //     ones), alternating between the two workers. Floor: two processes
