@@ -6,30 +6,25 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"sync"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/brood-go/brood/internal/proc"
 )
 
 func socketpair(t testing.TB) (net.Conn, net.Conn) {
 	t.Helper()
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	a, f, err := proc.Socketpair()
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn := func(fd int) net.Conn {
-		f := os.NewFile(uintptr(fd), "socketpair")
-		defer f.Close()
-		c, err := net.FileConn(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
+	b, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		a.Close()
+		t.Fatal(err)
 	}
-	a, b := conn(fds[0]), conn(fds[1])
 	t.Cleanup(func() { a.Close(); b.Close() })
 	return a, b
 }

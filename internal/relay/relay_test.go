@@ -3,7 +3,6 @@ package relay
 import (
 	"io"
 	"net"
-	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -11,7 +10,7 @@ import (
 	"time"
 
 	"github.com/brood-go/brood/internal/ipc"
-	"golang.org/x/sys/unix"
+	"github.com/brood-go/brood/internal/proc"
 )
 
 // peer is the child side of an endpoint: it collects what the router writes.
@@ -22,20 +21,17 @@ type peer struct {
 
 func socketpair(t testing.TB) (net.Conn, net.Conn) {
 	t.Helper()
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	a, f, err := proc.Socketpair()
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn := func(fd int) net.Conn {
-		f := os.NewFile(uintptr(fd), "sp")
-		defer f.Close()
-		c, err := net.FileConn(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
+	b, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		a.Close()
+		t.Fatal(err)
 	}
-	return conn(fds[0]), conn(fds[1])
+	return a, b
 }
 
 // attach adds a process to slot s; its peer reads what it is sent.
