@@ -2,18 +2,11 @@ package brood
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
-	"os/signal"
-	"strconv"
-	"strings"
-	"sync"
-	"syscall"
-
-	"github.com/brood-go/brood/internal/control"
 
 	"github.com/brood-go/brood/internal/cli"
+	"github.com/brood-go/brood/internal/master"
 )
 
 // Run runs the cluster described by cfg in the foreground until ctx is done,
@@ -75,64 +68,18 @@ func (c Config) withOptions(o cli.Options) Config {
 	return c
 }
 
-// runWithSignals runs the cluster in the foreground: SIGTERM or SIGINT stops it
-// gracefully, a second SIGINT forces it, SIGHUP reloads every worker, SIGUSR1
-// rotates and reopens log files. Started
-// by `start --daemon`, it reports readiness (or the start error) on the pipe
-// named by BROOD_NOTIFY_FD.
+// runWithSignals runs the cluster in the foreground with the master's signal
+// handling (see master.RunWithSignals): SIGTERM or SIGINT stops it gracefully,
+// a second SIGINT forces it, SIGHUP reloads every worker, SIGUSR1 rotates and
+// reopens log files. Started by `start --daemon`, it reports readiness (or the
+// start error) to the waiting `start`.
 func runWithSignals(ctx context.Context, cfg Config) error {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return err
 	}
 	setProcessName(cfg.Name + " master")
-	notify := notifyPipe()
-	m, err := newMaster(cfg)
-	if err != nil {
-		notify.failed(err)
-		return err
-	}
-	m.hooks.onReady = func(m *master) { notify.ready(m.status()) }
-
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGUSR1)
-	defer signal.Stop(sigs)
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	force := make(chan struct{})
-	var forceOnce sync.Once
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		stopping := false
-		for {
-			select {
-			case <-done:
-				return
-			case sig := <-sigs:
-				switch {
-				case sig == syscall.SIGHUP:
-					m.reloadInBackground("SIGHUP")
-				case sig == syscall.SIGUSR1:
-					m.goOwned(func() {
-						if err := m.rotateLogs("SIGUSR1"); err != nil {
-							m.log.Error("log rotation", "err", err)
-						}
-					})
-				case !stopping:
-					stopping = true
-					cancel(fmt.Errorf("received %v", sig))
-				case sig == syscall.SIGINT:
-					forceOnce.Do(func() { close(force) })
-				}
-			}
-		}
-	}()
-	err = m.run(ctx, force)
-	if err != nil {
-		notify.failed(err)
-	}
-	return err
+	return master.RunWithSignals(ctx, cfg.master())
 }
 
 // setProcessName sets the process's name as `ps -e`, top and pgrep show it
@@ -148,41 +95,30 @@ func setProcessName(name string) {
 	_ = os.WriteFile("/proc/self/comm", []byte(name), 0)
 }
 
-// notifier is the write end of `start --daemon`'s readiness pipe, or nothing.
-type notifier struct{ f *os.File }
-
-func notifyPipe() notifier {
-	v := os.Getenv(cli.EnvNotifyFD)
-	os.Unsetenv(cli.EnvNotifyFD)
-	fd, err := strconv.Atoi(v)
-	if v == "" || err != nil {
-		return notifier{}
-	}
-	return notifier{os.NewFile(uintptr(fd), "notify")}
-}
-
-func (n notifier) ready(st control.Status) {
-	if n.f == nil {
-		return
-	}
-	b, _ := json.Marshal(st)
-	n.f.Write(append(append([]byte("ready "), b...), '\n'))
-	n.f.Close()
-}
-
-func (n notifier) failed(err error) {
-	if n.f == nil {
-		return
-	}
-	n.f.Write([]byte("error " + strings.ReplaceAll(err.Error(), "\n", " ") + "\n"))
-	n.f.Close()
-}
-
 // runCluster runs a master (with cfg.Single, over goroutine children).
 func runCluster(ctx context.Context, cfg Config, force <-chan struct{}) error {
-	m, err := newMaster(cfg)
+	m, err := master.New(cfg.master())
 	if err != nil {
 		return err
 	}
-	return m.run(ctx, force)
+	return m.Run(ctx, force)
+}
+
+// runInMemory runs cfg.Workers workers and the agent as goroutines over
+// in-memory pipes (single-process mode without the one-worker limit). Tests use
+// it to run the same conformance suite over both transports.
+func runInMemory(ctx context.Context, cfg Config, force <-chan struct{}) error {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return err
+	}
+	workers := cfg.Workers
+	cfg.Single = true
+	mc := cfg.master()
+	mc.Workers = workers
+	m, err := master.New(mc)
+	if err != nil {
+		return err
+	}
+	return m.Run(ctx, force)
 }

@@ -9,46 +9,22 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
-
-	"github.com/brood-go/brood/internal/cli"
 
 	"github.com/brood-go/brood/internal/ipc"
 	"github.com/brood-go/brood/internal/listener"
 	"github.com/brood-go/brood/internal/proc"
+	"github.com/brood-go/brood/internal/wire"
 )
 
-// The environment contract between the master and a child. The master sets these
-// when it starts a child; the child reads them and removes them from its
-// environment, so programs it starts are not mistaken for brood children.
-const (
-	envRole        = "BROOD_ROLE"         // "agent" or "worker"
-	envID          = "BROOD_ID"           // worker slot 1..N, 0 for the agent
-	envIPCFD       = "BROOD_IPC_FD"       // the child's end of the socketpair: 3
-	envListenFDs   = "BROOD_LISTEN_FDS"   // number of listeners, at fds IPC_FD+1 ... in Config.Listen order
-	envMasterPID   = "BROOD_MASTER_PID"   // for logs and sanity checks
-	envProtocol    = "BROOD_PROTOCOL"     // ipc.Version the master speaks
-	envName        = "BROOD_NAME"         // Config.Name as the master resolved it (also the --name flag's variable)
-	envStopTimeout = "BROOD_STOP_TIMEOUT" // Config.StopTimeout as the master resolved it
-)
-
-// childOnlyEnv are the variables a master never passes on from its own
-// environment: the child contract, and the master's own markers.
-var childOnlyEnv = []string{envRole, envID, envIPCFD, envListenFDs, envMasterPID, envProtocol, cli.EnvNotifyFD}
-
-func isChildEnv(kv string) bool {
-	for _, k := range childOnlyEnv {
-		if strings.HasPrefix(kv, k+"=") {
-			return true
-		}
-	}
-	return false
-}
+// The environment contract between the master and a child is defined in
+// package wire (wire.Env*): the child reads the variables and removes them
+// from its environment, so programs it starts are not mistaken for brood
+// children.
 
 // isChild reports whether this process was started by a brood master.
-func isChild() bool { return os.Getenv(envRole) != "" }
+func isChild() bool { return os.Getenv(wire.EnvRole) != "" }
 
 // childSpec says which child to run and how it is connected.
 type childSpec struct {
@@ -69,37 +45,37 @@ func childFromEnv(cfg *Config) (childSpec, error) {
 		return v
 	}
 	var cs childSpec
-	switch r := get(envRole); r {
+	switch r := get(wire.EnvRole); r {
 	case "agent":
 		cs.role = Agent
 	case "worker":
 		cs.role = Worker
 	default:
-		return cs, fmt.Errorf("brood: %s=%q: want agent or worker", envRole, r)
+		return cs, fmt.Errorf("brood: %s=%q: want agent or worker", wire.EnvRole, r)
 	}
 	var err error
-	if cs.id, err = strconv.Atoi(get(envID)); err != nil {
-		return cs, fmt.Errorf("brood: %s: %w", envID, err)
+	if cs.id, err = strconv.Atoi(get(wire.EnvID)); err != nil {
+		return cs, fmt.Errorf("brood: %s: %w", wire.EnvID, err)
 	}
-	if v := get(envProtocol); v != strconv.Itoa(ipc.Version) {
+	if v := get(wire.EnvProtocol); v != strconv.Itoa(ipc.Version) {
 		return cs, fmt.Errorf("brood: the master speaks IPC protocol %q, this binary speaks %d", v, ipc.Version)
 	}
-	get(envMasterPID)
-	if v := os.Getenv(envName); v != "" {
+	get(wire.EnvMasterPID)
+	if v := os.Getenv(wire.EnvName); v != "" {
 		cfg.Name = v
 	}
-	if v := os.Getenv(envStopTimeout); v != "" {
+	if v := os.Getenv(wire.EnvStopTimeout); v != "" {
 		if d, err := time.ParseDuration(v); err == nil {
 			cfg.StopTimeout = d
 		}
 	}
-	fd, err := strconv.Atoi(get(envIPCFD))
+	fd, err := strconv.Atoi(get(wire.EnvIPCFD))
 	if err != nil {
-		return cs, fmt.Errorf("brood: %s: %w", envIPCFD, err)
+		return cs, fmt.Errorf("brood: %s: %w", wire.EnvIPCFD, err)
 	}
-	n, err := strconv.Atoi(get(envListenFDs))
+	n, err := strconv.Atoi(get(wire.EnvListenFDs))
 	if err != nil {
-		return cs, fmt.Errorf("brood: %s: %w", envListenFDs, err)
+		return cs, fmt.Errorf("brood: %s: %w", wire.EnvListenFDs, err)
 	}
 	cs.pid = uint32(os.Getpid())
 	if cs.conn, err = proc.ConnFromFD(fd, "brood ipc"); err != nil {

@@ -20,6 +20,7 @@ import (
 	"github.com/brood-go/brood/internal/control"
 	"github.com/brood-go/brood/internal/helperproc"
 	"github.com/brood-go/brood/internal/proc"
+	"github.com/brood-go/brood/internal/wire"
 )
 
 // cli runs one command of the hello helper against runDir and returns its
@@ -41,20 +42,20 @@ func killDaemon(t *testing.T, runDir string) {
 	})
 }
 
-func statusJSON(t *testing.T, runDir string) control.Status {
+func statusJSON(t *testing.T, runDir string) wire.Status {
 	t.Helper()
 	code, out, _ := cli(t, runDir, "status", "--json")
 	if code != 0 {
 		t.Fatalf("status --json: exit %d", code)
 	}
-	var st control.Status
+	var st wire.Status
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatalf("status --json: %v\n%s", err, out)
 	}
 	return st
 }
 
-func allPIDs(st control.Status) []int {
+func allPIDs(st wire.Status) []int {
 	pids := []int{st.PID}
 	for _, p := range st.Processes {
 		if p.PID != 0 {
@@ -398,7 +399,7 @@ func statusPIDs(t *testing.T, run func(...string) (string, error)) map[string][]
 	if err != nil {
 		t.Fatalf("status: %v\n%s", err, out)
 	}
-	var st control.Status
+	var st wire.Status
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatal(err)
 	}

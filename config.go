@@ -12,7 +12,9 @@ import (
 	"time"
 
 	"github.com/brood-go/brood/internal/ipc"
+	"github.com/brood-go/brood/internal/master"
 	"github.com/brood-go/brood/internal/relay"
+	"github.com/brood-go/brood/internal/wire"
 )
 
 // Config describes a cluster. The zero value of every optional field is replaced
@@ -104,8 +106,13 @@ type Config struct {
 	RunDir string
 
 	// Logger receives structured logs; every process adds role, id and pid.
-	// Defaults to a text handler on standard error.
+	// Defaults to a text handler on standard error; the master's default one
+	// never blocks it (a stalled reader of its stderr costs dropped lines,
+	// counted in status, not a stalled supervisor). A Logger you set is used
+	// as it is.
 	Logger *slog.Logger
+
+	loggerDefaulted bool // Logger was nil: the master uses its own non-blocking one
 }
 
 // RestartPolicy says how fast a crashed process is replaced. The first crash of
@@ -120,16 +127,31 @@ type RestartPolicy struct {
 // DefaultRestartPolicy is the policy used for zero fields of Config.Restart.
 var DefaultRestartPolicy = RestartPolicy{MinDelay: 100 * time.Millisecond, MaxDelay: 30 * time.Second, ResetAfter: 10 * time.Second}
 
-// delay returns the wait before restart number n (1-based) of a crash loop.
-func (rp RestartPolicy) delay(n int) time.Duration {
-	if n <= 1 {
-		return 0
+// userLogger is Logger if the program set it, else nil.
+func (c Config) userLogger() *slog.Logger {
+	if c.loggerDefaulted {
+		return nil
 	}
-	d := rp.MinDelay
-	for i := 2; i < n && d < rp.MaxDelay; i++ {
-		d *= 2
+	return c.Logger
+}
+
+// master is the supervisor's view of a resolved cluster configuration.
+func (c Config) master() master.Config {
+	return master.Config{
+		Name: c.Name, Workers: c.Workers, Listen: c.Listen, ReusePort: c.ReusePort, Agent: c.Agent != nil,
+		Args:   os.Args[1:],
+		Single: c.Single,
+		RunInProcess: func(ctx context.Context, ip master.InProcess) error {
+			return runChild(ctx, c, childSpec{role: Role(ip.Role), id: ip.ID, pid: ip.PID, conn: ip.Conn, listeners: ip.Listeners, single: true})
+		},
+		ReadyTimeout: c.ReadyTimeout, StopTimeout: c.StopTimeout,
+		HeartbeatInterval: c.HeartbeatInterval, HeartbeatTimeout: c.HeartbeatTimeout,
+		MaxRSS:   c.MaxRSS,
+		Restart:  master.Backoff{MinDelay: c.Restart.MinDelay, MaxDelay: c.Restart.MaxDelay, ResetAfter: c.Restart.ResetAfter},
+		MaxFrame: c.MaxFrame, MaxPending: c.MaxPending,
+		Schedules: len(c.Schedules) > 0, LogRotation: c.LogRotation.enabled(),
+		RunDir: c.RunDir, Logger: c.userLogger(),
 	}
-	return min(d, rp.MaxDelay)
 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
@@ -151,8 +173,8 @@ func (c Config) withDefaults() (Config, error) {
 		c.Workers = 1 // single-process mode: the agent and one worker
 	case c.Workers == 0:
 		c.Workers = runtime.NumCPU()
-	case c.Workers < 0:
-		return c, fmt.Errorf("brood: Config.Workers is %d; want 0 (one per CPU) or more", c.Workers)
+	case c.Workers < 0 || c.Workers > wire.MaxWorkers:
+		return c, fmt.Errorf("brood: Config.Workers is %d; want 0 (one per CPU) to %d", c.Workers, wire.MaxWorkers)
 	}
 	def := func(d *time.Duration, v time.Duration) {
 		if *d <= 0 {
@@ -180,6 +202,7 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+		c.loggerDefaulted = true
 	}
 	if _, err := scheduleSpecs(c.Schedules); err != nil {
 		return c, err

@@ -13,7 +13,9 @@ import (
 	"time"
 
 	"github.com/brood-go/brood"
+	"github.com/brood-go/brood/internal/control"
 	"github.com/brood-go/brood/internal/helperproc"
+	"github.com/brood-go/brood/internal/wire"
 )
 
 var ballast [][]byte // memory a worker holds on purpose (/alloc)
@@ -131,6 +133,30 @@ func startFaults(t *testing.T, env ...string) (*helperproc.Cluster, string) {
 	return c, c.WaitReady(startTimeout)
 }
 
+// slotStatus asks the cluster's master for its status over the control socket
+// and returns the row of the slot's newest process.
+func slotStatus(t *testing.T, c *helperproc.Cluster, role string, id int) wire.Process {
+	t.Helper()
+	client, err := control.Dial(c.RunDir, "faults")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	var st wire.Status
+	if err := client.Do(ctx, "GET", "/status", nil, &st); err != nil {
+		t.Fatal(err)
+	}
+	var row wire.Process
+	for _, p := range st.Processes {
+		if p.Role == role && p.ID == id {
+			row = p
+		}
+	}
+	return row
+}
+
 // onWorker returns a keep-alive client and the pid of the worker its connection
 // reached.
 func onWorker(t *testing.T, addr string) (*http.Client, int) {
@@ -148,10 +174,10 @@ func waitMaster(t *testing.T, c *helperproc.Cluster, msg string, pid int) helper
 }
 
 func TestCrashIsReplacedWithReason(t *testing.T) {
-	for _, tc := range []struct{ path, reason string }{
-		{"/crash-panic", "exit status 2 (panic: unguarded boom"},
-		{"/exit?code=3", "exit status 3"},
-		{"", "signal: killed"},
+	for _, tc := range []struct{ path, reason, detail string }{
+		{"/crash-panic", "panic", "exit status 2 (panic: unguarded boom"},
+		{"/exit?code=3", "exit", "exit status 3"},
+		{"", "signal", "signal: killed"},
 	} {
 		t.Run(strings.Trim(tc.path, "/?="), func(t *testing.T) {
 			c, addr := startFaults(t)
@@ -163,8 +189,11 @@ func TestCrashIsReplacedWithReason(t *testing.T) {
 				client.Post("http://"+addr+tc.path, "text/plain", nil) // the worker dies under it
 			}
 			l := waitMaster(t, c, "crashed", pid)
-			if !strings.HasPrefix(l.Str("reason"), tc.reason) {
-				t.Errorf("reason %q, want it to start with %q", l.Str("reason"), tc.reason)
+			if l.Str("reason") != tc.reason || !strings.HasPrefix(l.Str("detail"), tc.detail) {
+				t.Errorf("reason %q detail %q, want %q and a detail starting with %q", l.Str("reason"), l.Str("detail"), tc.reason, tc.detail)
+			}
+			if p := slotStatus(t, c, "worker", l.Int("child_id")); p.LastKind.String() != tc.reason || !strings.Contains(p.LastReason, tc.detail) {
+				t.Errorf("status: last restart %q (%q), want kind %q and the detail", p.LastKind, p.LastReason, tc.reason)
 			}
 			if l.Str("child_id") == "" || l.Int("restarts") != 1 {
 				t.Errorf("crash line %s: want the slot and restarts=1", l.Raw)
@@ -244,7 +273,7 @@ func TestGuardedPanicReplacesGracefully(t *testing.T) {
 	// sends it to the one serving the slow request.
 	get(t, newConnClient(), fmt.Sprintf("http://%s/tell?pid=%d&action=guarded-panic", addr, pid))
 	l := c.WaitFor(10*time.Second, "the replacement to be started", helperproc.MasterMsg("replaced"))
-	if l.Int("old_pid") != pid || !strings.Contains(l.Str("reason"), "guarded panic") {
+	if l.Int("old_pid") != pid || l.Str("reason") != "panic" || !strings.Contains(l.Str("detail"), "guarded panic") {
 		t.Fatalf("replaced line %s: want old_pid %d and a guarded panic reason", l.Raw, pid)
 	}
 	r := <-slow
@@ -252,7 +281,7 @@ func TestGuardedPanicReplacesGracefully(t *testing.T) {
 		t.Fatalf("in-flight request on the panicking worker: %q %v", r.body, r.err)
 	}
 	exit := waitMaster(t, c, "exited", pid)
-	if exit.Str("reason") != "exit status 0" {
+	if exit.Str("detail") != "exit status 0" {
 		t.Errorf("old worker ended with %q, want a clean exit after draining", exit.Str("reason"))
 	}
 	if c.Count(helperproc.MasterMsg("crashed")) != 0 {
@@ -275,7 +304,7 @@ func TestGuardedPanicInGoroutine(t *testing.T) {
 	client, pid := onWorker(t, addr)
 	get(t, client, "http://"+addr+"/guarded-panic")
 	l := c.WaitFor(10*time.Second, "the replacement", helperproc.MasterMsg("replaced"))
-	if l.Int("old_pid") != pid || !strings.Contains(l.Str("reason"), "guarded panic in goroutine started by Process.Go: guarded boom in p.Go") {
+	if l.Int("old_pid") != pid || l.Str("reason") != "panic" || !strings.Contains(l.Str("detail"), "guarded panic in goroutine started by Process.Go: guarded boom in p.Go") {
 		t.Fatalf("replaced line %s: want old_pid %d and the panic value", l.Raw, pid)
 	}
 	waitMaster(t, c, "exited", pid)
@@ -328,8 +357,8 @@ func TestHungWorkerIsKilledAndReplaced(t *testing.T) {
 	_, pid := onWorker(t, addr)
 	syscall.Kill(pid, syscall.SIGSTOP)
 	l := waitMaster(t, c, "crashed", pid)
-	if !strings.Contains(l.Str("reason"), "hang: no heartbeat answer for 1s") {
-		t.Fatalf("reason %q, want a hang", l.Str("reason"))
+	if l.Str("reason") != "hang" || !strings.Contains(l.Str("detail"), "no heartbeat answer for 1s") {
+		t.Fatalf("reason %q detail %q, want a hang", l.Str("reason"), l.Str("detail"))
 	}
 	c.WaitFor(10*time.Second, "the restart", helperproc.MasterMsg("restarted"))
 	stopCluster(t, c)
@@ -353,7 +382,7 @@ func TestMemoryRecyclingReplacesGracefully(t *testing.T) {
 	client, pid := onWorker(t, addr)
 	get(t, client, "http://"+addr+"/alloc?mb=120")
 	l := c.WaitFor(15*time.Second, "the replacement", helperproc.MasterMsg("replaced"))
-	if l.Int("old_pid") != pid || !strings.HasPrefix(l.Str("reason"), "memory: rss ") {
+	if l.Int("old_pid") != pid || l.Str("reason") != "memory" || !strings.HasPrefix(l.Str("detail"), "rss ") {
 		t.Fatalf("replaced line %s: want old_pid %d and a memory reason", l.Raw, pid)
 	}
 	rec := c.WaitFor(time.Second, "the recycling log", helperproc.MasterMsg("recycling"))
@@ -361,7 +390,7 @@ func TestMemoryRecyclingReplacesGracefully(t *testing.T) {
 		t.Errorf("recycling logged rss %d, want over 100 MiB", rec.Int("rss_bytes"))
 	}
 	exit := waitMaster(t, c, "exited", pid)
-	if exit.Str("reason") != "exit status 0" {
+	if exit.Str("detail") != "exit status 0" {
 		t.Errorf("old worker ended with %q, want a clean exit", exit.Str("reason"))
 	}
 	stopCluster(t, c)

@@ -6,15 +6,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
-	"github.com/brood-go/brood/internal/cli"
-
 	"github.com/brood-go/brood/internal/ipc"
 	"github.com/brood-go/brood/internal/logrotate"
-	"golang.org/x/sys/unix"
+	"github.com/brood-go/brood/internal/master"
+	"github.com/brood-go/brood/internal/wire"
 )
 
 // LogRotation says how brood rotates log files, egg-logrotator style. The agent
@@ -44,13 +42,6 @@ type LogRotation struct {
 }
 
 func (l LogRotation) enabled() bool { return l.Daily || l.MaxSize > 0 }
-
-// Internal actions of log rotation (reserved prefix).
-const (
-	actLogsReopen  = "brood:logs-reopen"  // master -> everyone: reopen your files
-	actLogsRotated = "brood:logs-rotated" // agent -> master: I renamed files
-	actLogsRotate  = "brood:logs-rotate"  // master -> agent (request): rotate what is due now
-)
 
 // LogFile is a log file that survives rotation: after the agent renames it,
 // the next write goes to a fresh file at the same path. Safe for concurrent
@@ -111,13 +102,13 @@ func (p *Process) reopenLogs() {
 // installLogReopen makes a process reopen its log files on brood:logs-reopen.
 func installLogReopen(p *Process) {
 	p.logs = &logRegistry{files: map[*logrotate.File]bool{}}
-	p.Messenger().On(actLogsReopen, func(Message) { p.reopenLogs() })
+	p.Messenger().On(wire.ActLogsReopen, func(Message) { p.reopenLogs() })
 }
 
 // installAgentRotation runs the rotator in the agent; after a rotation it tells
 // the master, which reopens its own files and has every process reopen theirs.
 func installAgentRotation(p *Process, lr LogRotation) error {
-	paths := append(daemonLogFiles(), lr.Files...)
+	paths := append(master.DaemonLogFiles(), lr.Files...)
 	for i, path := range paths {
 		if abs, err := filepath.Abs(path); err == nil {
 			paths[i] = abs
@@ -125,7 +116,7 @@ func installAgentRotation(p *Process, lr LogRotation) error {
 	}
 	m := p.Messenger()
 	tellMaster := func(rotated []string) {
-		if err := m.post(ipc.DestMaster, 0, m.nextID.Add(1), 0, actLogsRotated, rotated, "the master"); err != nil {
+		if err := m.tell(ipc.DestMaster, 0, wire.ActLogsRotated, rotated); err != nil {
 			p.log.Error("logs rotated, but the master was not told", "err", err)
 		}
 	}
@@ -139,58 +130,12 @@ func installAgentRotation(p *Process, lr LogRotation) error {
 		}
 		p.Go(func(ctx context.Context) { r.Run(ctx) })
 	}
-	m.On(actLogsRotate, func(msg Message) {
+	m.On(wire.ActLogsRotate, func(msg Message) {
 		var err error
 		if r != nil {
 			_, err = r.RotateNow()
 		}
-		msg.Reply(errorReply(err))
+		msg.Reply(wire.ErrorReply(err))
 	})
 	return nil
-}
-
-// daemonLogFiles are brood's own log files, if the master was started with
-// `start --daemon`.
-func daemonLogFiles() []string {
-	v := os.Getenv(cli.EnvLogFiles)
-	if v == "" {
-		return nil
-	}
-	return strings.Split(v, ",")
-}
-
-// reopenOwnLogs points the master's stdout and stderr at fresh files at the
-// paths `start --daemon` gave them (after they were renamed).
-func (m *master) reopenOwnLogs() {
-	files := daemonLogFiles()
-	for i, path := range files {
-		if i > 1 {
-			break
-		}
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
-		if err != nil {
-			m.log.Error("reopen log", "path", path, "err", err)
-			continue
-		}
-		m.outMu.Lock()
-		err = unix.Dup3(int(f.Fd()), 1+i, 0)
-		m.outMu.Unlock()
-		f.Close()
-		if err != nil {
-			m.log.Error("reopen log", "path", path, "err", err)
-		}
-	}
-}
-
-// logsReopen reopens the master's files and has every process reopen theirs.
-func (m *master) logsReopen(why string) {
-	m.reopenOwnLogs()
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for _, c := range m.children {
-		if c.state != childExited {
-			m.router.Event(c.ep, actLogsReopen, nil)
-		}
-	}
-	m.log.Info("log files reopened", "why", why)
 }

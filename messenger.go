@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/brood-go/brood/internal/ipc"
+	"github.com/brood-go/brood/internal/wire"
 )
 
 // Built-in actions, sent by the master. The "brood:" prefix is reserved: user
@@ -20,27 +21,25 @@ import (
 const (
 	// ActionReady: the whole cluster is up (Egg's egg-ready). Also delivered to
 	// every process started later, once it is ready.
-	ActionReady = "brood:ready"
+	ActionReady = wire.ActionReady
 	// ActionPids: to the agent, the pids of the ready workers ([]int), whenever
 	// that set changes and when the agent becomes ready (Egg's egg-pids).
-	ActionPids = "brood:pids"
+	ActionPids = wire.ActionPids
 	// ActionAgentExit and ActionAgentStart: to every worker when the agent dies and
 	// when its replacement is ready. Data is a ProcessEvent.
-	ActionAgentExit  = "brood:agent-exit"
-	ActionAgentStart = "brood:agent-start"
+	ActionAgentExit  = wire.ActionAgentExit
+	ActionAgentStart = wire.ActionAgentStart
 	// ActionWorkerExit and ActionWorkerStart: to the agent when a worker exits and
 	// when a worker becomes ready. Data is a ProcessEvent.
-	ActionWorkerExit  = "brood:worker-exit"
-	ActionWorkerStart = "brood:worker-start"
+	ActionWorkerExit  = wire.ActionWorkerExit
+	ActionWorkerStart = wire.ActionWorkerStart
 )
 
-// ProcessEvent is the data of the brood:*-start and brood:*-exit events.
-type ProcessEvent struct {
-	Role   string `json:"role"`
-	ID     int    `json:"id"`
-	PID    int    `json:"pid"`
-	Reason string `json:"reason,omitempty"` // for exits: exit status, signal, panic, hang, memory, stop
-}
+// ProcessEvent is the data of the brood:*-start and brood:*-exit events: the
+// process's Role ("agent", "worker"), ID and PID, and for exits the Reason: the
+// typed reason and what happened, e.g. "signal: killed", "panic: exit status 2
+// (panic: boom)", "hang: ...", "memory: ...".
+type ProcessEvent = wire.ProcessEvent
 
 // Errors returned by the Messenger. They are wrapped with the action and
 // destination; test with errors.Is.
@@ -390,6 +389,16 @@ func (m *Messenger) sendID(dest ipc.Dest, to uint32, id uint64, flags ipc.Flags,
 		return fmt.Errorf("brood: send %q to %s: %w", action, where, ErrReservedAction)
 	}
 	return m.post(dest, to, id, flags, action, data, where)
+}
+
+// tell sends one of brood's own messages (a reserved action) to dest: the
+// master, the agent, or pid to.
+func (m *Messenger) tell(dest ipc.Dest, to uint32, action string, data any) error {
+	where := "the " + dest.String()
+	if dest == ipc.DestPID {
+		where = fmt.Sprintf("pid %d", to)
+	}
+	return m.post(dest, to, m.nextID.Add(1), 0, action, data, where)
 }
 
 // post sends a message without the reserved-name check: brood's own messages.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/brood-go/brood/internal/ipc"
 	"github.com/brood-go/brood/internal/schedule"
+	"github.com/brood-go/brood/internal/wire"
 )
 
 // ScheduleType says where a scheduled task runs (egg-schedule's "type").
@@ -62,30 +63,12 @@ type Schedule struct {
 	Task func(ctx context.Context, p *Process) error
 }
 
-// ScheduleStatus describes a task as `schedule list` and `status --json` show it.
-type ScheduleStatus struct {
-	Name         string    `json:"name"`
-	Type         string    `json:"type"`
-	Every        string    `json:"every,omitempty"`
-	Cron         string    `json:"cron,omitempty"`
-	Disabled     bool      `json:"disabled,omitempty"`
-	Running      int       `json:"running"`
-	LastRun      time.Time `json:"last_run,omitzero"`
-	LastResult   string    `json:"last_result,omitempty"`
-	LastDuration float64   `json:"last_duration_seconds"`
-	Next         time.Time `json:"next,omitzero"`
-	Runs         uint64    `json:"runs"`
-	Failures     uint64    `json:"failures"`
-	Skips        uint64    `json:"skips"`
-}
-
-// Internal actions of the scheduler (reserved prefix).
-const (
-	actScheduleTick = "brood:schedule-tick" // agent -> worker: run this tick
-	actScheduleDone = "brood:schedule-done" // worker -> agent: the outcome
-	actScheduleRun  = "brood:schedule-run"  // -> agent (request): run a task now
-	actScheduleList = "brood:schedule-list" // -> agent (request): the task table
-)
+// ScheduleStatus describes a task as `schedule list` and `status --json` show
+// it: Name, Type ("worker", "all", "agent"), Every or Cron, Disabled, Running
+// (runs in progress), LastRun, LastResult ("ok" or the error), LastDuration
+// (seconds), Next, and the counts Runs, Failures and Skips. It is the type the
+// CLI reads, defined once in brood's wire contract.
+type ScheduleStatus = wire.ScheduleStatus
 
 // scheduleSpecs converts and validates the public schedules.
 func scheduleSpecs(list []Schedule) ([]schedule.Spec, error) {
@@ -187,14 +170,14 @@ func installWorkerSchedules(p *Process, list []Schedule) {
 	}
 	r := newTaskRunner(p, list)
 	m := p.Messenger()
-	m.On(actScheduleTick, func(msg Message) {
+	m.On(wire.ActScheduleTick, func(msg Message) {
 		var t tickMsg
 		if err := msg.Decode(&t); err != nil {
 			p.log.Error("bad schedule tick", "err", err)
 			return
 		}
 		r.run(t, func(o outcomeMsg) {
-			if err := m.post(ipc.DestAgent, 0, m.nextID.Add(1), 0, actScheduleDone, o, "the agent"); err != nil {
+			if err := m.tell(ipc.DestAgent, 0, wire.ActScheduleDone, o); err != nil {
 				p.log.Error("schedule outcome not sent", "task", o.Task, "seq", o.Seq, "err", err)
 			}
 		})
@@ -239,7 +222,7 @@ func installAgentSchedules(p *Process, list []Schedule) error {
 			})
 		})
 	})
-	m.On(actScheduleDone, func(msg Message) {
+	m.On(wire.ActScheduleDone, func(msg Message) {
 		var o outcomeMsg
 		if err := msg.Decode(&o); err == nil {
 			a.report(o)
@@ -259,26 +242,14 @@ func installAgentSchedules(p *Process, list []Schedule) error {
 			a.sched.Report(schedule.Outcome{Task: t.Task, Seq: t.Seq, PID: ev.PID, Err: "worker exited before reporting: " + ev.Reason})
 		}
 	})
-	m.On(actScheduleList, func(msg Message) { msg.Reply(a.list()) })
-	m.On(actScheduleRun, func(msg Message) {
+	m.On(wire.ActScheduleList, func(msg Message) { msg.Reply(a.list()) })
+	m.On(wire.ActScheduleRun, func(msg Message) {
 		var name string
 		msg.Decode(&name)
-		msg.Reply(errorReply(a.sched.RunNow(name)))
+		msg.Reply(wire.ErrorReply(a.sched.RunNow(name)))
 	})
 	p.runSchedule = func(name string) error { return a.sched.RunNow(name) }
 	return nil
-}
-
-// errorReply is the body of an answer that can fail: {"error": "..."}.
-type errorBody struct {
-	Error string `json:"error,omitempty"`
-}
-
-func errorReply(err error) errorBody {
-	if err == nil {
-		return errorBody{}
-	}
-	return errorBody{Error: err.Error()}
 }
 
 func (a *agentScheduler) dispatch(t schedule.Tick) (int, error) {
@@ -306,7 +277,7 @@ func (a *agentScheduler) dispatch(t schedule.Tick) (int, error) {
 	}
 	sent := 0
 	for _, pid := range targets {
-		if err := m.post(ipc.DestPID, uint32(pid), m.nextID.Add(1), 0, actScheduleTick, msg, fmt.Sprintf("pid %d", pid)); err != nil {
+		if err := m.tell(ipc.DestPID, uint32(pid), wire.ActScheduleTick, msg); err != nil {
 			a.p.log.Warn("schedule tick not sent", "task", t.Task, "seq", t.Seq, "pid", pid, "err", err)
 			continue
 		}
@@ -332,6 +303,11 @@ func (a *agentScheduler) report(o outcomeMsg) {
 	}
 	a.mu.Unlock()
 	a.sched.Report(schedule.Outcome{Task: o.Task, Seq: o.Seq, Err: o.Err, PID: o.PID, Duration: time.Duration(o.Duration * float64(time.Second))})
+	// The master's event stream records every run (`events`).
+	run := wire.ScheduleRun{Task: o.Task, Err: o.Err, Duration: o.Duration, PID: o.PID}
+	if err := a.p.Messenger().tell(ipc.DestMaster, 0, wire.ActScheduleRan, run); err != nil {
+		a.p.log.Debug("schedule run not reported to the master", "task", o.Task, "err", err)
+	}
 }
 
 func (a *agentScheduler) list() []ScheduleStatus {
@@ -362,11 +338,11 @@ func (p *Process) RunSchedule(name string) error {
 	if agent == 0 {
 		return fmt.Errorf("brood: run schedule %q: no agent is running", name)
 	}
-	reply, err := p.Messenger().request(ctx, agent, actScheduleRun, name)
+	reply, err := p.Messenger().request(ctx, agent, wire.ActScheduleRun, name)
 	if err != nil {
 		return fmt.Errorf("brood: run schedule %q: %w", name, err)
 	}
-	var body errorBody
+	var body wire.ErrorBody
 	if err := reply.Decode(&body); err != nil {
 		return err
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/brood-go/brood/internal/control"
 	"github.com/brood-go/brood/internal/proc"
+	"github.com/brood-go/brood/internal/wire"
 	"github.com/spf13/cobra"
 )
 
@@ -55,7 +56,7 @@ func newStatusCmd(app *App, opts *Options) *cobra.Command {
 		Long:  "Show every process of the running cluster: role, id, pid, state, uptime, restarts and the last restart's reason, RSS and CPU. Exit code 3 if no instance runs (LSB).",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var st control.Status
+			var st wire.Status
 			if err := call(cmd.Context(), app, opts, ExitNotRunning, "GET", "/status", nil, &st); err != nil {
 				return err
 			}
@@ -72,7 +73,7 @@ func newStatusCmd(app *App, opts *Options) *cobra.Command {
 	return cmd
 }
 
-func printStatus(w io.Writer, st control.Status) {
+func printStatus(w io.Writer, st wire.Status) {
 	fmt.Fprintf(w, "%s: %s, master pid %d, up %s, %d workers, listening on %s\n",
 		st.Name, st.State, st.PID, roundDur(time.Since(st.StartedAt)), st.Workers, strings.Join(orNone(st.Listen), ", "))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -129,7 +130,7 @@ func newStopCmd(app *App, opts *Options) *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			start := time.Now()
-			var st control.Status
+			var st wire.Status
 			if err := call(cmd.Context(), app, opts, ExitFailure, "POST", "/stop", nil, &st); err != nil {
 				return err
 			}
@@ -166,7 +167,7 @@ func newReloadCmd(app *App, opts *Options) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
-			var res control.ReloadResult
+			var res wire.ReloadResult
 			if err := call(ctx, app, opts, ExitFailure, "POST", "/reload", nil, &res); err != nil {
 				return err
 			}
@@ -193,35 +194,17 @@ func newScaleCmd(app *App, opts *Options) *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			n, err := strconv.Atoi(args[0])
-			if err != nil || n < 1 {
-				return &ExitError{Code: ExitUsage, Err: fmt.Errorf("scale: %q is not a worker count (want a number >= 1)", args[0])}
+			if err != nil || n < 1 || n > wire.MaxWorkers {
+				return &ExitError{Code: ExitUsage, Err: fmt.Errorf("scale: %q is not a worker count (want 1 to %d)", args[0], wire.MaxWorkers)}
 			}
-			var res control.ScaleResult
-			if err := call(cmd.Context(), app, opts, ExitFailure, "POST", "/scale", control.ScaleRequest{Workers: n}, &res); err != nil {
+			var res wire.ScaleResult
+			if err := call(cmd.Context(), app, opts, ExitFailure, "POST", "/scale", wire.ScaleRequest{Workers: n}, &res); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "workers: %d -> %d\n", res.From, res.To)
 			return nil
 		},
 	}
-}
-
-// scheduleRow is what `schedule list` reads: brood.ScheduleStatus on the wire.
-// The CLI cannot import package brood, so the client side has its own copy.
-type scheduleRow struct {
-	Name         string    `json:"name"`
-	Type         string    `json:"type"`
-	Every        string    `json:"every"`
-	Cron         string    `json:"cron"`
-	Disabled     bool      `json:"disabled"`
-	Running      int       `json:"running"`
-	LastRun      time.Time `json:"last_run"`
-	LastResult   string    `json:"last_result"`
-	LastDuration float64   `json:"last_duration_seconds"`
-	Next         time.Time `json:"next"`
-	Runs         uint64    `json:"runs"`
-	Failures     uint64    `json:"failures"`
-	Skips        uint64    `json:"skips"`
 }
 
 func newScheduleCmd(app *App, opts *Options) *cobra.Command {
@@ -235,7 +218,7 @@ func newScheduleCmd(app *App, opts *Options) *cobra.Command {
 		Short: "List the scheduled tasks with their last run, result and duration",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var rows []json.RawMessage
+			var rows []wire.ScheduleStatus
 			if err := call(cmd.Context(), app, opts, ExitNotRunning, "GET", "/schedules", nil, &rows); err != nil {
 				return err
 			}
@@ -246,9 +229,7 @@ func newScheduleCmd(app *App, opts *Options) *cobra.Command {
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tTYPE\tWHEN\tLAST RUN\tRESULT\tDURATION\tNEXT\tRUNS\tFAILED\tSKIPPED")
-			for _, raw := range rows {
-				var r scheduleRow
-				json.Unmarshal(raw, &r)
+			for _, r := range rows {
 				when := r.Every
 				if r.Cron != "" {
 					when = r.Cron
@@ -275,7 +256,7 @@ func newScheduleCmd(app *App, opts *Options) *cobra.Command {
 		Short: "Run a scheduled task now (wherever its type says), as an extra tick",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := call(cmd.Context(), app, opts, ExitFailure, "POST", "/schedules/run", map[string]string{"name": args[0]}, nil); err != nil {
+			if err := call(cmd.Context(), app, opts, ExitFailure, "POST", "/schedules/run", wire.ScheduleRunRequest{Name: args[0]}, nil); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s: triggered; see `schedule list` for its result\n", args[0])

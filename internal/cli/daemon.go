@@ -13,18 +13,12 @@ import (
 	"time"
 
 	"github.com/brood-go/brood/internal/control"
+	"github.com/brood-go/brood/internal/wire"
 	"github.com/spf13/cobra"
 )
 
-// The daemon handshake: `start --daemon` starts the master with the write end of
-// a pipe as fd 3 and EnvNotifyFD=3. The master writes one line and closes it:
-// "ready <status JSON>" once the whole cluster is ready, or "error <message>"
-// if the start failed (it then stops everything and exits non-zero).
-const EnvNotifyFD = "BROOD_NOTIFY_FD"
-
-// EnvLogFiles tells a daemon master the paths of its stdout and stderr files
-// ("<stdout>,<stderr>"), so that it can reopen them after rotation.
-const EnvLogFiles = "BROOD_LOG_FILES"
+// The daemon handshake (wire.EnvNotifyFD) and the log file paths the master
+// reopens after rotation (wire.EnvLogFiles) are part of brood's wire contract.
 
 func newStartCmd(app *App, opts *Options) *cobra.Command {
 	var daemon bool
@@ -84,7 +78,7 @@ func startDaemon(cmd *cobra.Command, app *App, opts *Options, logDir string, tim
 	fail := func(err error) error { return &ExitError{Code: ExitFailure, Err: err} }
 	if pid, err := control.ReadPID(app.runDir(opts)); err == nil && pid > 0 && syscall.Kill(pid, 0) == nil {
 		if c, err := control.Dial(app.runDir(opts), opts.Name); err == nil {
-			var st control.Status
+			var st wire.Status
 			if c.Do(cmd.Context(), "GET", "/status", nil, &st) == nil {
 				c.Close()
 				return fail(fmt.Errorf("%s is already running (pid %d, run dir %s); stop it first or use another --run-dir", opts.Name, st.PID, app.runDir(opts)))
@@ -121,7 +115,7 @@ func startDaemon(cmd *cobra.Command, app *App, opts *Options, logDir string, tim
 	master := &exec.Cmd{
 		Path:        exe,
 		Args:        append([]string{opts.Name + " master"}, daemonArgs(app, opts)...),
-		Env:         append(os.Environ(), EnvNotifyFD+"=3", EnvLogFiles+"="+filepath.Join(logDir, "master-stdout.log")+","+stderrPath),
+		Env:         append(os.Environ(), wire.EnvNotifyFD+"=3", wire.EnvLogFiles+"="+filepath.Join(logDir, "master-stdout.log")+","+stderrPath),
 		ExtraFiles:  []*os.File{w},
 		Stdout:      stdout,
 		Stderr:      stderr,
@@ -143,7 +137,7 @@ func startDaemon(cmd *cobra.Command, app *App, opts *Options, logDir string, tim
 	select {
 	case l := <-line:
 		if st, ok := strings.CutPrefix(l, "ready "); ok {
-			var status control.Status
+			var status wire.Status
 			if err := json.Unmarshal([]byte(st), &status); err != nil {
 				return fail(fmt.Errorf("start: bad ready line from the master: %w", err))
 			}
@@ -165,7 +159,7 @@ func startDaemon(cmd *cobra.Command, app *App, opts *Options, logDir string, tim
 	}
 }
 
-func printStarted(cmd *cobra.Command, st control.Status, took time.Duration, logPath string) {
+func printStarted(cmd *cobra.Command, st wire.Status, took time.Duration, logPath string) {
 	out := cmd.OutOrStdout()
 	fmt.Fprintf(out, "%s started: master pid %d, ready in %s\n", st.Name, st.PID, roundDur(took))
 	for _, l := range st.Listen {

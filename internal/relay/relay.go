@@ -303,6 +303,7 @@ func (r *Router) Handle(e *Endpoint, f ipc.Frame) {
 		r.route(e, f)
 	case ipc.KindReply:
 		ipc.SetSender(f.Raw, e.Role, e.PID)
+		f.Role, f.From = e.Role, e.PID // what the master's own requests check
 		r.reply(f, e)
 	case ipc.KindAck:
 		r.ack(e, f.Ref)

@@ -1,19 +1,16 @@
-package control
+package wire
 
 import (
 	"encoding/json"
 	"time"
 )
 
-// The JSON the control socket speaks. The master serves it; the CLI reads it.
-// Keys of Status and Process are a contract (scripts read `status --json`):
-// add fields freely, never rename or remove one.
-
-// Status is the body of GET /status.
+// Status is the body of GET /status (`status --json`).
 type Status struct {
 	Name       string    `json:"name"`
 	PID        int       `json:"pid"`
-	State      string    `json:"state"` // starting, running, stopping
+	State      string    `json:"state"`               // starting, running, stopping
+	Operation  string    `json:"operation,omitempty"` // reload or scale while one runs
 	Listen     []string  `json:"listen"`
 	Workers    int       `json:"workers"` // configured worker count
 	StartedAt  time.Time `json:"started_at"`
@@ -22,8 +19,11 @@ type Status struct {
 	RunDir     string    `json:"run_dir"`
 	Processes  []Process `json:"processes"`
 	Messages   Messages  `json:"messages"`
-	// Schedules is the agent's schedule table (brood.ScheduleStatus list), if
-	// the cluster has schedules and the agent answered.
+	// DroppedOutputLines counts lines of the master's and children's output
+	// dropped because standard error did not keep up.
+	DroppedOutputLines uint64 `json:"dropped_output_lines"`
+	// Schedules is the agent's schedule table ([]ScheduleStatus), if the
+	// cluster has schedules and the agent answered.
 	Schedules json.RawMessage `json:"schedules,omitempty"`
 }
 
@@ -35,7 +35,8 @@ type Process struct {
 	PID        int       `json:"pid"`
 	State      string    `json:"state"` // starting, ready, stopping, restarting
 	Restarts   int       `json:"restarts"`
-	LastReason string    `json:"last_restart_reason,omitempty"`
+	LastReason string    `json:"last_restart_reason,omitempty"` // "<reason>: <detail>"
+	LastKind   Reason    `json:"last_restart_kind,omitempty"`   // the typed reason alone
 	RSSBytes   uint64    `json:"rss_bytes"`
 	CPUPercent float64   `json:"cpu_percent"`
 	StartedAt  time.Time `json:"started_at"`
@@ -74,4 +75,31 @@ type ScaleRequest struct {
 type ScaleResult struct {
 	From int `json:"from"`
 	To   int `json:"to"`
+}
+
+// ScheduleRunRequest is the body of POST /schedules/run.
+type ScheduleRunRequest struct {
+	Name string `json:"name"`
+}
+
+// MaxWorkers is the largest worker count a cluster accepts (Config.Workers,
+// --workers, scale): beyond it a value is a typo, not a plan.
+const MaxWorkers = 1024
+
+// ScheduleStatus describes a scheduled task as `schedule list` and
+// `status --json` show it (brood.ScheduleStatus).
+type ScheduleStatus struct {
+	Name         string    `json:"name"`
+	Type         string    `json:"type"`
+	Every        string    `json:"every,omitempty"`
+	Cron         string    `json:"cron,omitempty"`
+	Disabled     bool      `json:"disabled,omitempty"`
+	Running      int       `json:"running"`
+	LastRun      time.Time `json:"last_run,omitzero"`
+	LastResult   string    `json:"last_result,omitempty"`
+	LastDuration float64   `json:"last_duration_seconds"`
+	Next         time.Time `json:"next,omitzero"`
+	Runs         uint64    `json:"runs"`
+	Failures     uint64    `json:"failures"`
+	Skips        uint64    `json:"skips"`
 }

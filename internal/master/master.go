@@ -1,0 +1,525 @@
+// Package master is brood's supervisor: it opens the listeners, starts the
+// agent and the workers in Egg's order, watches them (exits, heartbeats,
+// memory), restarts and replaces them, relays their messages through the
+// router, runs the operations of the control socket (reload, scale, stop,
+// rotate-logs) and publishes every lifecycle transition on one event stream.
+//
+// Files by concern: master.go (the type, start order and stop), slot.go (the
+// one owner of every process transition and its typed reason), child.go (one
+// process: its channel and exit), launch.go (the environment contract,
+// spawning, single-process children), health.go (heartbeats, resource
+// samples, recycling), ops.go (reload, scale, stop requests, in every state),
+// status.go, events.go, control.go (the control socket's handlers), logs.go,
+// signals.go (signals and the daemon handshake), output.go.
+package master
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime/debug"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/brood-go/brood/internal/ipc"
+	"github.com/brood-go/brood/internal/listener"
+	"github.com/brood-go/brood/internal/relay"
+	"github.com/brood-go/brood/internal/wire"
+)
+
+// Config is what the supervisor needs of brood.Config, resolved: every
+// duration and bound has its default applied by package brood.
+type Config struct {
+	Name      string
+	Workers   int
+	Listen    []string
+	ReusePort bool
+	Agent     bool     // the cluster has an agent
+	Args      []string // argv after argv[0], passed to every child
+
+	// Single runs children as goroutines of this process through RunInProcess.
+	Single       bool
+	RunInProcess func(ctx context.Context, c InProcess) error
+
+	ReadyTimeout      time.Duration
+	StopTimeout       time.Duration
+	HeartbeatInterval time.Duration
+	HeartbeatTimeout  time.Duration
+	MaxRSS            uint64
+	Restart           Backoff
+	MaxFrame          int
+	MaxPending        int
+
+	Schedules   bool // the agent has a schedule table (status asks for it)
+	LogRotation bool // the agent rotates log files (rotate-logs asks it)
+
+	RunDir string
+	// Logger receives the master's logs. Nil means a text handler on the
+	// master's own standard error stream, which never blocks the master.
+	Logger *slog.Logger
+	// Stdout and Stderr receive the children's output (default os.Stdout and
+	// os.Stderr), through buffers that never block the master.
+	Stdout, Stderr *os.File
+
+	// OnReady is called once the first start has completed, with the status.
+	OnReady func(wire.Status)
+}
+
+// Backoff is the crash-restart policy: the first crash of a slot is replaced
+// at once; each further crash within ResetAfter of the previous start waits
+// twice as long as the last, from MinDelay up to MaxDelay.
+type Backoff struct {
+	MinDelay, MaxDelay, ResetAfter time.Duration
+}
+
+// Delay returns the wait before restart number n (1-based) of a crash loop.
+func (b Backoff) Delay(n int) time.Duration {
+	if n <= 1 {
+		return 0
+	}
+	d := b.MinDelay
+	for i := 2; i < n && d < b.MaxDelay; i++ {
+		d *= 2
+	}
+	return min(d, b.MaxDelay)
+}
+
+// phase is the cluster's.
+type phase int
+
+const (
+	phaseStarting phase = iota
+	phaseRunning
+	phaseStopping
+	phaseStopped
+)
+
+func (p phase) String() string {
+	return [...]string{"starting", "running", "stopping", "stopped"}[p]
+}
+
+// Master runs one cluster: it owns the sockets, the router and every child.
+type Master struct {
+	cfg    Config
+	log    *slog.Logger
+	stdout *output
+	stderr *output
+	exe    string
+	pid    int
+	socks  []*listener.Socket
+	router *relay.Router
+	forker *forker
+	events *eventLog
+	asks   asks // the master's own requests to children
+
+	mu       sync.Mutex
+	phase    phase
+	op       string // the operation running: "", "reload", "scale"
+	agent    *slot
+	workers  map[int]*slot
+	children map[int]*child // by pid
+	startErr error          // why the first start was aborted, if it was
+	self     usage          // the master's own resource sample
+
+	life    context.Context // cancelled when stopping starts: restarts and timers end
+	endLife context.CancelFunc
+	wg      sync.WaitGroup // goroutines owned by the master (restarts, replacements, heartbeat)
+
+	singleSeq atomic.Int32 // virtual pids handed out in single-process mode
+	startedAt time.Time
+	stopReq   chan struct{}
+	stopOnce  sync.Once
+	stopWhy   string
+}
+
+// New prepares a master for cfg. It validates the listen addresses, so a bad
+// one is reported before anything is created.
+func New(cfg Config) (*Master, error) {
+	for _, l := range cfg.Listen {
+		if _, err := listener.Parse(l); err != nil {
+			return nil, fmt.Errorf("brood: %w", err)
+		}
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("brood: find own executable: %w", err)
+	}
+	if cfg.Stdout == nil {
+		cfg.Stdout = os.Stdout
+	}
+	if cfg.Stderr == nil {
+		cfg.Stderr = os.Stderr
+	}
+	pid := os.Getpid()
+	m := &Master{
+		cfg:      cfg,
+		stdout:   newOutput(cfg.Stdout),
+		stderr:   newOutput(cfg.Stderr),
+		exe:      exe,
+		pid:      pid,
+		workers:  make(map[int]*slot),
+		children: make(map[int]*child),
+		stopReq:  make(chan struct{}),
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(m.stderr, nil))
+	}
+	m.log = log.With("role", "master", "id", 0, "pid", pid)
+	m.events = newEventLog(func(ev wire.Event) { logEvent(m.log, ev) })
+	m.asks.pending = make(map[uint64]*ask)
+	m.router = relay.New(relay.Options{
+		MasterPID: uint32(pid), MaxPending: cfg.MaxPending, Logger: m.log,
+		MasterReply: m.onMasterReply, MasterMessage: m.onMasterMessage,
+	})
+	m.life, m.endLife = context.WithCancel(context.Background())
+	if !cfg.Single {
+		m.forker = newForker()
+	}
+	return m, nil
+}
+
+// Logger returns the master's logger (role master, id 0, its pid).
+func (m *Master) Logger() *slog.Logger { return m.log }
+
+// Run is the master's life: take the run dir, open the listeners, start the
+// cluster, serve until ctx is done or a stop is requested, then stop. A value
+// on force (a second Ctrl-C) kills what is left of a stop. It returns the
+// error that aborted the start, or nil after a clean stop.
+func (m *Master) Run(ctx context.Context, force <-chan struct{}) (err error) {
+	defer m.closeOutputs()
+	if m.forker != nil {
+		defer m.forker.close() // after every child is gone
+	}
+	m.startedAt = time.Now()
+	release, err := m.acquireRunDir()
+	if err != nil {
+		return err
+	}
+	defer release()
+	socks, err := listener.Open(ctx, m.cfg.Listen, m.cfg.ReusePort)
+	if err != nil {
+		return fmt.Errorf("brood: %w", err)
+	}
+	m.socks = socks
+	for _, s := range socks {
+		m.log.Info("listening", "addr", s.Bound.String(), "requested", s.Requested.String())
+	}
+	defer listener.CloseAll(m.socks)
+
+	m.wg.Add(1)
+	go m.heartbeatLoop()
+
+	started := time.Now()
+	// A stop requested during the start aborts it.
+	startDone := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+			m.failStart(fmt.Errorf("brood: start interrupted: %w", context.Cause(ctx)))
+		case <-m.stopReq:
+			m.failStart(fmt.Errorf("brood: start interrupted: %s", m.stopWhy))
+		case <-force:
+			m.failStart(errors.New("brood: start interrupted: forced stop"))
+		case <-startDone:
+		}
+	}()
+	err = m.startCluster()
+	close(startDone)
+	if err != nil {
+		m.events.publish(wire.Event{Type: wire.EventStartFailed, Detail: err.Error()})
+		m.stopAll(force, "the start failed")
+		return err
+	}
+	m.events.publish(wire.Event{Type: wire.EventClusterReady, To: m.cfg.Workers, Took: time.Since(started).Seconds(),
+		Detail: fmt.Sprintf("agent %v, listening on %v", m.cfg.Agent, m.boundAddrs())})
+	if m.cfg.OnReady != nil {
+		m.cfg.OnReady(m.Status())
+	}
+	var why string
+	select {
+	case <-ctx.Done():
+		why = fmt.Sprint(context.Cause(ctx))
+	case <-m.stopReq:
+		why = m.stopWhy
+	case <-force:
+		why = "forced stop"
+	}
+	m.stopAll(force, why)
+	return nil
+}
+
+func (m *Master) closeOutputs() {
+	m.events.closeAll()
+	m.stdout.close()
+	m.stderr.close()
+}
+
+func (m *Master) boundAddrs() []string {
+	out := make([]string, len(m.socks))
+	for i, s := range m.socks {
+		out[i] = s.Bound.String()
+	}
+	return out
+}
+
+// startCluster starts the agent, waits for it, starts every worker in parallel
+// and waits for them, then tells everyone the cluster is ready (Egg's start
+// order). Any failure aborts: the caller stops what was started. The error is
+// the first failure's, never that of a process stopped because of it.
+func (m *Master) startCluster() error {
+	// Every slot exists before anything starts, so that what the agent sends to
+	// the workers during its initialisation waits for them instead of vanishing.
+	slots := make([]*slot, m.cfg.Workers)
+	for i := range slots {
+		slots[i] = m.addSlot(ipc.RoleWorker, i+1)
+	}
+	// The workers' processes start now, held, so that their exec and runtime
+	// start overlap with the agent's initialisation; their user code runs only
+	// once the agent is ready (Egg's order).
+	var agent *slot
+	var agentChild *child
+	var agentErr error
+	if m.cfg.Agent {
+		agent = m.addSlot(ipc.RoleAgent, 0)
+		agentChild, agentErr = agent.spawn(false)
+	}
+	held := make([]*child, len(slots))
+	heldErrs := make([]error, len(slots))
+	var spawning sync.WaitGroup
+	for i, s := range slots {
+		spawning.Go(func() { held[i], heldErrs[i] = s.spawn(true) })
+	}
+	if agentErr == nil && agent != nil {
+		agentErr = agent.awaitReady(agentChild)
+	}
+	if agentErr != nil && !errors.Is(agentErr, errStopping) {
+		m.failStart(fmt.Errorf("brood: start agent: %w", agentErr))
+	}
+	spawning.Wait()
+	if agentErr != nil {
+		return m.startError(agentErr)
+	}
+	m.release(held)
+	var waiting sync.WaitGroup
+	for i, s := range slots {
+		waiting.Go(func() {
+			err := heldErrs[i]
+			if err == nil {
+				err = s.awaitReady(held[i])
+			}
+			if err != nil && !errors.Is(err, errStopping) {
+				m.failStart(fmt.Errorf("brood: start %s: %w", s, err))
+			}
+		})
+	}
+	waiting.Wait()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.startErr != nil {
+		return m.startErr
+	}
+	m.phase = phaseRunning
+	for _, c := range m.children {
+		if c.state == childReady {
+			m.router.Event(c.ep, wire.ActionReady, nil)
+		}
+	}
+	return nil
+}
+
+// startError is the error the first start ends with: the first failure
+// recorded, or err.
+func (m *Master) startError(err error) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.startErr != nil {
+		return m.startErr
+	}
+	return err
+}
+
+// failStart ends the first start with err; the first failure wins, and the
+// processes stopped because of it are abandoned, so they never replace it.
+func (m *Master) failStart(err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.failStartLocked(err)
+}
+
+func (m *Master) failStartLocked(err error) {
+	if m.phase != phaseStarting {
+		return
+	}
+	if m.startErr == nil {
+		m.startErr = err
+	}
+	m.endLife()
+}
+
+// release lets held children run the user's code: they get the member table.
+func (m *Master) release(cs []*child) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, c := range cs {
+		if c != nil {
+			c.held = false
+		}
+	}
+	m.sendMembersLocked()
+}
+
+// sendPidsLocked tells the agent the pids of the ready workers (Egg's egg-pids).
+func (m *Master) sendPidsLocked() {
+	if m.agent == nil {
+		return
+	}
+	pids := []int{}
+	for _, s := range m.workerSlotsLocked() {
+		if s.serving != nil && s.serving.state == childReady {
+			pids = append(pids, s.serving.pid)
+		}
+	}
+	b, _ := json.Marshal(pids)
+	m.router.EventToSlot(m.agent.rs, wire.ActionPids, b)
+}
+
+// sendMembersLocked sends the process table to every child that is not held.
+func (m *Master) sendMembersLocked() {
+	list := make([]wire.Member, 0, len(m.children))
+	for _, c := range m.children {
+		if c.state != childExited {
+			list = append(list, wire.Member{PID: c.pid, Role: c.slot.role, ID: c.slot.id, Ready: c.state == childReady || c.state == childStopping})
+		}
+	}
+	slices.SortFunc(list, func(a, b wire.Member) int {
+		if a.Role != b.Role {
+			return int(a.Role) - int(b.Role)
+		}
+		if a.ID != b.ID {
+			return a.ID - b.ID
+		}
+		return a.PID - b.PID
+	})
+	b, _ := json.Marshal(list)
+	h := ipc.Header{Kind: ipc.KindMembers, Role: ipc.RoleMaster, From: uint32(m.pid)}
+	for _, c := range m.children {
+		if !c.held {
+			_ = c.ep.Writer().Append(&h, "", b)
+		}
+	}
+}
+
+// workerSlotsLocked returns the worker slots in id order.
+func (m *Master) workerSlotsLocked() []*slot {
+	ids := make([]int, 0, len(m.workers))
+	for id := range m.workers {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	out := make([]*slot, len(ids))
+	for i, id := range ids {
+		out[i] = m.workers[id]
+	}
+	return out
+}
+
+// slotsLocked returns the agent's slot and the workers' in id order.
+func (m *Master) slotsLocked() []*slot {
+	var out []*slot
+	if m.agent != nil {
+		out = append(out, m.agent)
+	}
+	return append(out, m.workerSlotsLocked()...)
+}
+
+// childrenOfLocked returns the live processes of slot s, oldest first.
+func (m *Master) childrenOfLocked(s *slot) []*child {
+	var out []*child
+	for _, c := range m.children {
+		if c.slot == s {
+			out = append(out, c)
+		}
+	}
+	slices.SortFunc(out, func(a, b *child) int { return a.startedAt.Compare(b.startedAt) })
+	return out
+}
+
+// goOwned runs f on a goroutine the master waits for when it stops, unless it
+// is stopping already (then f does not run and goOwned reports false). The
+// check and the Add happen under m.mu, and stopAll marks the phase stopping
+// under m.mu before it waits, so no Add can race with that Wait. A panic in f
+// is logged with its stack instead of ending the master: whatever a child, a
+// client or a signal does, the master keeps supervising.
+func (m *Master) goOwned(what string, f func()) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.phase >= phaseStopping {
+		return false
+	}
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		defer func() {
+			if r := recover(); r != nil {
+				m.log.Error("bug: panic in the master (recovered)", "in", what, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			}
+		}()
+		f()
+	}()
+	return true
+}
+
+// stopAll stops the cluster: workers drain in parallel, then the agent stops,
+// then the master's own goroutines end. A value on force kills what is left.
+func (m *Master) stopAll(force <-chan struct{}, why string) {
+	m.mu.Lock()
+	if m.phase >= phaseStopping {
+		m.mu.Unlock()
+		return
+	}
+	m.phase = phaseStopping
+	m.mu.Unlock()
+	m.endLife()
+	m.events.publish(wire.Event{Type: wire.EventStopping, Detail: why})
+
+	stopGroup := func(match func(*child) bool) {
+		m.mu.Lock()
+		var group []*child
+		for _, c := range m.children {
+			if match(c) {
+				group = append(group, c)
+			}
+		}
+		m.mu.Unlock()
+		done := make(chan struct{})
+		go func() {
+			var wg sync.WaitGroup
+			for _, c := range group {
+				wg.Go(func() { c.slot.stopChild(c, wire.ReasonStop) })
+			}
+			wg.Wait()
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-force:
+			for _, c := range group {
+				c.slot.kill(c, wire.ReasonStop, "forced stop")
+			}
+			<-done
+		}
+	}
+	stopGroup(func(c *child) bool { return c.slot.role == ipc.RoleWorker })
+	stopGroup(func(c *child) bool { return true })
+	m.wg.Wait()
+	m.mu.Lock()
+	m.phase = phaseStopped
+	m.mu.Unlock()
+	m.events.publish(wire.Event{Type: wire.EventStopped})
+}

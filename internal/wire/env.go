@@ -1,0 +1,42 @@
+package wire
+
+import "strings"
+
+// The environment contract between the master and a child. The master sets
+// these when it starts a child; the child reads them and removes them from its
+// environment, so programs it starts are not mistaken for brood children.
+const (
+	EnvRole        = "BROOD_ROLE"         // "agent" or "worker"
+	EnvID          = "BROOD_ID"           // worker slot 1..N, 0 for the agent
+	EnvIPCFD       = "BROOD_IPC_FD"       // the child's end of the socketpair: 3
+	EnvListenFDs   = "BROOD_LISTEN_FDS"   // number of listeners, at fds IPC_FD+1 ... in Config.Listen order
+	EnvMasterPID   = "BROOD_MASTER_PID"   // for logs and sanity checks
+	EnvProtocol    = "BROOD_PROTOCOL"     // ipc.Version the master speaks
+	EnvName        = "BROOD_NAME"         // Config.Name as the master resolved it (also the --name flag's variable)
+	EnvStopTimeout = "BROOD_STOP_TIMEOUT" // Config.StopTimeout as the master resolved it
+)
+
+// The daemon handshake: `start --daemon` starts the master with the write end
+// of a pipe as fd 3 and EnvNotifyFD=3. The master writes one line and closes
+// it: "ready <status JSON>" once the whole cluster is ready, or "error
+// <message>" if the start failed (it then stops everything and exits non-zero).
+const EnvNotifyFD = "BROOD_NOTIFY_FD"
+
+// EnvLogFiles tells a daemon master the paths of its stdout and stderr files
+// ("<stdout>,<stderr>"), so that it can reopen them after rotation.
+const EnvLogFiles = "BROOD_LOG_FILES"
+
+// childOnlyEnv are the variables a master never passes on from its own
+// environment: the child contract, and the master's own markers.
+var childOnlyEnv = []string{EnvRole, EnvID, EnvIPCFD, EnvListenFDs, EnvMasterPID, EnvProtocol, EnvNotifyFD}
+
+// IsChildOnly reports whether kv ("KEY=value") is a variable the master must not
+// pass on to a child from its own environment.
+func IsChildOnly(kv string) bool {
+	for _, k := range childOnlyEnv {
+		if strings.HasPrefix(kv, k+"=") {
+			return true
+		}
+	}
+	return false
+}
