@@ -167,7 +167,7 @@ func (m *master) reopenOwnLogs() {
 		if i > 1 {
 			break
 		}
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		f, err := logrotate.OpenAppend(path, 0o644) // no symbolic link, no other user's file
 		if err != nil {
 			m.log.Error("reopen log", "path", path, "err", err)
 			continue

@@ -161,3 +161,51 @@ func TestSIGUSR1ReopensDaemonLogs(t *testing.T) {
 		t.Fatal("stop failed")
 	}
 }
+
+// A symbolic link planted at the daemon's log path after an external logrotate
+// renamed it: the master's reopen refuses it (and says so in the file it keeps
+// writing to) instead of appending its lines to the link's target.
+func TestSIGUSR1RefusesSymlinkedDaemonLog(t *testing.T) {
+	runDir := helperproc.ShortTempDir(t)
+	logDir := t.TempDir()
+	killDaemon(t, runDir)
+	if code, out, _ := cli(t, runDir, "start", "--daemon", "--workers", "1", "--log-dir", logDir); code != 0 {
+		t.Fatalf("start: exit %d %s", code, out)
+	}
+	defer cli(t, runDir, "stop")
+	logPath := filepath.Join(logDir, "master-stderr.log")
+	if err := os.Rename(logPath, logPath+".1"); err != nil {
+		t.Fatal(err)
+	}
+	target := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(target, []byte("root only\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(target, logPath); err != nil {
+		t.Fatal(err)
+	}
+	pid, err := control.ReadPID(runDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	syscall.Kill(pid, syscall.SIGUSR1)
+	deadline := time.Now().Add(10 * time.Second)
+	for { // the reopen failed, so the line lands in the renamed file
+		if b, err := os.ReadFile(logPath + ".1"); err == nil && strings.Contains(string(b), "log files reopened") {
+			if !strings.Contains(string(b), "symbolic link") {
+				t.Errorf("the refused reopen is not logged:\n%s", b)
+			}
+			break
+		}
+		if b, _ := os.ReadFile(target); string(b) != "root only\n" {
+			t.Fatalf("the master wrote to the link's target: %q", b)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no reopen line in master-stderr.log.1 within 10s")
+		}
+		time.Sleep(10 * time.Millisecond) // polling a file another process writes, with a deadline
+	}
+	if b, _ := os.ReadFile(target); string(b) != "root only\n" {
+		t.Errorf("the master wrote to the link's target: %q", b)
+	}
+}
