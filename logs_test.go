@@ -17,10 +17,17 @@ import (
 	"github.com/brood-go/brood/internal/helperproc"
 )
 
-const logLines = 4000
+// Each writer of logsConfig writes at least logLines lines, and goes on until
+// it has seen the third rotation (path.3 exists), so that rotation happens while
+// the processes write however fast they are; maxLogLines bounds the wait.
+const (
+	logLines    = 4000
+	maxLogLines = 500000
+)
 
 // logsConfig: the agent and 2 workers all write numbered lines into one log
-// file that the agent rotates by size while they write.
+// file that the agent rotates by size while they write. Each reports
+// "done <who> lines=<n>".
 func logsConfig() brood.Config {
 	path := os.Getenv("LOGS_FILE")
 	write := func(ctx context.Context, p *brood.Process) error {
@@ -32,13 +39,22 @@ func logsConfig() brood.Config {
 		p.Messenger().On(brood.ActionReady, func(brood.Message) {
 			p.Go(func(ctx context.Context) {
 				pad := strings.Repeat("x", 60)
-				for i := range logLines {
+				for i := 0; ; i++ {
+					if i >= logLines && i%100 == 0 {
+						if _, err := os.Stat(path + ".3"); err == nil {
+							helperproc.Event("done %s lines=%d", who, i)
+							return
+						}
+					}
+					if i == maxLogLines || ctx.Err() != nil {
+						helperproc.Event("write-error %s: no third rotation after %d lines", who, i)
+						return
+					}
 					if _, err := fmt.Fprintf(f, "writer=%s seq=%d %s\n", who, i, pad); err != nil {
 						helperproc.Event("write-error %v", err)
 						return
 					}
 				}
-				helperproc.Event("done %s", who)
 			})
 		})
 		p.Ready()
@@ -67,9 +83,15 @@ func TestLogRotationAcrossProcesses(t *testing.T) {
 		t.Fatalf("rotate-logs: exit %d %s %s", code, out, s.Stderr())
 	}
 	stopCluster(t, c)
+	written := map[string]int{} // lines per writer
 	for _, ev := range c.ReadEvents() {
 		if strings.HasPrefix(ev, "write-error") {
 			t.Fatal(ev)
+		}
+		var who string
+		var n int
+		if _, err := fmt.Sscanf(ev, "done %s lines=%d", &who, &n); err == nil {
+			written[who] = n
 		}
 	}
 	files, _ := filepath.Glob(path + "*")
@@ -99,12 +121,21 @@ func TestLogRotationAcrossProcesses(t *testing.T) {
 		t.Errorf("%d malformed (split or merged) lines", bad)
 	}
 	writers := make([]string, 0, len(seen))
+	total := 0
 	for who, seqs := range seen {
 		writers = append(writers, who)
-		for i := range logLines {
+		n, ok := written[who]
+		if !ok {
+			t.Errorf("%s wrote lines but reported no count", who)
+		}
+		total += n
+		for i := range n {
 			if seqs[i] != 1 {
 				t.Errorf("%s line %d appears %d times", who, i, seqs[i])
 			}
+		}
+		if len(seqs) != n {
+			t.Errorf("%s: %d distinct lines in the files, it wrote %d", who, len(seqs), n)
 		}
 	}
 	sort.Strings(writers)
@@ -112,7 +143,7 @@ func TestLogRotationAcrossProcesses(t *testing.T) {
 		t.Errorf("writers %v", writers)
 	}
 	reopens := c.Count(helperproc.MasterMsg("log files reopened"))
-	t.Logf("%d lines from %d processes in %d files; %d reopens", 3*logLines, len(seen), len(files), reopens)
+	t.Logf("%d lines from %d processes in %d files; %d reopens", total, len(seen), len(files), reopens)
 	if len(files) < 4 || reopens < 3 {
 		t.Errorf("only %d files and %d reopens: rotation did not happen while the processes wrote", len(files), reopens)
 	}
@@ -159,5 +190,53 @@ func TestSIGUSR1ReopensDaemonLogs(t *testing.T) {
 	}
 	if code, _, _ := cli(t, runDir, "stop"); code != 0 {
 		t.Fatal("stop failed")
+	}
+}
+
+// A symbolic link planted at the daemon's log path after an external logrotate
+// renamed it: the master's reopen refuses it (and says so in the file it keeps
+// writing to) instead of appending its lines to the link's target.
+func TestSIGUSR1RefusesSymlinkedDaemonLog(t *testing.T) {
+	runDir := helperproc.ShortTempDir(t)
+	logDir := t.TempDir()
+	killDaemon(t, runDir)
+	if code, out, _ := cli(t, runDir, "start", "--daemon", "--workers", "1", "--log-dir", logDir); code != 0 {
+		t.Fatalf("start: exit %d %s", code, out)
+	}
+	defer cli(t, runDir, "stop")
+	logPath := filepath.Join(logDir, "master-stderr.log")
+	if err := os.Rename(logPath, logPath+".1"); err != nil {
+		t.Fatal(err)
+	}
+	target := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(target, []byte("root only\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(target, logPath); err != nil {
+		t.Fatal(err)
+	}
+	pid, err := control.ReadPID(runDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	syscall.Kill(pid, syscall.SIGUSR1)
+	deadline := time.Now().Add(10 * time.Second)
+	for { // the reopen failed, so the line lands in the renamed file
+		if b, err := os.ReadFile(logPath + ".1"); err == nil && strings.Contains(string(b), "log files reopened") {
+			if !strings.Contains(string(b), "symbolic link") {
+				t.Errorf("the refused reopen is not logged:\n%s", b)
+			}
+			break
+		}
+		if b, _ := os.ReadFile(target); string(b) != "root only\n" {
+			t.Fatalf("the master wrote to the link's target: %q", b)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no reopen line in master-stderr.log.1 within 10s")
+		}
+		time.Sleep(10 * time.Millisecond) // polling a file another process writes, with a deadline
+	}
+	if b, _ := os.ReadFile(target); string(b) != "root only\n" {
+		t.Errorf("the master wrote to the link's target: %q", b)
 	}
 }

@@ -3,7 +3,9 @@ package cli
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	"github.com/brood-go/brood/internal/control"
+	"github.com/brood-go/brood/internal/logrotate"
 	"github.com/brood-go/brood/internal/wire"
 	"github.com/spf13/cobra"
 )
@@ -36,24 +39,64 @@ func newStartCmd(app *App, opts *Options) *cobra.Command {
 			if !daemon {
 				return runForeground(cmd.Context(), app, *opts)
 			}
-			if logDir == "" {
-				logDir = defaultLogDir(opts.Name)
-			}
 			return startDaemon(cmd, app, opts, logDir, timeout)
 		},
 	}
 	cmd.Flags().BoolVarP(&daemon, "daemon", "d", false, "run in the background; return once the cluster is ready")
-	cmd.Flags().StringVar(&logDir, "log-dir", "", "directory for master-stdout.log and master-stderr.log (default $HOME/logs/<name>, as egg-scripts)")
+	cmd.Flags().StringVar(&logDir, "log-dir", "", "directory for master-stdout.log and master-stderr.log (default $HOME/logs/<name>, as egg-scripts; "+
+		"without $HOME, <run-dir>/logs, mode 0700). The files are never opened through a symbolic link, and must belong to the user brood runs as")
 	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "how long to wait for the cluster to be ready")
 	return cmd
 }
 
-func defaultLogDir(name string) string {
+// defaultLogDir is where the daemon logs without --log-dir: $HOME/logs/<name>,
+// or, without $HOME, the private directory <runDir>/logs (private is true).
+// Never a shared directory such as $TMPDIR: another user could plant files or
+// links there before us.
+func defaultLogDir(name, runDir string) (dir string, private bool) {
 	home, err := os.UserHomeDir()
 	if err != nil {
-		return filepath.Join(os.TempDir(), "brood-logs", name)
+		return filepath.Join(runDir, "logs"), true
 	}
-	return filepath.Join(home, "logs", name)
+	return filepath.Join(home, "logs", name), false
+}
+
+// makeLogDir creates the daemon's log directory. A private one (the fallback
+// under the run dir) is created 0700, with the run dir if missing (0700, as the
+// master creates it), and refused unless it is a directory, not a symbolic link,
+// owned by the effective uid and not writable by group or others. The run dir
+// itself is checked by the master when it takes it (control.Acquire).
+func makeLogDir(dir string, private bool) error {
+	if !private {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("log dir: %w", err)
+		}
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
+		return fmt.Errorf("log dir: create run dir: %w", err)
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("log dir: %w", err)
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("log dir: %w", err)
+	}
+	if fi.Mode()&fs.ModeSymlink != 0 || !fi.IsDir() {
+		return fmt.Errorf("log dir %s is not a directory (mode %v); refusing to log there", dir, fi.Mode())
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); !ok || int(st.Uid) != os.Geteuid() {
+		owner := "unknown"
+		if ok {
+			owner = strconv.Itoa(int(st.Uid))
+		}
+		return fmt.Errorf("log dir %s is owned by uid %s, not by the effective uid %d; refusing to log there", dir, owner, os.Geteuid())
+	}
+	if perm := fi.Mode().Perm(); perm&0o022 != 0 {
+		return fmt.Errorf("log dir %s is writable by group or others (mode %#o); refusing to log there", dir, perm)
+	}
+	return nil
 }
 
 // daemonArgs are the flags that make the detached master run with opts.
@@ -86,11 +129,15 @@ func startDaemon(cmd *cobra.Command, app *App, opts *Options, logDir string, tim
 			c.Close()
 		}
 	}
-	if err := os.MkdirAll(logDir, 0o755); err != nil {
-		return fail(fmt.Errorf("start: log dir: %w", err))
+	private := false
+	if logDir == "" {
+		logDir, private = defaultLogDir(opts.Name, app.runDir(opts))
+	}
+	if err := makeLogDir(logDir, private); err != nil {
+		return fail(fmt.Errorf("start: %w", err))
 	}
 	open := func(name string) (*os.File, error) {
-		return os.OpenFile(filepath.Join(logDir, name), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		return logrotate.OpenAppend(filepath.Join(logDir, name), 0o644)
 	}
 	stdout, err := open("master-stdout.log")
 	if err != nil {

@@ -25,6 +25,8 @@ type File struct {
 
 // Open opens path for appending (O_WRONLY|O_APPEND|O_CREATE), creating the file
 // with perm (less the umask) and its parent directories with 0755 if needed.
+// Like OpenAppend, which Reopen uses too, it refuses a symbolic link at path and
+// a file that is not a regular file owned by the effective uid.
 func Open(path string, perm os.FileMode) (*File, error) {
 	fd, err := openAppend(path, perm)
 	if err != nil {
@@ -37,11 +39,7 @@ func openAppend(path string, perm os.FileMode) (*os.File, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("logrotate: %w", err)
 	}
-	fd, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, perm)
-	if err != nil {
-		return nil, fmt.Errorf("logrotate: %w", err)
-	}
-	return fd, nil
+	return OpenAppend(path, perm)
 }
 
 // Path returns the path the File was opened with, which Reopen opens again.

@@ -64,12 +64,25 @@ func readSeqs(t *testing.T, files []string) map[int][]int {
 // 0..lines-1, once each, in order across the files as read.
 func checkSeqs(t *testing.T, seqs map[int][]int, writers, lines int) {
 	t.Helper()
+	counts := make([]int, writers)
+	for w := range counts {
+		counts[w] = lines
+	}
+	checkSeqCounts(t, seqs, counts)
+}
+
+// checkSeqCounts fails the test unless each writer w wrote exactly the seqs
+// 0..counts[w]-1, once each, in order across the files as read.
+func checkSeqCounts(t *testing.T, seqs map[int][]int, counts []int) {
+	t.Helper()
+	writers := len(counts)
 	for w := range seqs {
 		if w < 0 || w >= writers {
 			t.Errorf("lines from unknown writer %d", w)
 		}
 	}
 	for w := range writers {
+		lines := counts[w]
 		got := seqs[w]
 		sorted := slices.Sorted(slices.Values(got))
 		for i, seq := range sorted {

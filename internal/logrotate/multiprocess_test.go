@@ -26,10 +26,19 @@ const (
 	envLines  = "LOGROTATE_TEST_LINES"
 )
 
+// A writer writes at least envLines lines and goes on until it has reopened
+// its File minReopens times, so that rotations happen while it writes however
+// fast it is; maxWriterLines bounds the wait.
+const (
+	minReopens     = 2
+	maxWriterLines = 2000000
+)
+
 // writerHelper is the main function of a writer process. It opens the log
 // through a File, reopens it on each SIGUSR1, says "ready <id>" on stdout, waits
-// for EOF on stdin (the start gate), writes its lines as fast as it can, and
-// says "done <id> reopens=<n>". It returns the exit code.
+// for EOF on stdin (the start gate), writes its lines as fast as it can until
+// it has written enough and reopened minReopens times, and says
+// "done <id> lines=<n> reopens=<m>". It returns the exit code.
 func writerHelper() int {
 	path := os.Getenv(envPath)
 	id, err1 := strconv.Atoi(os.Getenv(envWriter))
@@ -48,7 +57,7 @@ func writerHelper() int {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGUSR1)
 	stop := make(chan struct{})
-	reopens := 0
+	var reopens atomic.Int64
 	var reopenErr error
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -60,7 +69,7 @@ func writerHelper() int {
 				if reopenErr = f.Reopen(); reopenErr != nil {
 					return
 				}
-				reopens++
+				reopens.Add(1)
 			}
 		}
 	})
@@ -68,7 +77,12 @@ func writerHelper() int {
 	fmt.Printf("ready %d\n", id)
 	io.Copy(io.Discard, os.Stdin)
 	var writeErr error
-	for seq := range lines {
+	seq := 0
+	for ; seq < lines || reopens.Load() < minReopens; seq++ {
+		if seq == maxWriterLines {
+			writeErr = fmt.Errorf("only %d reopens after %d lines", reopens.Load(), seq)
+			break
+		}
 		if _, writeErr = f.Write(testLine(id, seq)); writeErr != nil {
 			break
 		}
@@ -79,7 +93,7 @@ func writerHelper() int {
 		fmt.Fprintf(os.Stderr, "writer helper %d: %v\n", id, err)
 		return 1
 	}
-	fmt.Printf("done %d reopens=%d\n", id, reopens)
+	fmt.Printf("done %d lines=%d reopens=%d\n", id, seq, reopens.Load())
 	return 0
 }
 
@@ -162,8 +176,14 @@ func TestSizeRotationWithWriterProcessesLosesNoLineAndSplitsNone(t *testing.T) {
 	gateW.Close()
 
 	var reopens []string
-	for reports.Scan() { // until every writer has exited (EOF)
+	written := make([]int, writers) // lines per writer
+	for reports.Scan() {            // until every writer has exited (EOF)
 		reopens = append(reopens, reports.Text())
+		var id, n, m int
+		if _, err := fmt.Sscanf(reports.Text(), "done %d lines=%d reopens=%d", &id, &n, &m); err != nil || id < 0 || id >= writers {
+			t.Fatalf("bad report from a writer: %q (%v)", reports.Text(), err)
+		}
+		written[id] = n
 	}
 	if err := reports.Err(); err != nil {
 		t.Fatalf("reading the writers' reports: %v", err)
@@ -203,9 +223,9 @@ func TestSizeRotationWithWriterProcessesLosesNoLineAndSplitsNone(t *testing.T) {
 	} else if fi.Size() != 0 {
 		t.Errorf("after the final rotation %s holds %d bytes, want 0", path, fi.Size())
 	}
-	checkSeqs(t, readSeqs(t, files), writers, lines)
+	checkSeqCounts(t, readSeqs(t, files), written)
 
-	t.Logf("%d writer processes x %d lines (%d bytes each): %d rotations while writing + %d final, %d rotated files; %s",
+	t.Logf("%d writer processes x at least %d lines (%d bytes each): %d rotations while writing + %d final, %d rotated files; %s",
 		writers, lines, lineLen, whileWriting, len(final), n, strings.Join(reopens, ", "))
 	if whileWriting < 2 {
 		t.Errorf("only %d rotations while the writers wrote: the test did not exercise rotation", whileWriting)

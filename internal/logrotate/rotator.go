@@ -371,11 +371,13 @@ func rename(from, to string) error {
 }
 
 // createEmpty creates path, if a writer's Reopen has not already, with exactly
-// perm (whatever the umask), for readers that follow the name.
+// perm (whatever the umask), for readers that follow the name. Like every log
+// file, it is opened with OpenAppend: a symbolic link or another user's file
+// planted at path between the rename and here is refused, not chmod-ed.
 func createEmpty(path string, perm fs.FileMode) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, perm)
+	f, err := OpenAppend(path, perm)
 	if err != nil {
-		return fmt.Errorf("logrotate: create %s: %w", path, err)
+		return err // names path
 	}
 	err = f.Chmod(perm)
 	if cerr := f.Close(); err == nil {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/brood-go/brood/internal/logrotate"
 	"github.com/brood-go/brood/internal/wire"
 	"golang.org/x/sys/unix"
 )
@@ -44,7 +45,7 @@ func (m *Master) reopenOwnLogs() {
 		if i > 1 {
 			break
 		}
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE|unix.O_NOFOLLOW, 0o644)
+		f, err := logrotate.OpenAppend(path, 0o644) // no symbolic link, no other user's file
 		if err != nil {
 			m.log.Error("reopen log", "path", path, "err", err)
 			continue
