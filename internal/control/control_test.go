@@ -562,10 +562,11 @@ func TestRefusesOtherUID(t *testing.T) {
 	in := acquire(t, dir)
 	var logs logBuffer
 	var served atomic.Int32
+	// The master's logger already carries its own pid, as in brood.
 	serve(t, in, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		served.Add(1)
 		WriteJSON(w, http.StatusOK, "served")
-	}), logs.logger())
+	}), logs.logger().With("role", "master", "pid", os.Getpid()))
 	// The socket is 0600, so uid 65534's connect() would fail with EACCES
 	// before the server ever saw it. Open it to everyone to prove that the
 	// SO_PEERCRED check is what refuses the connection.
@@ -611,8 +612,13 @@ func TestRefusesOtherUID(t *testing.T) {
 		t.Fatalf("got %d refusals logged, want 2 (the raw and the silent connection): %v", len(recs), recs)
 	}
 	for _, r := range recs {
-		if r["uid"] != float64(nobody) || r["pid"] != float64(cmd.Process.Pid) || r["owner_uid"] != float64(0) {
-			t.Errorf("logged %v, want uid %d, pid %d, owner_uid 0", r, nobody, cmd.Process.Pid)
+		if r["peer_uid"] != float64(nobody) || r["peer_pid"] != float64(cmd.Process.Pid) || r["owner_uid"] != float64(0) || r["pid"] != float64(os.Getpid()) {
+			t.Errorf("logged %v, want peer_uid %d, peer_pid %d, owner_uid 0 and the master's own pid %d", r, nobody, cmd.Process.Pid, os.Getpid())
+		}
+	}
+	for _, line := range logs.lines() {
+		if dup := duplicateKeys(t, line); len(dup) > 0 {
+			t.Errorf("log line has duplicate keys %v: %s", dup, line)
 		}
 	}
 }

@@ -67,7 +67,9 @@ func (in *Instance) Listen() error {
 
 // Serve serves h on the control socket until Close is called, then returns nil.
 // It calls Listen first if that has not been done. log receives refused
-// connections and the HTTP server's own errors; nil discards them.
+// connections and the HTTP server's own errors; nil discards them. The logger
+// is expected to carry the master's own attributes (role, id, pid), so the
+// peer's are logged as peer_pid and peer_uid.
 //
 // Each connection's peer credentials are read with SO_PEERCRED when it is
 // accepted. A peer whose uid is not this process's effective uid (root
@@ -173,7 +175,7 @@ func (l *peerListener) Accept() (net.Conn, error) {
 			l.log.Warn("control socket: refused connection", "error", err)
 		case int(cred.Uid) != l.uid:
 			msg = fmt.Sprintf("control socket: uid %d is not allowed (owner uid %d)", cred.Uid, l.uid)
-			l.log.Warn("control socket: refused connection", "pid", cred.Pid, "uid", cred.Uid, "owner_uid", l.uid)
+			l.log.Warn("control socket: refused connection", "peer_pid", cred.Pid, "peer_uid", cred.Uid, "owner_uid", l.uid)
 		default:
 			return &peerConn{UnixConn: c, peer: peer{pid: int(cred.Pid), uid: int(cred.Uid)}}, nil
 		}
