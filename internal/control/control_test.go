@@ -607,6 +607,11 @@ func TestRefusesOtherUID(t *testing.T) {
 	}
 
 	// The refusal was logged before it was written, so both are logged by now.
+	for _, line := range logs.lines() {
+		if dup := duplicateKeys(t, line); len(dup) > 0 {
+			t.Errorf("log line has duplicate keys %v: %s", dup, line)
+		}
+	}
 	recs := logs.records(t, "control socket: refused connection")
 	if len(recs) != 2 {
 		t.Fatalf("got %d refusals logged, want 2 (the raw and the silent connection): %v", len(recs), recs)
@@ -614,11 +619,6 @@ func TestRefusesOtherUID(t *testing.T) {
 	for _, r := range recs {
 		if r["peer_uid"] != float64(nobody) || r["peer_pid"] != float64(cmd.Process.Pid) || r["owner_uid"] != float64(0) || r["pid"] != float64(os.Getpid()) {
 			t.Errorf("logged %v, want peer_uid %d, peer_pid %d, owner_uid 0 and the master's own pid %d", r, nobody, cmd.Process.Pid, os.Getpid())
-		}
-	}
-	for _, line := range logs.lines() {
-		if dup := duplicateKeys(t, line); len(dup) > 0 {
-			t.Errorf("log line has duplicate keys %v: %s", dup, line)
 		}
 	}
 }
