@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/brood-go/brood/internal/control"
 	"github.com/brood-go/brood/internal/ipc"
 	"github.com/brood-go/brood/internal/master"
 	"github.com/brood-go/brood/internal/relay"
@@ -215,13 +216,13 @@ func (c Config) withDefaults() (Config, error) {
 
 // DefaultRunDir is where a cluster named name keeps its control socket and pid
 // file when Config.RunDir is empty: $XDG_RUNTIME_DIR/brood/<name>, or
-// /tmp/brood-<uid>/<name>.
-func DefaultRunDir(name string) string {
-	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
-		return filepath.Join(d, "brood", name)
-	}
-	return filepath.Join(os.TempDir(), fmt.Sprintf("brood-%d", os.Getuid()), name)
-}
+// $TMPDIR/brood-<uid>/<name> ($TMPDIR defaulting to /tmp).
+//
+// brood creates the last two components itself and, in the master and in the
+// CLI, refuses them unless they are real directories of the effective uid not
+// writable by group or others; every directory above them must belong to root
+// or the effective uid and not be writable by group or others unless sticky.
+func DefaultRunDir(name string) string { return control.DefaultRunDir(name) }
 
 // defaultName is the executable's base name, as a valid Name.
 func defaultName() string {

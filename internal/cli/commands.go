@@ -8,12 +8,10 @@ import (
 	"io"
 	"strconv"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/brood-go/brood/internal/control"
-	"github.com/brood-go/brood/internal/proc"
 	"github.com/brood-go/brood/internal/wire"
 	"github.com/spf13/cobra"
 )
@@ -118,41 +116,6 @@ func roundDur(d time.Duration) string {
 	default:
 		return d.Round(time.Minute).String()
 	}
-}
-
-func newStopCmd(app *App, opts *Options) *cobra.Command {
-	var timeout time.Duration
-	cmd := &cobra.Command{
-		Use:   "stop",
-		Short: "Stop the running cluster gracefully and wait until every process is gone",
-		Long: "Ask the running master to stop: workers drain, then the agent stops, then the master exits. " +
-			"stop returns once every process is gone. If that takes longer than --timeout, the remaining processes are killed (SIGKILL) and stop exits 1.",
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			start := time.Now()
-			var st wire.Status
-			if err := call(cmd.Context(), app, opts, ExitFailure, "POST", "/stop", nil, &st); err != nil {
-				return err
-			}
-			pids := []int{st.PID}
-			for _, p := range st.Processes {
-				if p.PID != 0 {
-					pids = append(pids, p.PID)
-				}
-			}
-			if alive := proc.WaitGone(pids, timeout); len(alive) > 0 {
-				for _, pid := range alive {
-					syscall.Kill(pid, syscall.SIGKILL)
-				}
-				proc.WaitGone(alive, 5*time.Second)
-				return &ExitError{Code: ExitFailure, Err: fmt.Errorf("%s did not stop within %v; killed (SIGKILL) pids %v", st.Name, timeout, alive)}
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s stopped (master pid %d, %d processes) in %s\n", st.Name, st.PID, len(pids), roundDur(time.Since(start)))
-			return nil
-		},
-	}
-	cmd.Flags().DurationVar(&timeout, "timeout", 60*time.Second, "how long to wait for every process to exit before killing them")
-	return cmd
 }
 
 func newReloadCmd(app *App, opts *Options) *cobra.Command {

@@ -21,8 +21,11 @@ const envHelper = "CLI_TEST_HELPER"
 const helperLine = "helper master running"
 
 func TestMain(m *testing.M) {
-	if os.Getenv(envHelper) == "master" {
+	switch os.Getenv(envHelper) {
+	case "master":
 		os.Exit(Execute(context.Background(), testApp(nil, nil), os.Args[1:]))
+	case "fakemaster": // stop_test.go
+		os.Exit(fakeMaster())
 	}
 	os.Exit(m.Run())
 }

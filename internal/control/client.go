@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"os"
 	"strings"
@@ -55,13 +56,30 @@ func (e *StatusError) Error() string {
 // for concurrent use; Close releases its idle connections.
 type Client struct {
 	name, sock string
+	owner      int // uid the run dir belongs to, and the server must run as
 	tr         *http.Transport
 	hc         *http.Client
 }
 
+// Peer is what SO_PEERCRED says about the process at the other end of a
+// control connection: for a client, the server that created the listening
+// socket.
+type Peer struct {
+	PID, UID int
+}
+
 // Dial returns a client for the master of runDir, named name in messages. It
-// checks that the control socket exists but does not connect: if there is no
-// socket, the error wraps ErrNotRunning and reads like
+// checks the path of the run dir as Acquire does (every ancestor owned by root
+// or the effective uid and not writable by group or others unless sticky; the
+// run dir, and its parent when it is DefaultRunDir(name), real directories of
+// their owner, not writable by group or others) and refuses with an
+// *UnsafePathError otherwise. The run dir must be owned by the effective uid;
+// root may also talk to a master whose uid owns the run dir. Every connection
+// the client makes then checks with SO_PEERCRED that the server runs as the
+// run dir's owner, and refuses it otherwise (see Do).
+//
+// Dial checks that the control socket exists but does not connect: if there is
+// no socket, the error wraps ErrNotRunning and reads like
 //
 //	no hello master is running (no control socket at /tmp/brood-0/hello/control.sock)
 //
@@ -72,7 +90,14 @@ func Dial(runDir, name string) (*Client, error) {
 	if err := checkSocketPath(sock); err != nil {
 		return nil, err
 	}
-	fi, err := os.Stat(sock)
+	owner, err := checkClientRunDir(runDir, name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, &notRunningError{name: name, why: "no control socket at " + sock, err: err}
+	}
+	if err != nil {
+		return nil, err
+	}
+	fi, err := os.Lstat(sock)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		return nil, &notRunningError{name: name, why: "no control socket at " + sock, err: err}
@@ -81,7 +106,7 @@ func Dial(runDir, name string) (*Client, error) {
 	case fi.Mode().Type() != fs.ModeSocket:
 		return nil, fmt.Errorf("control: %s is not a socket", sock)
 	}
-	c := &Client{name: name, sock: sock}
+	c := &Client{name: name, sock: sock, owner: owner}
 	c.tr = &http.Transport{
 		DialContext:        c.dial,
 		DisableCompression: true,
@@ -91,7 +116,14 @@ func Dial(runDir, name string) (*Client, error) {
 	return c, nil
 }
 
-// dial connects to the control socket, whatever address net/http asks for.
+// serverConn is a connection to a server whose credentials were checked.
+type serverConn struct {
+	*net.UnixConn
+	peer Peer
+}
+
+// dial connects to the control socket, whatever address net/http asks for, and
+// refuses a server that does not run as the run dir's owner.
 func (c *Client) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", c.sock)
@@ -100,8 +132,20 @@ func (c *Client) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 		return nil, &notRunningError{name: c.name, why: "no control socket at " + c.sock, err: err}
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return nil, &notRunningError{name: c.name, why: "stale control socket at " + c.sock + ": connection refused", err: err}
+	case err != nil:
+		return nil, err
 	}
-	return conn, err
+	uc := conn.(*net.UnixConn) // a "unix" dial always gives one
+	cred, err := peerCred(uc)
+	if err != nil {
+		uc.Close()
+		return nil, fmt.Errorf("control: %s: %w", c.sock, err)
+	}
+	if int(cred.Uid) != c.owner {
+		uc.Close()
+		return nil, fmt.Errorf("control: refusing the server on %s: it runs as uid %d (pid %d), but the run dir belongs to uid %d", c.sock, cred.Uid, cred.Pid, c.owner)
+	}
+	return &serverConn{UnixConn: uc, peer: Peer{PID: int(cred.Pid), UID: int(cred.Uid)}}, nil
 }
 
 // Do sends a request with method and path (which may carry a query) to the
@@ -110,6 +154,25 @@ func (c *Client) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 // status is returned as a *StatusError carrying the server's message. ctx bounds
 // the whole call, connection included; a canceled call's error wraps ctx.Err().
 func (c *Client) Do(ctx context.Context, method, path string, in, out any) error {
+	return c.DoPeer(ctx, method, path, in, out, nil)
+}
+
+// DoPeer is Do, and also calls gotConn (unless nil) with the credentials of
+// the server on the connection that carries the request, once that
+// connection is established and before the request is written. A response
+// that follows therefore proves the server was alive after gotConn ran: stop
+// opens the master's pidfd there. gotConn may run more than once if the
+// transport retries on another connection.
+func (c *Client) DoPeer(ctx context.Context, method, path string, in, out any, gotConn func(Peer)) error {
+	if gotConn != nil {
+		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+			GotConn: func(info httptrace.GotConnInfo) {
+				if sc, ok := info.Conn.(*serverConn); ok {
+					gotConn(sc.peer)
+				}
+			},
+		})
+	}
 	if !strings.HasPrefix(path, "/") {
 		return fmt.Errorf("control: %s %s: path must start with /", method, path)
 	}

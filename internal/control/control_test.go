@@ -344,7 +344,13 @@ func TestPeerFrom(t *testing.T) {
 func TestSocketModeIgnoresUmask(t *testing.T) {
 	old := unix.Umask(0) // the process's umask; the tests do not run in parallel
 	defer unix.Umask(old)
-	dir := filepath.Join(runDir(t), "run") // t.TempDir's own mode depends on the umask
+	// t.TempDir's own mode depends on the umask, and Acquire refuses a
+	// world-writable parent.
+	base := runDir(t)
+	if err := os.Chmod(base, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(base, "run")
 	in := acquire(t, dir)
 	if err := in.Listen(); err != nil {
 		t.Fatal(err)
@@ -556,10 +562,11 @@ func TestRefusesOtherUID(t *testing.T) {
 	in := acquire(t, dir)
 	var logs logBuffer
 	var served atomic.Int32
+	// The master's logger already carries its own pid, as in brood.
 	serve(t, in, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		served.Add(1)
 		WriteJSON(w, http.StatusOK, "served")
-	}), logs.logger())
+	}), logs.logger().With("role", "master", "pid", os.Getpid()))
 	// The socket is 0600, so uid 65534's connect() would fail with EACCES
 	// before the server ever saw it. Open it to everyone to prove that the
 	// SO_PEERCRED check is what refuses the connection.
@@ -590,21 +597,28 @@ func TestRefusesOtherUID(t *testing.T) {
 	if res.SilentStatus != http.StatusForbidden {
 		t.Errorf("connection that sends nothing: got %d, want 403", res.SilentStatus)
 	}
-	if res.ClientStatus != http.StatusForbidden || res.ClientMessage != msg {
-		t.Errorf("Client.Do: got %d %q (%s), want 403 %q", res.ClientStatus, res.ClientMessage, res.ClientError, msg)
+	// The client refuses first: the run dir is not nobody's.
+	wantDial := fmt.Sprintf("control: unsafe run dir %s: %s (owner uid 0, mode 0711) is owned by uid 0, not by uid %d", dir, dir, nobody)
+	if res.ClientError != wantDial {
+		t.Errorf("Dial as uid %d: got %q, want %q", nobody, res.ClientError, wantDial)
 	}
 	if n := served.Load(); n != 0 {
 		t.Errorf("handler ran %d times for a refused peer, want 0", n)
 	}
 
 	// The refusal was logged before it was written, so both are logged by now.
+	for _, line := range logs.lines() {
+		if dup := duplicateKeys(t, line); len(dup) > 0 {
+			t.Errorf("log line has duplicate keys %v: %s", dup, line)
+		}
+	}
 	recs := logs.records(t, "control socket: refused connection")
-	if len(recs) != 3 {
-		t.Fatalf("got %d refusals logged, want 3: %v", len(recs), recs)
+	if len(recs) != 2 {
+		t.Fatalf("got %d refusals logged, want 2 (the raw and the silent connection): %v", len(recs), recs)
 	}
 	for _, r := range recs {
-		if r["uid"] != float64(nobody) || r["pid"] != float64(cmd.Process.Pid) || r["owner_uid"] != float64(0) {
-			t.Errorf("logged %v, want uid %d, pid %d, owner_uid 0", r, nobody, cmd.Process.Pid)
+		if r["peer_uid"] != float64(nobody) || r["peer_pid"] != float64(cmd.Process.Pid) || r["owner_uid"] != float64(0) || r["pid"] != float64(os.Getpid()) {
+			t.Errorf("logged %v, want peer_uid %d, peer_pid %d, owner_uid 0 and the master's own pid %d", r, nobody, cmd.Process.Pid, os.Getpid())
 		}
 	}
 }

@@ -23,14 +23,20 @@
 //
 // # Security model
 //
-//   - Acquire creates the run dir with mode 0700 and refuses a run dir that
-//     another user owns or that group or others may write to.
+//   - Acquire and Dial check every component of the run dir's path (see
+//     Acquire): ancestors owned by root or the effective uid and not writable
+//     by group or others unless sticky; the directories brood creates real
+//     directories of the effective uid, created one at a time with mode 0700.
+//   - The client talks only to a server whose SO_PEERCRED uid owns the run
+//     dir, which must be the client's own uid unless the client is root.
 //   - The socket is chmodded to 0600 right after it is bound, so its mode does
 //     not depend on the umask; no connection is served before that.
 //   - Every accepted connection's peer credentials are read with SO_PEERCRED. A
 //     peer whose uid is not the master's effective uid is answered 403 before
 //     any of its request is read, and the refusal is logged. Root gets no
 //     exemption: root's connections are served only by a master running as root.
+//   - A request must arrive within 10 seconds, and at most 32 connections are
+//     served at once (the next is answered 503).
 //
 // The permissions keep other users away from the socket; the SO_PEERCRED check
 // holds even when they do not (a run dir or socket mode loosened by hand, or root

@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -65,21 +64,24 @@ type Instance struct {
 	refusals  sync.WaitGroup    // goroutines answering refused connections
 }
 
-// Acquire makes runDir the run dir of this process. It creates runDir (mode 0700,
-// parents too), checks that it is a directory owned by this process's effective
-// uid and not writable by group or others, and takes an exclusive non-blocking
-// flock on the lock file. On success it writes the pid file atomically (temp
-// file + rename) and removes a stale control socket left by a killed master.
+// Acquire makes runDir the run dir of this process. It creates the missing
+// components of runDir one at a time (mode 0700, never following a symbolic
+// link) and checks every component the way OpenSSH's safe_path does: each
+// ancestor must be a directory owned by root or this process's effective uid
+// and not writable by group or others unless it is sticky (like /tmp); the run
+// dir itself, and its parent when runDir is DefaultRunDir(name), must be
+// directories (not symbolic links) owned by the effective uid and not writable
+// by group or others. An unsafe component is an *UnsafePathError naming it,
+// its owner and its mode. Acquire then takes an exclusive non-blocking flock on
+// the lock file. On success it writes the pid file atomically (temp file +
+// rename) and removes a stale control socket left by a killed master.
 //
 // If another live process holds the lock, Acquire returns an
 // *AlreadyRunningError naming the pid in the pid file. flock locks belong to open
 // file descriptions, so a second Acquire of the same run dir fails even within
 // one process.
 func Acquire(runDir, name string) (*Instance, error) {
-	if err := os.MkdirAll(runDir, 0o700); err != nil {
-		return nil, fmt.Errorf("control: create run dir: %w", err)
-	}
-	if err := checkRunDir(runDir); err != nil {
+	if err := prepareRunDir(runDir, name); err != nil {
 		return nil, err
 	}
 	lockPath := LockPath(runDir)
@@ -106,24 +108,6 @@ func Acquire(runDir, name string) (*Instance, error) {
 		return nil, err
 	}
 	return &Instance{runDir: runDir, lock: lock}, nil
-}
-
-// checkRunDir refuses a run dir that someone else could tamper with.
-func checkRunDir(runDir string) error {
-	fi, err := os.Stat(runDir)
-	if err != nil {
-		return fmt.Errorf("control: run dir: %w", err)
-	}
-	if !fi.IsDir() {
-		return fmt.Errorf("control: run dir %s is not a directory", runDir)
-	}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
-		return fmt.Errorf("control: run dir %s is owned by uid %d, not by uid %d", runDir, st.Uid, os.Geteuid())
-	}
-	if perm := fi.Mode().Perm(); perm&0o022 != 0 {
-		return fmt.Errorf("control: run dir %s is writable by group or others (mode %#o)", runDir, perm)
-	}
-	return nil
 }
 
 // cleanStale removes the control socket and pid temp files left by a master that

@@ -31,6 +31,22 @@ const (
 
 	// maxRequestBody is the largest request body ReadJSON accepts.
 	maxRequestBody = 1 << 20
+
+	// maxRefusals bounds the goroutines answering refused connections at once;
+	// beyond it a refused connection is closed without an answer.
+	maxRefusals = 64
+)
+
+// Bounds of the control server; variables so that tests can shorten them.
+var (
+	// requestReadTimeout bounds reading a request, headers and body, from the
+	// moment the server starts waiting for it. There is no write timeout: a
+	// reload can legitimately take minutes.
+	requestReadTimeout = 10 * time.Second
+
+	// maxConns is how many allowed connections Serve holds open at once,
+	// idle keep-alive connections included. The next one is answered 503.
+	maxConns = 32
 )
 
 // Listen creates the control socket, with mode 0600 set by chmod right after the
@@ -67,7 +83,9 @@ func (in *Instance) Listen() error {
 
 // Serve serves h on the control socket until Close is called, then returns nil.
 // It calls Listen first if that has not been done. log receives refused
-// connections and the HTTP server's own errors; nil discards them.
+// connections and the HTTP server's own errors; nil discards them. The logger
+// is expected to carry the master's own attributes (role, id, pid), so the
+// peer's are logged as peer_pid and peer_uid.
 //
 // Each connection's peer credentials are read with SO_PEERCRED when it is
 // accepted. A peer whose uid is not this process's effective uid (root
@@ -80,7 +98,14 @@ func (in *Instance) Listen() error {
 // uid. The answer is sent once the peer has sent something (it is then the
 // answer to its request, for clients that insist) or after one second of
 // silence. The handler sees only allowed connections, and PeerFrom gives it the
-// peer's pid and uid. Serve may be called once.
+// peer's pid and uid.
+//
+// Serve holds at most 32 allowed connections open at once; the next one is
+// answered 503 the same way, with {"error":"control socket: too many
+// connections (32 open); try again"}. A request, headers and body, must
+// arrive within 10 seconds: a client that sends nothing is dropped then, and a
+// body still arriving makes ReadJSON fail with a timeout. Nothing bounds how
+// long h takes to answer. Serve may be called once.
 func (in *Instance) Serve(h http.Handler, log *slog.Logger) error {
 	if err := in.Listen(); err != nil {
 		return err
@@ -97,15 +122,20 @@ func (in *Instance) Serve(h http.Handler, log *slog.Logger) error {
 		in.mu.Unlock()
 		return errors.New("control: Serve called twice")
 	}
-	pl := &peerListener{UnixListener: in.ln, uid: os.Geteuid(), log: log, refusals: &in.refusals}
+	pl := &peerListener{UnixListener: in.ln, uid: os.Geteuid(), log: log, refusals: &in.refusals, maxConns: maxConns}
 	srv := &http.Server{
 		Handler:           h,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       time.Minute,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ReadHeaderTimeout: requestReadTimeout,
+		// ReadTimeout bounds headers and body together. It does not bound
+		// the handler: net/http clears the read deadline when it starts
+		// watching for the client going away, once the body is read. No
+		// WriteTimeout: a reload's answer can take minutes.
+		ReadTimeout: requestReadTimeout,
+		IdleTimeout: time.Minute,
+		ErrorLog:    slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if pc, ok := c.(*peerConn); ok {
-				ctx = context.WithValue(ctx, peerKey{}, pc.peer)
+				ctx = context.WithValue(ctx, peerKey{}, pc)
 			}
 			return ctx
 		},
@@ -129,33 +159,49 @@ func checkSocketPath(sock string) error {
 	return nil
 }
 
-// peer is what SO_PEERCRED says about the process at the other end.
-type peer struct{ pid, uid int }
-
 type peerKey struct{}
 
 // PeerFrom returns the pid and uid of the process that opened the connection a
 // control request came on, as read with SO_PEERCRED when it was accepted. ok is
 // false if ctx is not (derived from) the context of a request served by Serve.
 func PeerFrom(ctx context.Context) (pid, uid int, ok bool) {
-	p, ok := ctx.Value(peerKey{}).(peer)
-	return p.pid, p.uid, ok
+	pc, ok := ctx.Value(peerKey{}).(*peerConn)
+	if !ok {
+		return 0, 0, false
+	}
+	return pc.peer.PID, pc.peer.UID, true
 }
 
 // peerConn is an accepted, allowed connection and its peer. It embeds
-// *net.UnixConn so that net/http still finds CloseWrite.
+// *net.UnixConn so that net/http still finds CloseWrite. Closing it gives its
+// place back to the listener's connection cap.
 type peerConn struct {
 	*net.UnixConn
-	peer peer
+	peer    Peer
+	release func() // called once, by the first Close
+	once    sync.Once
 }
 
-// peerListener accepts only connections from processes running as uid and
-// answers the others with a 403 in a goroutine counted by refusals.
+// Close closes the connection and releases its place under the cap.
+func (c *peerConn) Close() error {
+	err := c.UnixConn.Close()
+	c.once.Do(c.release)
+	return err
+}
+
+// peerListener accepts only connections from processes running as uid, at
+// most maxConns at once, and answers the others with a 403 or a 503 in a
+// goroutine counted by refusals.
 type peerListener struct {
 	*net.UnixListener
 	uid      int
 	log      *slog.Logger
 	refusals *sync.WaitGroup
+	maxConns int
+
+	mu       sync.Mutex
+	open     int // allowed connections not yet closed
+	refusing int // refusal goroutines running
 }
 
 // Accept returns the next allowed connection.
@@ -166,19 +212,52 @@ func (l *peerListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		cred, err := peerCred(c)
+		var status int
 		var msg string
 		switch {
 		case err != nil:
-			msg = "control socket: cannot read peer credentials: " + err.Error()
+			status, msg = http.StatusForbidden, "control socket: cannot read peer credentials: "+err.Error()
 			l.log.Warn("control socket: refused connection", "error", err)
 		case int(cred.Uid) != l.uid:
-			msg = fmt.Sprintf("control socket: uid %d is not allowed (owner uid %d)", cred.Uid, l.uid)
-			l.log.Warn("control socket: refused connection", "pid", cred.Pid, "uid", cred.Uid, "owner_uid", l.uid)
+			status, msg = http.StatusForbidden, fmt.Sprintf("control socket: uid %d is not allowed (owner uid %d)", cred.Uid, l.uid)
+			l.log.Warn("control socket: refused connection", "peer_pid", cred.Pid, "peer_uid", cred.Uid, "owner_uid", l.uid)
 		default:
-			return &peerConn{UnixConn: c, peer: peer{pid: int(cred.Pid), uid: int(cred.Uid)}}, nil
+			l.mu.Lock()
+			full := l.open >= l.maxConns
+			if !full {
+				l.open++
+			}
+			l.mu.Unlock()
+			if !full {
+				return &peerConn{UnixConn: c, peer: Peer{PID: int(cred.Pid), UID: int(cred.Uid)}, release: l.closed}, nil
+			}
+			status, msg = http.StatusServiceUnavailable, fmt.Sprintf("control socket: too many connections (%d open); try again", l.maxConns)
+			l.log.Warn("control socket: too many connections", "peer_pid", cred.Pid, "peer_uid", cred.Uid, "max", l.maxConns)
 		}
-		l.refusals.Go(func() { refuse(c, msg) })
+		l.mu.Lock()
+		busy := l.refusing >= maxRefusals
+		if !busy {
+			l.refusing++
+		}
+		l.mu.Unlock()
+		if busy {
+			c.Close() // a flood: no answer, and no goroutine
+			continue
+		}
+		l.refusals.Go(func() {
+			refuse(c, status, msg)
+			l.mu.Lock()
+			l.refusing--
+			l.mu.Unlock()
+		})
 	}
+}
+
+// closed gives back the place of a closed allowed connection.
+func (l *peerListener) closed() {
+	l.mu.Lock()
+	l.open--
+	l.mu.Unlock()
 }
 
 func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
@@ -199,21 +278,21 @@ func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
 	return cred, nil
 }
 
-// refuse answers a refused connection with a 403 and closes it. None of the
+// refuse answers a refused connection with status and msg and closes it. None of the
 // request is read before the answer; but the answer waits, for up to half of
 // refuseTimeout, until the peer has sent something, because an HTTP client may
 // take a response that arrives before its request for garbage (Go's Transport
 // does: "readLoopPeekFailLocked"). After the answer, what the peer sent is
 // discarded up to refuseDrain bytes, so that closing does not reset the
 // connection under the peer before it has read the answer.
-func refuse(c *net.UnixConn, msg string) {
+func refuse(c *net.UnixConn, status int, msg string) {
 	defer c.Close()
 	deadline := time.Now().Add(refuseTimeout)
 	c.SetReadDeadline(time.Now().Add(refuseTimeout / 2))
 	waitReadable(c)
 	c.SetDeadline(deadline)
 	body := errorJSON(msg)
-	resp := "HTTP/1.1 403 Forbidden\r\n" +
+	resp := "HTTP/1.1 " + strconv.Itoa(status) + " " + http.StatusText(status) + "\r\n" +
 		"Content-Type: application/json\r\n" +
 		"Content-Length: " + strconv.Itoa(len(body)) + "\r\n" +
 		"Connection: close\r\n\r\n" + string(body)

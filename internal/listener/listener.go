@@ -111,6 +111,13 @@ func open(ctx context.Context, a Address, reusePort bool) (*Socket, error) {
 		}
 	}
 	if a.Network == "unix" {
+		// Serialise check, remove and bind with any other process starting
+		// on the same path, so that neither removes the other's new socket.
+		unlock, err := lockSocketPath(a.Addr)
+		if err != nil {
+			return nil, err
+		}
+		defer unlock()
 		if err := removeStaleSocket(a.Addr); err != nil {
 			return nil, err
 		}
@@ -135,22 +142,61 @@ func open(ctx context.Context, a Address, reusePort bool) (*Socket, error) {
 	return &Socket{Requested: a, Bound: bound, fd: fd, unlink: a.Network == "unix"}, nil
 }
 
+// lockSocketPath takes an exclusive flock on path+".lock" (created with mode
+// 0600 if need be, and left in place: removing it would let two processes lock
+// two different files of the same name) and returns the function that
+// releases it. It blocks while another process holds it, which is only for
+// the moment of its own check, remove and bind.
+func lockSocketPath(path string) (unlock func(), err error) {
+	lockPath := path + ".lock"
+	f, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", lockPath, err)
+	}
+	for {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", lockPath, err)
+	}
+	return func() { f.Close() }, nil // closing the only descriptor releases the flock
+}
+
 // removeStaleSocket deletes a socket file nobody listens on (left by a killed
-// process); a live one is an "address in use" error.
+// process): only a refused connection proves that. A live one is an "address
+// in use" error; any other failure to connect (a full backlog gives EAGAIN,
+// for one) is an error too, and the file stays. The caller holds the path's
+// lock (lockSocketPath).
 func removeStaleSocket(path string) error {
 	fi, err := os.Lstat(path)
-	if err != nil {
+	if errors.Is(err, os.ErrNotExist) {
 		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("check socket %s: %w", path, err)
 	}
 	if fi.Mode()&os.ModeSocket == 0 {
 		return fmt.Errorf("%s exists and is not a socket", path)
 	}
 	c, err := net.Dial("unix", path)
-	if err == nil {
+	switch {
+	case err == nil:
 		c.Close()
 		return fmt.Errorf("address already in use (another process listens on %s)", path)
+	case errors.Is(err, syscall.ECONNREFUSED):
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove stale socket %s: %w", path, err)
+		}
+		return nil
+	case errors.Is(err, syscall.ENOENT):
+		return nil // removed since the Lstat
+	default:
+		return fmt.Errorf("cannot tell whether socket %s is in use, leaving it: %w", path, err)
 	}
-	return os.Remove(path)
 }
 
 func dupListener(l net.Listener) (int, error) {

@@ -3,9 +3,13 @@
 package proc
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
+	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -138,4 +142,143 @@ func WaitGone(pids []int, timeout time.Duration) []int {
 		}
 		ws = kept
 	}
+}
+
+// ErrNotChild is wrapped by the error of OpenChild for a process that is not
+// (or can no longer be shown to be) a child of the given parent.
+var ErrNotChild = errors.New("not a child of the given process")
+
+// Pidfd is a process pinned by a pidfd: signals sent through it reach that
+// process or none, never another that reused its pid, and waiting on it sees
+// that process exit (a zombie counts as exited). Close it when done; a Pidfd
+// is not safe for concurrent use.
+type Pidfd struct {
+	pid, fd int
+}
+
+// OpenPidfd opens a pidfd for pid. A pid that does not exist is an error
+// wrapping unix.ESRCH.
+func OpenPidfd(pid int) (*Pidfd, error) {
+	if pid <= 0 {
+		return nil, fmt.Errorf("pidfd_open %d: %w", pid, unix.ESRCH)
+	}
+	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	if err != nil {
+		return nil, fmt.Errorf("pidfd_open %d: %w", pid, err)
+	}
+	return &Pidfd{pid: pid, fd: fd}, nil
+}
+
+// OpenChild opens a pidfd for pid and checks that the process is a child of
+// parent: its parent pid, read from /proc after the pidfd was opened, is
+// parent's, and both processes were still running after it was read (so the
+// pids named them then). If pid no longer runs, the error wraps unix.ESRCH;
+// if it is not shown to be parent's child, the error wraps ErrNotChild.
+func OpenChild(pid int, parent *Pidfd) (*Pidfd, error) {
+	p, err := OpenPidfd(pid)
+	if err != nil {
+		return nil, err
+	}
+	ppid, err := ParentPID(pid)
+	switch {
+	case p.Exited():
+		p.Close()
+		return nil, fmt.Errorf("pid %d: %w", pid, unix.ESRCH)
+	case err != nil:
+		p.Close()
+		return nil, err
+	case ppid != parent.pid:
+		p.Close()
+		return nil, fmt.Errorf("pid %d: its parent is pid %d, not %d: %w", pid, ppid, parent.pid, ErrNotChild)
+	case parent.Exited():
+		p.Close()
+		return nil, fmt.Errorf("pid %d: its parent pid %d exited before it could be checked: %w", pid, parent.pid, ErrNotChild)
+	}
+	return p, nil
+}
+
+// ParentPID returns the parent pid of process pid, from /proc/<pid>/stat.
+func ParentPID(pid int) (int, error) {
+	path := "/proc/" + strconv.Itoa(pid) + "/stat"
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, fmt.Errorf("parent of pid %d: %w", pid, err)
+	}
+	// pid (comm) state ppid ...; comm may hold spaces and parentheses.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	f := strings.Fields(s[i+1:])
+	if i < 0 || len(f) < 2 {
+		return 0, fmt.Errorf("parent of pid %d: cannot parse %s: %q", pid, path, s)
+	}
+	ppid, err := strconv.Atoi(f[1])
+	if err != nil {
+		return 0, fmt.Errorf("parent of pid %d: cannot parse %s: %w", pid, path, err)
+	}
+	return ppid, nil
+}
+
+// PID returns the pid the pidfd was opened for.
+func (p *Pidfd) PID() int { return p.pid }
+
+// Exited reports whether the process has exited (zombies included).
+func (p *Pidfd) Exited() bool {
+	fds := []unix.PollFd{{Fd: int32(p.fd), Events: unix.POLLIN}}
+	for {
+		n, err := unix.Poll(fds, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		return err == nil && n > 0
+	}
+}
+
+// Signal sends sig to the process with pidfd_send_signal. A process that has
+// exited gives an error wrapping unix.ESRCH.
+func (p *Pidfd) Signal(sig unix.Signal) error {
+	if err := unix.PidfdSendSignal(p.fd, sig, nil, 0); err != nil {
+		return fmt.Errorf("signal pid %d (%v): %w", p.pid, sig, err)
+	}
+	return nil
+}
+
+// Close closes the pidfd.
+func (p *Pidfd) Close() error {
+	if err := unix.Close(p.fd); err != nil {
+		return fmt.Errorf("close pidfd of pid %d: %w", p.pid, err)
+	}
+	return nil
+}
+
+// WaitExit waits until every process of ps has exited, or until timeout; it
+// returns those still running then, in order. It polls the pidfds, so it
+// returns as soon as the last one exits; a timeout of 0 checks once without
+// waiting.
+func WaitExit(ps []*Pidfd, timeout time.Duration) []*Pidfd {
+	deadline := time.Now().Add(timeout)
+	alive := slices.Clone(ps)
+	for len(alive) > 0 {
+		fds := make([]unix.PollFd, len(alive))
+		for i, p := range alive {
+			fds[i] = unix.PollFd{Fd: int32(p.fd), Events: unix.POLLIN}
+		}
+		ms := 0
+		if left := time.Until(deadline); left > 0 {
+			ms = int(left.Milliseconds()) + 1
+		}
+		if _, err := unix.Poll(fds, ms); err != nil && err != unix.EINTR {
+			break
+		}
+		kept := alive[:0]
+		for i, p := range alive {
+			if fds[i].Revents == 0 {
+				kept = append(kept, p)
+			}
+		}
+		alive = kept
+		if ms == 0 {
+			break
+		}
+	}
+	return alive
 }
