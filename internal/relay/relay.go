@@ -11,6 +11,11 @@
 //     dies first, the message goes to the process that takes over its slot.
 //   - pid-addressed messages are delivered at most once. An unknown pid, or a full
 //     queue, is answered with a KindNack to the sender: never a silent drop.
+//   - Bounds: per process, the frames held for it while it starts and those it
+//     has not acknowledged are each at most Options.MaxPending, and their bytes
+//     together at most Options.MaxPendingBytes; a slot's orphan queue (no process
+//     at all) has the same two bounds. A frame beyond a bound is nacked to its
+//     sender and counted in Stats.Dropped.
 //   - Replies go straight to the requester, ready or not; a reply to a pid that is
 //     gone is logged and counted.
 //
@@ -35,11 +40,19 @@ import (
 // acknowledgement of, one process.
 const DefaultMaxPending = 65536
 
+// DefaultMaxPendingBytes is the default bound on the bytes of the messages queued
+// for, and awaiting the acknowledgement of, one process.
+const DefaultMaxPendingBytes = 64 << 20
+
 // Options configure a Router.
 type Options struct {
 	MasterPID  uint32
 	MaxPending int // per process and per slot queue; <= 0 means DefaultMaxPending
-	Logger     *slog.Logger
+	// MaxPendingBytes bounds the bytes held per process (its queue while starting
+	// plus its unacknowledged frames) and per slot orphan queue; <= 0 means
+	// DefaultMaxPendingBytes.
+	MaxPendingBytes int
+	Logger          *slog.Logger
 	// MasterReply receives replies addressed to the master (answers to Request).
 	// The frame is valid only during the call.
 	MasterReply func(f ipc.Frame)
@@ -115,6 +128,9 @@ func (e *Endpoint) Writer() *ipc.Writer { return e.w }
 func New(opts Options) *Router {
 	if opts.MaxPending <= 0 {
 		opts.MaxPending = DefaultMaxPending
+	}
+	if opts.MaxPendingBytes <= 0 {
+		opts.MaxPendingBytes = DefaultMaxPendingBytes
 	}
 	log := opts.Logger
 	if log == nil {
@@ -400,16 +416,22 @@ func (r *Router) placeLocked(s *Slot, raw []byte, by *Endpoint) {
 	case s.cur != nil:
 		r.send(s.cur, raw, by)
 	case s.next != nil:
-		r.hold(&s.next.queue, raw)
+		r.hold(&s.next.queue, s.next.retained.Bytes(), raw)
 	default:
-		r.hold(&s.orphans, raw)
+		r.hold(&s.orphans, 0, raw)
 	}
 }
 
-// hold queues a frame for a process that is not ready. Called with the slot locked.
-func (r *Router) hold(q *frameQueue, raw []byte) {
+// hold queues a frame for a process that is not ready; also is the bytes the
+// master holds for that process elsewhere (unacknowledged). Called with the slot
+// locked.
+func (r *Router) hold(q *frameQueue, also int, raw []byte) {
 	if q.Len() >= r.opts.MaxPending {
 		r.nackLocked(raw, fmt.Sprintf("receiver is not ready and already holds %d messages", q.Len()))
+		return
+	}
+	if n := q.Bytes() + also; n+len(raw) > r.opts.MaxPendingBytes {
+		r.nackLocked(raw, fmt.Sprintf("receiver is not ready and already holds %d bytes (bound %d)", n, r.opts.MaxPendingBytes))
 		return
 	}
 	q.Push(raw, 0)
@@ -421,9 +443,15 @@ func (r *Router) hold(q *frameQueue, raw []byte) {
 // slot locked.
 func (r *Router) send(e *Endpoint, raw []byte, by *Endpoint) {
 	held := flagsOf(raw)&ipc.FlagHeld != 0
-	if held && e.retained.Len() >= r.opts.MaxPending {
-		r.nackLocked(raw, fmt.Sprintf("pid %d has %d unacknowledged messages", e.PID, e.retained.Len()))
-		return
+	if held {
+		if e.retained.Len() >= r.opts.MaxPending {
+			r.nackLocked(raw, fmt.Sprintf("pid %d has %d unacknowledged messages", e.PID, e.retained.Len()))
+			return
+		}
+		if n := e.retained.Bytes() + e.queue.Bytes(); n+len(raw) > r.opts.MaxPendingBytes {
+			r.nackLocked(raw, fmt.Sprintf("pid %d has %d bytes of unacknowledged messages (bound %d)", e.PID, n, r.opts.MaxPendingBytes))
+			return
+		}
 	}
 	e.sent++
 	if held {
@@ -532,7 +560,7 @@ func (r *Router) toEndpointLocked(e *Endpoint, raw []byte, by *Endpoint) {
 	case e.ready:
 		r.send(e, raw, by)
 	default:
-		r.hold(&e.queue, raw)
+		r.hold(&e.queue, e.retained.Bytes(), raw)
 	}
 }
 
@@ -572,6 +600,14 @@ func (r *Router) Pending(e *Endpoint) (queued, unacked int) {
 	e.slot.mu.Lock()
 	defer e.slot.mu.Unlock()
 	return e.queue.Len(), e.retained.Len()
+}
+
+// PendingBytes reports the bytes of the messages an endpoint has queued and
+// unacknowledged: what Options.MaxPendingBytes bounds.
+func (r *Router) PendingBytes(e *Endpoint) int {
+	e.slot.mu.Lock()
+	defer e.slot.mu.Unlock()
+	return e.queue.Bytes() + e.retained.Bytes()
 }
 
 func flagsOf(raw []byte) ipc.Flags { return ipc.Flags(raw[7]) }
