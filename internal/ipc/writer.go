@@ -22,11 +22,18 @@ var ErrBufferFull = errors.New("ipc: send buffer full")
 // DefaultWriteBuffer is the default limit on bytes a Writer queues before refusing.
 const DefaultWriteBuffer = 256 << 20
 
+// maxIdleWriteBuf is the capacity each of a Writer's two buffers may keep once
+// everything is written. A burst grows them beyond it; they are then dropped, so
+// an idle Writer holds no more than a steady flow needs.
+const maxIdleWriteBuf = 1 << 20
+
 // Writer batches frames onto a connection. Append never blocks on the peer: when
 // nothing is in flight it tries one non-blocking write straight away (low latency
 // when idle); otherwise, or for what the kernel did not take, it queues the bytes
 // for a flusher goroutine, which writes everything queued so far in one syscall
-// (batching under load). Frames are written in Append order.
+// (batching under load). Frames are written in Append order. Once everything
+// queued is written, a buffer a burst grew beyond a small steady-state size is
+// released.
 type Writer struct {
 	conn  net.Conn
 	raw   syscall.RawConn // nil when conn has no file descriptor (net.Pipe)
@@ -190,6 +197,7 @@ func (w *Writer) kick() {
 		w.out = w.out[:copy(w.out, w.out[n:])]
 		if len(w.out) == 0 && len(w.pending) == 0 {
 			w.owner = ownerNone
+			w.shrink()
 		} else {
 			w.owner = ownerFlusher
 		}
@@ -199,6 +207,24 @@ func (w *Writer) kick() {
 	if handOff {
 		w.signal()
 	}
+}
+
+// shrink drops buffers grown beyond maxIdleWriteBuf. Called with mu held, when
+// both are empty and nobody is writing.
+func (w *Writer) shrink() {
+	if cap(w.out) > maxIdleWriteBuf {
+		w.out = nil
+	}
+	if cap(w.pending) > maxIdleWriteBuf {
+		w.pending = nil
+	}
+}
+
+// Capacity reports the bytes the Writer's buffers hold allocated, written or not.
+func (w *Writer) Capacity() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return cap(w.pending) + cap(w.out)
 }
 
 func (w *Writer) signal() {
@@ -247,7 +273,7 @@ func (w *Writer) fail(err error) {
 	if w.err == nil {
 		w.err = fmt.Errorf("%w: %w", ErrClosed, err)
 	}
-	w.pending, w.out = w.pending[:0], w.out[:0]
+	w.pending, w.out = nil, nil // nothing more is written: let the memory go
 	w.owner = ownerNone
 }
 
@@ -259,6 +285,7 @@ func (w *Writer) flushLoop() {
 			if len(w.out) == 0 {
 				if len(w.pending) == 0 {
 					w.owner = ownerNone
+					w.shrink()
 					break
 				}
 				w.out, w.pending = w.pending, w.out[:0]
