@@ -170,7 +170,7 @@ func newMaster(cfg Config) (*master, error) {
 		stopReq:  make(chan struct{}),
 	}
 	m.router = relay.New(relay.Options{
-		MasterPID: uint32(pid), MaxPending: cfg.MaxPending, Logger: m.log,
+		MasterPID: uint32(pid), MaxPending: cfg.MaxPending, MaxPendingBytes: cfg.MaxPendingBytes, Logger: m.log,
 		MasterReply: m.onMasterReply, MasterMessage: m.onMasterMessage,
 	})
 	m.requests = make(map[uint64]chan []byte)
