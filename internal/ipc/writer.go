@@ -23,9 +23,14 @@ var ErrBufferFull = errors.New("ipc: send buffer full")
 const DefaultWriteBuffer = 256 << 20
 
 // maxIdleWriteBuf is the capacity each of a Writer's two buffers may keep once
-// everything is written. A burst grows them beyond it; they are then dropped, so
-// an idle Writer holds no more than a steady flow needs.
-const maxIdleWriteBuf = 1 << 20
+// everything is written. A burst grows them beyond it; they are dropped once a
+// small write (at most smallWrite bytes: a heartbeat, a reply) has been written
+// after it, so a run of large writes reuses them and an idle Writer holds no
+// more than a steady flow needs.
+const (
+	maxIdleWriteBuf = 1 << 20
+	smallWrite      = 64 << 10
+)
 
 // Writer batches frames onto a connection. Append never blocks on the peer: when
 // nothing is in flight it tries one non-blocking write straight away (low latency
@@ -197,7 +202,7 @@ func (w *Writer) kick() {
 		w.out = w.out[:copy(w.out, w.out[n:])]
 		if len(w.out) == 0 && len(w.pending) == 0 {
 			w.owner = ownerNone
-			w.shrink()
+			w.shrink(len(buf))
 		} else {
 			w.owner = ownerFlusher
 		}
@@ -209,9 +214,13 @@ func (w *Writer) kick() {
 	}
 }
 
-// shrink drops buffers grown beyond maxIdleWriteBuf. Called with mu held, when
-// both are empty and nobody is writing.
-func (w *Writer) shrink() {
+// shrink drops buffers grown beyond maxIdleWriteBuf, if the write that emptied
+// them, of last bytes, was small. Called with mu held, when both are empty and
+// nobody is writing.
+func (w *Writer) shrink(last int) {
+	if last > smallWrite {
+		return
+	}
 	if cap(w.out) > maxIdleWriteBuf {
 		w.out = nil
 	}
@@ -281,11 +290,12 @@ func (w *Writer) flushLoop() {
 	defer close(w.done)
 	for range w.wake {
 		w.mu.Lock()
+		last := 0 // bytes of the last write
 		for w.owner == ownerFlusher {
 			if len(w.out) == 0 {
 				if len(w.pending) == 0 {
 					w.owner = ownerNone
-					w.shrink()
+					w.shrink(last)
 					break
 				}
 				w.out, w.pending = w.pending, w.out[:0]
@@ -299,6 +309,7 @@ func (w *Writer) flushLoop() {
 				w.fail(err)
 				break
 			}
+			last = len(buf)
 			w.out = w.out[:0]
 		}
 		stop := w.closed && w.owner == ownerNone

@@ -22,6 +22,12 @@
 // The steady-state path (ready receiver, queues with spare capacity) allocates
 // nothing: frames are copied from the reader's buffer into the receiver's batching
 // writer and, when held, into a reused retention buffer.
+//
+// Memory follows what is held, not its peak: large frames are released as they
+// are acknowledged, and once reclaimAfter bytes of them have been released the
+// Router has the runtime return free memory to the operating system
+// (debug.FreeOSMemory, at most once a second), since a master that is otherwise
+// idle would not collect them for minutes.
 package relay
 
 import (
@@ -29,9 +35,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/brood-go/brood/internal/ipc"
 )
@@ -83,6 +91,28 @@ type Router struct {
 	rr      atomic.Uint32
 
 	relayed, held, redelivered, dropped, lostReplies, unreachable atomic.Uint64
+
+	released    atomic.Int64 // bytes of large frames let go since the last reclaim
+	reclaiming  atomic.Bool  // a reclaim is scheduled; its holder owns lastReclaim
+	lastReclaim time.Time
+}
+
+// reclaimAfter is how many bytes of large frames the Router releases before it
+// has the runtime return free memory to the operating system.
+const reclaimAfter = 16 << 20
+
+// release notes n bytes of large frames let go, and schedules a reclaim once
+// they add up to reclaimAfter.
+func (r *Router) release(n int) {
+	if n < bigFrame || r.released.Add(int64(n)) < reclaimAfter || !r.reclaiming.CompareAndSwap(false, true) {
+		return
+	}
+	time.AfterFunc(max(time.Until(r.lastReclaim.Add(time.Second)), 0), func() {
+		r.released.Store(0)
+		debug.FreeOSMemory()
+		r.lastReclaim = time.Now()
+		r.reclaiming.Store(false)
+	})
 }
 
 // Slot is a place in the cluster, the agent or worker N, that outlives the
@@ -267,10 +297,12 @@ func (r *Router) Detach(e *Endpoint) {
 		}
 		r.nackLocked(raw, fmt.Sprintf("pid %d exited before it was ready", e.PID))
 	})
+	freed := e.retained.Bytes() + e.queue.Bytes()
 	e.retained, e.queue = frameQueue{}, frameQueue{}
 	s.mu.Unlock()
 	r.redelivered.Add(uint64(redelivered))
 	r.redistribute(s, &again)
+	r.release(freed + again.Bytes())
 }
 
 // redistribute places held frames that lost their receiver. Called with r.mu held.
@@ -485,13 +517,16 @@ func (r *Router) send(e *Endpoint, raw []byte, by *Endpoint) {
 func (r *Router) ack(e *Endpoint, n uint64) {
 	s := e.slot
 	s.mu.Lock()
+	before := e.retained.Bytes()
 	for e.retained.Len() > 0 {
 		if _, seq := e.retained.Front(); seq > n {
 			break
 		}
 		e.retained.Pop()
 	}
+	freed := before - e.retained.Bytes()
 	s.mu.Unlock()
+	r.release(freed)
 }
 
 func (r *Router) reply(f ipc.Frame, by *Endpoint) {
