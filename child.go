@@ -153,6 +153,7 @@ func runChild(ctx context.Context, cfg Config, cs childSpec) error {
 		}
 	}()
 	m := newMessenger(w, cs.pid, cs.role, cfg.MaxFrame, p.log)
+	m.maxQueue, m.maxQueueBytes = cfg.MaxPending, cfg.MaxPendingBytes
 	m.p = p
 	p.messenger = m
 	header := func(k ipc.Kind) *ipc.Header {

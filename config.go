@@ -77,8 +77,18 @@ type Config struct {
 	// MaxPending bounds, per process, the messages the master holds for it while it
 	// starts or restarts, and those it was sent and has not finished handling.
 	// Beyond it a message is refused: the sender's Messenger logs and counts it.
-	// Defaults to 65536.
+	// It also bounds the messages a process queues for its own handlers (see
+	// Messenger). Defaults to 65536.
 	MaxPending int
+
+	// MaxPendingBytes bounds the same messages as MaxPending by their size: per
+	// process, the bytes the master holds for it while it starts or restarts plus
+	// those of the messages it has not finished handling (and, for a slot with no
+	// process at all, the bytes held for the slot); and the bytes a process queues
+	// for its own handlers. Beyond it a message is refused exactly as beyond
+	// MaxPending. It may not be below MaxFrame. Defaults to 64 MiB, or MaxFrame if
+	// that is larger.
+	MaxPendingBytes int
 
 	// ReusePort gives each TCP listener SO_REUSEPORT. The master still opens one
 	// socket per address and every worker shares it; the option exists for
@@ -149,7 +159,7 @@ func (c Config) master() master.Config {
 		HeartbeatInterval: c.HeartbeatInterval, HeartbeatTimeout: c.HeartbeatTimeout,
 		MaxRSS:   c.MaxRSS,
 		Restart:  master.Backoff{MinDelay: c.Restart.MinDelay, MaxDelay: c.Restart.MaxDelay, ResetAfter: c.Restart.ResetAfter},
-		MaxFrame: c.MaxFrame, MaxPending: c.MaxPending,
+		MaxFrame: c.MaxFrame, MaxPending: c.MaxPending, MaxPendingBytes: c.MaxPendingBytes,
 		Schedules: len(c.Schedules) > 0, LogRotation: c.LogRotation.enabled(),
 		RunDir: c.RunDir, Logger: c.userLogger(),
 	}
@@ -197,6 +207,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MaxPending <= 0 {
 		c.MaxPending = relay.DefaultMaxPending
+	}
+	switch {
+	case c.MaxPendingBytes <= 0:
+		c.MaxPendingBytes = max(relay.DefaultMaxPendingBytes, c.MaxFrame)
+	case c.MaxPendingBytes < c.MaxFrame:
+		return c, fmt.Errorf("brood: Config.MaxPendingBytes %d is below Config.MaxFrame %d: a message of the largest size could never be held", c.MaxPendingBytes, c.MaxFrame)
 	}
 	if c.RunDir == "" {
 		c.RunDir = DefaultRunDir(c.Name)

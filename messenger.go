@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/brood-go/brood/internal/ipc"
+	"github.com/brood-go/brood/internal/relay"
 	"github.com/brood-go/brood/internal/wire"
 )
 
@@ -69,6 +70,8 @@ type Message struct {
 	Data   []byte // JSON unless raw bytes were sent
 
 	id      uint64
+	seq     uint64 // its place among the messages this process received
+	size    int64  // its frame's size, as counted against Config.MaxPendingBytes
 	request bool
 	raw     bool
 	held    bool // the master keeps a copy until we acknowledge it
@@ -144,8 +147,19 @@ type Member struct {
 //     SendTo to a pid not in the cluster returns ErrNoProcess; a Request whose
 //     receiver exits fails with ErrProcessExited. A message that reached a process
 //     killed before handling it is lost with the process, as a request in flight.
-//   - Bounds: the master holds at most Config.MaxPending messages per process;
-//     beyond that a message is refused and the sender logs and counts it (Stats).
+//   - Bounds: the master holds at most Config.MaxPending messages and
+//     Config.MaxPendingBytes bytes per process; beyond that a message is refused
+//     and the sender logs and counts it (Stats.Refused).
+//   - A receiver's handler queue is bounded by the same two numbers. A
+//     pid-addressed message (SendTo, Request) that arrives while it is full is
+//     not queued: it is counted (the receiver's Stats.Dropped) and logged by the
+//     receiver (one line when dropping starts, then at most one a second and one
+//     when its queue has drained, each with the count); a Request dropped so is
+//     answered at once, and fails for its sender with ErrNotDelivered. A one-way
+//     SendTo is not reported back to its sender. Role-addressed messages and
+//     brood's own are always queued: the master's bounds already limit them, so
+//     the queue holds at most twice the bounds. The channel's reader never waits
+//     for the queue, so a flood delays neither heartbeats nor replies.
 //   - Messages sent before this process's own Ready are delivered; messages for
 //     this process are handed to handlers only after its Ready.
 //   - These guarantees hold while the cluster runs. When the whole cluster stops,
@@ -178,10 +192,30 @@ type Messenger struct {
 	queue   []Message
 	qwake   chan struct{}
 	qdone   chan struct{}
-	handled uint64
+	rseq    uint64 // messages received, the master's sequence for this process (guarded by qmu)
+	handled uint64 // rseq of the last message handled (dispatcher only)
 
-	sent, received, refused, unhandled atomic.Uint64
+	// The handler queue's bounds and contents: messages and frame bytes queued or
+	// in the dispatcher's current batch.
+	maxQueue, maxQueueBytes int
+	qlen, qbytes            atomic.Int64
+
+	// Drops not yet logged, and when the last log line about them was written
+	// (guarded by qmu).
+	dropUnlogged uint64
+	dropLogged   time.Time
+
+	sent, received, refused, unhandled, dropped atomic.Uint64
 }
+
+// actionRefused is the action of a reply that says the receiver dropped the
+// request instead of handling it; the payload is the reason. Users cannot send
+// brood: actions, so no genuine reply carries it.
+const actionRefused = "brood:refused"
+
+// maxIdleQueue is the capacity the handler queue keeps once drained; a burst
+// that grew it further gives the memory back.
+const maxIdleQueue = 4096
 
 type subscription struct {
 	h    func(Message)
@@ -206,6 +240,8 @@ func newMessenger(w *ipc.Writer, self uint32, role Role, maxFrame int, log *slog
 		welcomed: make(chan struct{}),
 		qwake:    make(chan struct{}, 1),
 		qdone:    make(chan struct{}),
+
+		maxQueue: relay.DefaultMaxPending, maxQueueBytes: relay.DefaultMaxPendingBytes,
 	}
 	go m.dispatchLoop()
 	return m
@@ -214,14 +250,18 @@ func newMessenger(w *ipc.Writer, self uint32, role Role, maxFrame int, log *slog
 // MessengerStats counts a process's messages since it started.
 type MessengerStats struct {
 	Sent      uint64 // messages and replies handed to the master
-	Received  uint64 // messages received (handled or not)
-	Refused   uint64 // messages the master could not deliver (logged when they happened)
+	Received  uint64 // messages received (handled, unhandled or dropped)
+	Refused   uint64 // messages the master could not deliver (logged when they happened), and requests the receiver dropped
 	Unhandled uint64 // received messages no handler was registered for
+	Dropped   uint64 // received pid-addressed messages not handled because the handler queue was full (logged)
 }
 
 // Stats returns the counters.
 func (m *Messenger) Stats() MessengerStats {
-	return MessengerStats{Sent: m.sent.Load(), Received: m.received.Load(), Refused: m.refused.Load(), Unhandled: m.unhandled.Load()}
+	return MessengerStats{
+		Sent: m.sent.Load(), Received: m.received.Load(), Refused: m.refused.Load(),
+		Unhandled: m.unhandled.Load(), Dropped: m.dropped.Load(),
+	}
 }
 
 // Broadcast sends to the agent and every worker, the sender included.
@@ -452,8 +492,13 @@ func (m *Messenger) handleFrame(f ipc.Frame) {
 		_ = m.w.Append(&h, "", nil)
 	case ipc.KindMessage:
 		m.received.Add(1)
-		m.enqueue(m.toMessage(f))
+		m.enqueue(f)
 	case ipc.KindReply:
+		if string(f.Action) == actionRefused {
+			m.refused.Add(1)
+			m.resolve(f.Ref, requestResult{err: fmt.Errorf("%w: %s", ErrNotDelivered, f.Payload)})
+			return
+		}
 		m.resolve(f.Ref, requestResult{msg: m.toMessage(f)})
 	case ipc.KindNack:
 		m.refused.Add(1)
@@ -519,18 +564,71 @@ func (m *Messenger) setMembers(payload []byte) {
 	}
 }
 
-// enqueue hands a message to the dispatcher.
-func (m *Messenger) enqueue(msg Message) {
+// enqueue hands a message to the dispatcher, or drops it if it is pid-addressed
+// and the handler queue is full (see the Messenger's guarantees). It runs on the
+// reader goroutine and never waits for handlers.
+func (m *Messenger) enqueue(f ipc.Frame) {
 	m.qmu.Lock()
 	defer m.qmu.Unlock()
 	if m.qclosed {
-		m.log.Warn("message arrived while stopping; not handled", "action", msg.Action, "from_pid", msg.From)
+		m.log.Warn("message arrived while stopping; not handled", "action", string(f.Action), "from_pid", f.From)
 		return
 	}
+	m.rseq++
+	bounded := f.Flags&ipc.FlagHeld == 0 && !strings.HasPrefix(string(f.Action), "brood:")
+	size := int64(len(f.Raw)) // counted as the master counts: whole frames
+	if n, b := m.qlen.Load(), m.qbytes.Load(); bounded && (n >= int64(m.maxQueue) || b+size > int64(m.maxQueueBytes)) {
+		m.drop(f, n, b)
+		return
+	}
+	msg := m.toMessage(f)
+	msg.seq, msg.size = m.rseq, size
+	m.qlen.Add(1)
+	m.qbytes.Add(size)
 	m.queue = append(m.queue, msg)
 	select {
 	case m.qwake <- struct{}{}:
 	default:
+	}
+}
+
+// drop refuses a message the full handler queue cannot take: it counts it,
+// answers it if it is a request, and logs at most one line a second. Called
+// with qmu held.
+func (m *Messenger) drop(f ipc.Frame, n, b int64) {
+	m.dropped.Add(1)
+	m.dropUnlogged++
+	if f.Flags&ipc.FlagRequest != 0 {
+		reason := fmt.Sprintf("pid %d dropped the request: its handler queue is full (%d messages, %d bytes queued; bounds %d and %d)", m.self, n, b, m.maxQueue, m.maxQueueBytes)
+		h := ipc.Header{Kind: ipc.KindReply, Dest: ipc.DestPID, Role: m.role, From: m.self, To: f.From, Ref: f.ID}
+		if err := m.w.Append(&h, actionRefused, []byte(reason)); err == nil {
+			m.sent.Add(1)
+		}
+	}
+	if now := time.Now(); now.Sub(m.dropLogged) >= time.Second {
+		m.log.Warn("handler queue full: dropping pid-addressed messages",
+			"dropped", m.dropUnlogged, "dropped_total", m.dropped.Load(), "queued", n, "queued_bytes", b,
+			"max_pending", m.maxQueue, "max_pending_bytes", m.maxQueueBytes,
+			"action", string(f.Action), "from_pid", f.From)
+		m.dropUnlogged, m.dropLogged = 0, now
+	}
+}
+
+// drained is called by the dispatcher when the queue is empty: it logs the drops
+// not logged yet and releases a queue a burst grew.
+func (m *Messenger) drained() {
+	m.qmu.Lock()
+	defer m.qmu.Unlock()
+	if len(m.queue) > 0 {
+		return
+	}
+	if cap(m.queue) > maxIdleQueue {
+		m.queue = nil
+	}
+	if m.dropUnlogged > 0 {
+		m.log.Warn("handler queue drained after dropping pid-addressed messages",
+			"dropped", m.dropUnlogged, "dropped_total", m.dropped.Load())
+		m.dropUnlogged, m.dropLogged = 0, time.Now()
 	}
 }
 
@@ -556,13 +654,19 @@ func (m *Messenger) dispatchLoop() {
 			batch, m.queue = m.queue, batch[:0]
 			m.qmu.Unlock()
 			if len(batch) == 0 {
+				if cap(batch) > maxIdleQueue {
+					batch = nil
+				}
+				m.drained()
 				break
 			}
 			for i := range batch {
 				m.dispatch(batch[i])
 				needAck = needAck || batch[i].held
+				m.handled = batch[i].seq
+				m.qlen.Add(-1)
+				m.qbytes.Add(-batch[i].size)
 				batch[i] = Message{}
-				m.handled++
 				if sinceAck++; sinceAck >= ackEvery && needAck {
 					m.ack()
 					sinceAck, needAck = 0, false

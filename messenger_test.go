@@ -163,6 +163,70 @@ func scenarioConfig(name string, rec func(string)) brood.Config {
 			})
 			return idle(ctx, p)
 		}
+	case "flood":
+		// A worker floods the agent's slow handler with pid-addressed messages,
+		// then sends it a Request. The agent's handler queue is bounded at 64 KiB
+		// (15 messages of 4 KiB): the rest, the request included, is dropped, and
+		// the request fails at once. The agent's handler stays blocked until the
+		// worker has its answer (asked by a Request, whose reply bypasses the
+		// agent's handler queue), then drains, and reports at the worker's fence.
+		const n, size = 300, 4096
+		cfg.Workers = 1
+		cfg.MaxFrame, cfg.MaxPendingBytes = 64<<10, 64<<10
+		cfg.Agent = func(ctx context.Context, p *brood.Process) error {
+			gate := make(chan struct{})
+			handled := 0
+			p.Messenger().On("flood", func(brood.Message) { <-gate; handled++ })
+			p.Messenger().On("fence", func(brood.Message) {
+				s := p.Messenger().Stats()
+				rec(fmt.Sprintf("agent handled=%d dropped=%d received=%d", handled, s.Dropped, s.Received))
+			})
+			p.Go(func(ctx context.Context) {
+				defer close(gate)
+				ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				defer cancel()
+				for ctx.Err() == nil {
+					if pids := p.Messenger().WorkerPIDs(); len(pids) == 1 {
+						if _, err := p.Messenger().Request(ctx, pids[0], "finished?", nil); err == nil {
+							return
+						}
+					}
+					select {
+					case <-ctx.Done():
+					case <-time.After(10 * time.Millisecond): // retry until the worker is in the table
+					}
+				}
+				rec("agent gave up waiting for the worker")
+			})
+			return idle(ctx, p)
+		}
+		cfg.Worker = func(ctx context.Context, p *brood.Process) error {
+			finished := make(chan struct{})
+			p.Messenger().On("finished?", func(msg brood.Message) {
+				// Answered off the dispatcher: brood:ready may still be queued behind it.
+				p.Go(func(context.Context) { <-finished; msg.Reply(nil) })
+			})
+			p.Messenger().On(brood.ActionReady, func(brood.Message) {
+				p.Go(func(ctx context.Context) {
+					defer close(finished)
+					agent := p.Messenger().AgentPID()
+					for range n {
+						if err := p.Messenger().SendTo(agent, "flood", make([]byte, size)); err != nil {
+							rec("send-error " + err.Error())
+							return
+						}
+					}
+					rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+					defer cancel()
+					start := time.Now()
+					_, err := p.Messenger().Request(rctx, agent, "probe", make([]byte, size))
+					rec(fmt.Sprintf("probe notdelivered=%v took=%dms refused=%d err=%v",
+						errors.Is(err, brood.ErrNotDelivered), time.Since(start).Milliseconds(), p.Messenger().Stats().Refused, err))
+					p.Messenger().SendToAgent("fence", nil)
+				})
+			})
+			return idle(ctx, p)
+		}
 	default:
 		panic("unknown scenario " + name)
 	}
@@ -360,4 +424,49 @@ func TestLifecycleEvents(t *testing.T) {
 		}
 	}
 	stopCluster(t, c)
+}
+
+// checkFlood checks the reports of the flood scenario: every message was
+// handled or counted as dropped, the queue held at most its 15 messages, and
+// the dropped request failed well before its 10 s context.
+func checkFlood(t *testing.T, events []string) {
+	t.Helper()
+	var probe, agent string
+	for _, ev := range events {
+		switch {
+		case strings.HasPrefix(ev, "send-error"), strings.HasPrefix(ev, "agent gave up"):
+			t.Fatal(ev)
+		case strings.HasPrefix(ev, "probe "):
+			probe = ev
+		case strings.HasPrefix(ev, "agent handled="):
+			agent = ev
+		}
+	}
+	var notDelivered bool
+	var took, refused int
+	fmt.Sscanf(probe, "probe notdelivered=%t took=%dms refused=%d", &notDelivered, &took, &refused)
+	if !notDelivered || took > 2000 || refused != 1 {
+		t.Errorf("%s: want the dropped request to fail at once with ErrNotDelivered, counted as refused", probe)
+	}
+	var handled, dropped, received int
+	fmt.Sscanf(agent, "agent handled=%d dropped=%d received=%d", &handled, &dropped, &received)
+	if handled+dropped != 301 || handled < 8 || handled > 15 {
+		t.Errorf("%s: want 301 (300 + the request) handled or dropped, at most 15 handled (64 KiB of 4 KiB messages)", agent)
+	}
+	t.Logf("%s; %s", probe, agent)
+}
+
+func TestHandlerQueueBound(t *testing.T) {
+	c := startScenario(t, "flood")
+	c.WaitEvents(30*time.Second, "the agent's report", 1, hasPrefix("agent handled="))
+	checkFlood(t, c.ReadEvents())
+	stopCluster(t, c)
+}
+
+func TestHandlerQueueBoundInMemory(t *testing.T) {
+	r := newMemRecorder()
+	cfg := scenarioConfig("flood", r.rec)
+	cfg.Logger = quietLogger()
+	runMem(t, cfg)
+	checkFlood(t, r.wait(t, 30*time.Second, 1, hasPrefix("agent handled=")))
 }

@@ -629,3 +629,94 @@ func (b *bench) microRows() ([]row, []string) {
 	return []row{{figure: name, unit: "count", vals: allocs, goal: "0", pass: passFail(slices.Max(allocs) == 0),
 		note: "one value per BenchmarkRelay case (pid, app3); bench/RESULTS.md has the benchmark lines after the table."}}, lines
 }
+
+// --- flood
+
+// figFlood measures the master's memory while a worker floods a slow agent
+// with large role-addressed messages, and once the flood is over: the master
+// holds at most Config.MaxPendingBytes for the agent (the rest is refused), and
+// gives the memory back after it.
+func (b *bench) figFlood() []row {
+	names := [2]string{"RSS master, flood of 300 × 1 MiB to a slow agent (peak)", "RSS master, 10 s after that flood"}
+	fail := func(err error) []row { return []row{errorRow(names[0], err), errorRow(names[1], err)} }
+	const bound = 64 // MiB, Config.MaxPendingBytes's default
+	var peak, after, idle []float64
+	var handled, refused []float64
+	for range min(b.runs, 3) {
+		out := filepath.Join(b.logDir, fmt.Sprintf("msg-flood-%d.json", time.Now().UnixNano()))
+		c, err := b.startBenchCluster("-msg", "flood", "-out", out)
+		if err != nil {
+			return fail(err)
+		}
+		p, i, a, f, err := b.floodOnce(c, out)
+		c.stop(15 * time.Second)
+		if err != nil {
+			return fail(err)
+		}
+		peak, idle, after = append(peak, p), append(idle, i), append(after, a)
+		handled, refused = append(handled, float64(f.Handled)), append(refused, float64(f.Refused))
+	}
+	r0 := row{figure: names[0], unit: "MiB", vals: peak, floor: idle, ratio: fmt.Sprintf("%.1f×", median(peak)/median(idle)),
+		goal: fmt.Sprintf("≤ %d MiB (bound + 20)", bound+20), pass: passFail(median(peak) <= bound+20),
+		note: fmt.Sprintf("bench/cluster -msg flood: worker 1 sends %d SendToAgent of %d bytes at once; the agent's handler takes %v each. Peak VmRSS of the master sampled every 5 ms from the first send until every message is handled or refused; floor: the same master idle, before the flood. Per run: %.0f handled, %.0f refused (median); Config.MaxPendingBytes %d MiB (default).",
+			fixture.FloodCount, fixture.FloodPayload, fixture.FloodDelay, median(handled), median(refused), bound)}
+	r1 := row{figure: names[1], unit: "MiB", vals: after, floor: idle, ratio: fmt.Sprintf("%.1f×", median(after)/median(idle)),
+		goal: "≤ 2× idle", pass: passFail(median(after) <= 2*median(idle)),
+		note: "VmRSS of the master 10 s after the flood ended; floor: the same master idle, before the flood."}
+	return []row{r0, r1}
+}
+
+// floodOnce runs one flood on a started cluster: the master's idle RSS, its
+// peak during the flood and its RSS 10 s after.
+func (b *bench) floodOnce(c *cluster, out string) (peak, idle, after float64, res fixture.Flood, err error) {
+	if _, err = c.ready(30 * time.Second); err != nil {
+		return
+	}
+	// The agent starts the flood 1 s after the cluster is ready.
+	time.Sleep(300 * time.Millisecond)
+	if idle, err = rssMiB(c.pid()); err != nil {
+		return
+	}
+	from, _, err := c.log.wait(0, 30*time.Second, `msg="bench start"`)
+	if err != nil {
+		return
+	}
+	type result struct {
+		line string
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		_, line, err := c.log.wait(from, 2*time.Minute, `msg="bench `, "file=")
+		if err == nil && !strings.Contains(line, "bench done") {
+			_, line, err = c.log.wait(from, time.Second, `msg="bench failed"`)
+		}
+		done <- result{line, err}
+	}()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for finished := false; !finished; {
+		select {
+		case r := <-done:
+			if r.err != nil {
+				err = r.err
+				return
+			}
+			finished = true
+		case <-tick.C:
+		}
+		if v, e := rssMiB(c.pid()); e == nil {
+			peak = max(peak, v)
+		}
+	}
+	data, err := os.ReadFile(out)
+	if err != nil {
+		return
+	}
+	if err = json.Unmarshal(data, &res); err != nil {
+		return
+	}
+	time.Sleep(10 * time.Second)
+	after, err = rssMiB(c.pid())
+	return
+}

@@ -55,6 +55,12 @@
 //   - rss: VmRSS of hello's master, agent and workers, idle after its first request.
 //     Floor: a Go program that only sleeps (bench/bare). Goals: master ≤ 15 MiB,
 //     master + agent + 2 workers ≤ 50 MiB.
+//   - flood: VmRSS of bench/cluster's master while worker 1 sends 300 messages
+//     of 1 MiB to the agent at once with SendToAgent and the agent's handler
+//     takes 10 ms each (a slow agent), peak sampled every 5 ms until every
+//     message is handled or refused; and 10 s after. Floor: the same master
+//     idle before the flood. Goals: peak ≤ Config.MaxPendingBytes (64 MiB) +
+//     20 MiB; after ≤ 2× idle.
 //   - micro: go test -bench of internal/ipc and internal/relay; the relay path must
 //     not allocate (0 allocs/op).
 //
@@ -113,6 +119,7 @@ var figures = []figure{
 	{"reload", (*bench).figReload},
 	{"stop", (*bench).figStop},
 	{"rss", (*bench).figRSS},
+	{"flood", (*bench).figFlood},
 	{"micro", (*bench).figMicro},
 }
 
@@ -121,7 +128,7 @@ func main() { os.Exit(run()) }
 func run() int {
 	var b bench
 	quick := flag.Bool("quick", false, "2 runs, 2 s loads, fewer messages: a smoke test")
-	only := flag.String("only", "", "comma-separated figures to run: start, http, rtt, oneway, kill, reload, stop, rss, micro")
+	only := flag.String("only", "", "comma-separated figures to run: start, http, rtt, oneway, kill, reload, stop, rss, flood, micro")
 	runs := flag.Int("runs", 0, "runs per figure (default 5, or 2 with -quick)")
 	flag.IntVar(&b.conns, "conns", 64, "HTTP load: connections")
 	dur := flag.Duration("duration", 0, "HTTP load: duration of one run (default 5s, or 2s with -quick)")

@@ -7,6 +7,12 @@
 //	                   alternately), each timed; fixture.RTT
 //	-msg random  -n N  N one-way 64-byte raw messages with SendRandom (N deliveries)
 //	-msg app     -n N  N/2 SendToApp calls to the 2 workers (N deliveries)
+//	-msg flood         worker 1 sends fixture.FloodCount messages of
+//	                   fixture.FloodPayload bytes to the agent at once (SendToAgent);
+//	                   the agent's handler takes fixture.FloodDelay each (a slow
+//	                   agent). It logs "bench start" 1 s after the cluster is
+//	                   ready (so the idle master can be measured first) and
+//	                   ends once every message is handled or refused; fixture.Flood
 //	-onecpu            every process on one CPU (a reference for the RTT figure)
 //	-no-header-timeout no http.Server.ReadHeaderTimeout, as the floor (a
 //	                   reference for the HTTP figures)
@@ -74,7 +80,7 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	var received atomic.Int64
+	var received, flooded atomic.Int64
 	err := brood.Run(ctx, brood.Config{
 		Name:    "benchcluster",
 		Workers: *workers,
@@ -83,6 +89,10 @@ func main() {
 		Agent: func(ctx context.Context, p *brood.Process) error {
 			clusterUp := make(chan struct{})
 			p.Messenger().Once(brood.ActionReady, func(brood.Message) { close(clusterUp) })
+			p.Messenger().On(fixture.ActionFlood, func(brood.Message) {
+				time.Sleep(fixture.FloodDelay) // the slow agent the flood bench measures
+				flooded.Add(1)
+			})
 			p.Ready()
 			if *mode != "" {
 				p.Go(func(ctx context.Context) {
@@ -91,7 +101,13 @@ func main() {
 					case <-ctx.Done():
 						return
 					}
-					res, err := runBench(ctx, p.Messenger(), *mode, *n)
+					var res any
+					var err error
+					if *mode == "flood" {
+						res, err = flood(ctx, p, &flooded)
+					} else {
+						res, err = runBench(ctx, p.Messenger(), *mode, *n)
+					}
 					if err == nil {
 						err = writeJSON(*out, res)
 					}
@@ -117,6 +133,19 @@ func main() {
 				msg.Reply(b)
 			})
 			m.On(fixture.ActionMsg, func(brood.Message) { received.Add(1) })
+			m.On(fixture.ActionFloodGo, func(msg brood.Message) {
+				payload := make([]byte, fixture.FloodPayload)
+				sent := 0
+				for range fixture.FloodCount {
+					if m.SendToAgent(fixture.ActionFlood, payload) == nil {
+						sent++
+					}
+				}
+				msg.Reply(binary.BigEndian.AppendUint64(nil, uint64(sent)))
+			})
+			m.On(fixture.ActionFloodStats, func(msg brood.Message) {
+				msg.Reply(binary.BigEndian.AppendUint64(nil, m.Stats().Refused))
+			})
 			m.On(fixture.ActionMark, func(msg brood.Message) {
 				msg.Reply(binary.BigEndian.AppendUint64(nil, uint64(received.Load())))
 			})
@@ -231,6 +260,48 @@ func oneway(ctx context.Context, m *brood.Messenger, pids []int, mode string, n 
 		<-c
 	}
 	return fixture.Oneway{Mode: mode, Sends: int64(sends), Deliveries: delivered, Seconds: secs, Refused: m.Stats().Refused}, nil
+}
+
+// flood runs the flood bench from the agent: worker 1 sends, the agent's slow
+// handler counts (handled); it ends when every message sent was handled or
+// refused by the master (the worker's Refused count, asked every 20 ms).
+func flood(ctx context.Context, p *brood.Process, handled *atomic.Int64) (fixture.Flood, error) {
+	m := p.Messenger()
+	select {
+	case <-time.After(time.Second):
+	case <-ctx.Done():
+		return fixture.Flood{}, ctx.Err()
+	}
+	pids := m.WorkerPIDs()
+	if len(pids) == 0 {
+		return fixture.Flood{}, errors.New("no workers")
+	}
+	p.Logger().Info("bench start")
+	t0 := time.Now()
+	reply, err := m.Request(ctx, pids[0], fixture.ActionFloodGo, nil)
+	if err != nil {
+		return fixture.Flood{}, err
+	}
+	sent := int(binary.BigEndian.Uint64(reply.Data))
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		r, err := m.Request(ctx, pids[0], fixture.ActionFloodStats, nil)
+		if err != nil {
+			return fixture.Flood{}, err
+		}
+		refused := binary.BigEndian.Uint64(r.Data)
+		if h := int(handled.Load()); h+int(refused) >= sent {
+			return fixture.Flood{Sent: sent, Handled: h, Refused: refused, Seconds: time.Since(t0).Seconds()}, nil
+		}
+		if time.Now().After(deadline) {
+			return fixture.Flood{}, fmt.Errorf("flood: %d handled and %d refused of %d after 2 minutes", handled.Load(), refused, sent)
+		}
+		select {
+		case <-time.After(20 * time.Millisecond):
+		case <-ctx.Done():
+			return fixture.Flood{}, ctx.Err()
+		}
+	}
 }
 
 func writeJSON(path string, v any) error {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -291,4 +292,71 @@ func BenchmarkWriterThroughput(b *testing.B) {
 	got := <-done
 	b.ReportMetric(float64(got)/time.Since(start).Seconds(), "msgs/s")
 	b.ReportMetric(float64(w.writes.Load())/float64(got), "writes/msg")
+}
+
+// A burst grows the Writer's buffers far beyond a steady-state size; once it
+// is written they are released, over a socketpair (direct writes) and a pipe
+// (the flusher only), while small steady writes keep theirs.
+func TestWriterShrinksAfterBurst(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		pair func(t *testing.T) (net.Conn, net.Conn)
+	}{
+		{"socketpair", func(t *testing.T) (net.Conn, net.Conn) { return socketpair(t) }},
+		{"pipe", func(t *testing.T) (net.Conn, net.Conn) { a, b := net.Pipe(); return a, b }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := tc.pair(t)
+			defer a.Close()
+			defer b.Close()
+			w := NewWriter(a, 0, 0)
+			defer w.Close(time.Now().Add(time.Second))
+			payload := make([]byte, 1<<20)
+			const n = 32 // 32 MiB queued at once: the peer reads only afterwards
+			for i := range n {
+				if err := w.Queue(mustFrame(t, &Header{Kind: KindMessage, Dest: DestApp, ID: uint64(i)}, "x", payload)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			peak := w.Capacity()
+			if peak < n<<20 {
+				t.Fatalf("capacity %d with %d MiB queued", peak, n)
+			}
+			read := make(chan int, 1)
+			go func() {
+				r := NewReader(b, 0)
+				c := 0
+				for c < n+1 {
+					if _, err := r.Next(); err != nil {
+						break
+					}
+					c++
+				}
+				read <- c
+			}()
+			w.Flush()
+			if err := w.Append(&Header{Kind: KindMessage, Dest: DestApp}, "small", nil); err != nil {
+				t.Fatal(err)
+			}
+			if c := <-read; c != n+1 {
+				t.Fatalf("peer read %d frames, want %d", c, n+1)
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for w.Buffered() > 0 || w.Capacity() > 2*maxIdleWriteBuf {
+				if time.Now().After(deadline) {
+					t.Fatalf("after the burst: %d bytes buffered, capacity %d (peak %d); want at most %d", w.Buffered(), w.Capacity(), peak, 2*maxIdleWriteBuf)
+				}
+				runtime.Gosched()
+			}
+		})
+	}
+}
+
+func mustFrame(t *testing.T, h *Header, action string, payload []byte) []byte {
+	t.Helper()
+	raw, err := AppendFrame(nil, h, action, payload, DefaultMaxFrame)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
 }

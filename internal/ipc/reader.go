@@ -15,6 +15,7 @@ type Reader struct {
 	buf        []byte
 	start, end int // unread bytes are buf[start:end]
 	limit      int
+	lastBig    bool // the last frame returned did not fit the initial buffer
 }
 
 // NewReader returns a Reader that rejects frames larger than limit bytes (header
@@ -44,6 +45,7 @@ func (r *Reader) Next() (Frame, error) {
 			if avail >= size {
 				raw := r.buf[r.start : r.start+size : r.start+size]
 				r.start += size
+				r.lastBig = size > initialReadBuf
 				return Decode(raw)
 			}
 			r.makeRoom(size)
@@ -70,8 +72,10 @@ func (r *Reader) HasFrame() bool {
 // the data already received so that a header claiming a huge body costs nothing
 // until the body arrives.
 func (r *Reader) makeRoom(need int) {
-	if r.start == r.end && len(r.buf) > 4*initialReadBuf {
-		r.buf = nil // a large frame came and went: give the memory back
+	if r.start == r.end && len(r.buf) > 4*initialReadBuf && !r.lastBig {
+		// Large frames came and went, and a small one followed: give the
+		// memory back. (A run of large frames reuses the buffer.)
+		r.buf = nil
 		r.start, r.end = 0, 0
 	}
 	if r.buf == nil {

@@ -22,11 +22,23 @@ var ErrBufferFull = errors.New("ipc: send buffer full")
 // DefaultWriteBuffer is the default limit on bytes a Writer queues before refusing.
 const DefaultWriteBuffer = 256 << 20
 
+// maxIdleWriteBuf is the capacity each of a Writer's two buffers may keep once
+// everything is written. A burst grows them beyond it; they are dropped once a
+// small write (at most smallWrite bytes: a heartbeat, a reply) has been written
+// after it, so a run of large writes reuses them and an idle Writer holds no
+// more than a steady flow needs.
+const (
+	maxIdleWriteBuf = 1 << 20
+	smallWrite      = 64 << 10
+)
+
 // Writer batches frames onto a connection. Append never blocks on the peer: when
 // nothing is in flight it tries one non-blocking write straight away (low latency
 // when idle); otherwise, or for what the kernel did not take, it queues the bytes
 // for a flusher goroutine, which writes everything queued so far in one syscall
-// (batching under load). Frames are written in Append order.
+// (batching under load). Frames are written in Append order. Once everything
+// queued is written, a buffer a burst grew beyond a small steady-state size is
+// released.
 type Writer struct {
 	conn  net.Conn
 	raw   syscall.RawConn // nil when conn has no file descriptor (net.Pipe)
@@ -190,6 +202,7 @@ func (w *Writer) kick() {
 		w.out = w.out[:copy(w.out, w.out[n:])]
 		if len(w.out) == 0 && len(w.pending) == 0 {
 			w.owner = ownerNone
+			w.shrink(len(buf))
 		} else {
 			w.owner = ownerFlusher
 		}
@@ -199,6 +212,28 @@ func (w *Writer) kick() {
 	if handOff {
 		w.signal()
 	}
+}
+
+// shrink drops buffers grown beyond maxIdleWriteBuf, if the write that emptied
+// them, of last bytes, was small. Called with mu held, when both are empty and
+// nobody is writing.
+func (w *Writer) shrink(last int) {
+	if last > smallWrite {
+		return
+	}
+	if cap(w.out) > maxIdleWriteBuf {
+		w.out = nil
+	}
+	if cap(w.pending) > maxIdleWriteBuf {
+		w.pending = nil
+	}
+}
+
+// Capacity reports the bytes the Writer's buffers hold allocated, written or not.
+func (w *Writer) Capacity() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return cap(w.pending) + cap(w.out)
 }
 
 func (w *Writer) signal() {
@@ -247,7 +282,7 @@ func (w *Writer) fail(err error) {
 	if w.err == nil {
 		w.err = fmt.Errorf("%w: %w", ErrClosed, err)
 	}
-	w.pending, w.out = w.pending[:0], w.out[:0]
+	w.pending, w.out = nil, nil // nothing more is written: let the memory go
 	w.owner = ownerNone
 }
 
@@ -255,10 +290,12 @@ func (w *Writer) flushLoop() {
 	defer close(w.done)
 	for range w.wake {
 		w.mu.Lock()
+		last := 0 // bytes of the last write
 		for w.owner == ownerFlusher {
 			if len(w.out) == 0 {
 				if len(w.pending) == 0 {
 					w.owner = ownerNone
+					w.shrink(last)
 					break
 				}
 				w.out, w.pending = w.pending, w.out[:0]
@@ -272,6 +309,7 @@ func (w *Writer) flushLoop() {
 				w.fail(err)
 				break
 			}
+			last = len(buf)
 			w.out = w.out[:0]
 		}
 		stop := w.closed && w.owner == ownerNone

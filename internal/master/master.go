@@ -54,6 +54,7 @@ type Config struct {
 	Restart           Backoff
 	MaxFrame          int
 	MaxPending        int
+	MaxPendingBytes   int
 
 	Schedules   bool // the agent has a schedule table (status asks for it)
 	LogRotation bool // the agent rotates log files (rotate-logs asks it)
@@ -174,7 +175,7 @@ func New(cfg Config) (*Master, error) {
 	m.events = newEventLog(func(ev wire.Event) { logEvent(m.log, ev) })
 	m.asks.pending = make(map[uint64]*ask)
 	m.router = relay.New(relay.Options{
-		MasterPID: uint32(pid), MaxPending: cfg.MaxPending, Logger: m.log,
+		MasterPID: uint32(pid), MaxPending: cfg.MaxPending, MaxPendingBytes: cfg.MaxPendingBytes, Logger: m.log,
 		MasterReply: m.onMasterReply, MasterMessage: m.onMasterMessage,
 	})
 	m.life, m.endLife = context.WithCancel(context.Background())

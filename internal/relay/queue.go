@@ -1,30 +1,78 @@
 package relay
 
-// frameQueue is a FIFO of encoded frames in one byte buffer, each tagged with a
-// sequence number. It reuses its memory, so a steady flow allocates nothing.
+// frameQueue is a FIFO of encoded frames, each tagged with a sequence number.
+//
+// Small frames share one byte buffer that is reused, so a steady flow of them
+// allocates nothing. A frame of bigFrame bytes or more gets its own allocation
+// instead: appending it to the shared buffer would make the buffer grow (and
+// copy) to the peak of a burst and keep that capacity, where a frame of its own
+// is released to the garbage collector as soon as it is popped. Once the queue
+// is empty, a shared buffer grown far beyond a steady-state size is dropped too
+// (see Reset), so the memory a queue holds follows what it holds, not its peak.
 type frameQueue struct {
-	buf  []byte
-	ends []int    // end offset of frame i in buf
-	seqs []uint64 // sequence number of frame i
-	head int      // first live frame
-	off  int      // byte offset of the first live frame
+	buf   []byte
+	ends  []int    // end offset in buf of frame i; a big frame adds no bytes to buf
+	seqs  []uint64 // sequence number of frame i
+	big   [][]byte // big frames, in order; big[bigHead:] are live
+	head  int      // first live frame
+	off   int      // byte offset of the first live frame
+	bytes int      // bytes held, small and big frames
+
+	bigHead int
 }
+
+const (
+	// bigFrame is the size from which a frame is stored in an allocation of its own.
+	bigFrame = 64 << 10
+	// maxIdleBuf and maxIdleEntries bound the capacity an empty queue keeps.
+	// Above them the memory was grown by a burst, and is given back.
+	maxIdleBuf     = 1 << 20
+	maxIdleEntries = 16 << 10
+)
 
 func (q *frameQueue) Len() int { return len(q.ends) - q.head }
 
+// Bytes is the number of frame bytes held.
+func (q *frameQueue) Bytes() int { return q.bytes }
+
+// isBig reports whether frame i (absolute index) is stored in q.big: it takes no
+// bytes of buf, which no frame in buf can do (frames are never empty).
+func (q *frameQueue) isBig(i int) bool {
+	start := q.off
+	if i > q.head {
+		start = q.ends[i-1]
+	}
+	return q.ends[i] == start
+}
+
 func (q *frameQueue) Push(raw []byte, seq uint64) {
-	q.buf = append(q.buf, raw...)
+	if len(raw) >= bigFrame {
+		q.big = append(q.big, append([]byte(nil), raw...))
+	} else {
+		q.buf = append(q.buf, raw...)
+	}
 	q.ends = append(q.ends, len(q.buf))
 	q.seqs = append(q.seqs, seq)
+	q.bytes += len(raw)
 }
 
 // Front returns the first frame and its sequence number; the bytes alias the queue.
 func (q *frameQueue) Front() ([]byte, uint64) {
+	if q.isBig(q.head) {
+		return q.big[q.bigHead], q.seqs[q.head]
+	}
 	return q.buf[q.off:q.ends[q.head]], q.seqs[q.head]
 }
 
 // Pop drops the first frame.
 func (q *frameQueue) Pop() {
+	if q.isBig(q.head) {
+		q.bytes -= len(q.big[q.bigHead])
+		q.big[q.bigHead] = nil // release it now, not when the queue drains
+		q.bigHead++
+	} else {
+		q.bytes -= q.ends[q.head] - q.off
+	}
 	q.off = q.ends[q.head]
 	q.head++
 	if q.head == len(q.ends) {
@@ -36,10 +84,23 @@ func (q *frameQueue) Pop() {
 	}
 }
 
-// Reset empties the queue, keeping its memory.
+// Reset empties the queue. It keeps its memory for reuse unless a burst grew it
+// beyond maxIdleBuf bytes or maxIdleEntries frames: then it lets it go, so an
+// idle queue holds no more than a small steady-state buffer.
 func (q *frameQueue) Reset() {
 	q.buf, q.ends, q.seqs = q.buf[:0], q.ends[:0], q.seqs[:0]
-	q.head, q.off = 0, 0
+	clear(q.big)
+	q.big = q.big[:0]
+	q.head, q.off, q.bigHead, q.bytes = 0, 0, 0, 0
+	if cap(q.buf) > maxIdleBuf {
+		q.buf = nil
+	}
+	if cap(q.ends) > maxIdleEntries {
+		q.ends, q.seqs = nil, nil
+	}
+	if cap(q.big) > maxIdleEntries {
+		q.big = nil
+	}
 }
 
 func (q *frameQueue) compact() {
@@ -51,20 +112,25 @@ func (q *frameQueue) compact() {
 	}
 	q.ends = q.ends[:live]
 	q.seqs = q.seqs[:copy(q.seqs, q.seqs[q.head:])]
-	q.head, q.off = 0, 0
+	nb := copy(q.big, q.big[q.bigHead:])
+	clear(q.big[nb:])
+	q.big = q.big[:nb]
+	q.head, q.off, q.bigHead = 0, 0, 0
 }
 
 // Each calls f for every frame, front to back.
 func (q *frameQueue) Each(f func(raw []byte, seq uint64)) {
-	off := q.off
+	off, b := q.off, q.bigHead
 	for i := q.head; i < len(q.ends); i++ {
-		f(q.buf[off:q.ends[i]], q.seqs[i])
+		if q.ends[i] == off {
+			f(q.big[b], q.seqs[i])
+			b++
+		} else {
+			f(q.buf[off:q.ends[i]], q.seqs[i])
+		}
 		off = q.ends[i]
 	}
 }
-
-// Bytes is the number of bytes held.
-func (q *frameQueue) Bytes() int { return len(q.buf) - q.off }
 
 // PopBack drops the last frame.
 func (q *frameQueue) PopBack() {
@@ -72,11 +138,19 @@ func (q *frameQueue) PopBack() {
 	if n < q.head {
 		return
 	}
-	start := q.off
-	if n > q.head {
-		start = q.ends[n-1]
+	if q.isBig(n) {
+		last := len(q.big) - 1
+		q.bytes -= len(q.big[last])
+		q.big[last] = nil
+		q.big = q.big[:last]
+	} else {
+		start := q.off
+		if n > q.head {
+			start = q.ends[n-1]
+		}
+		q.bytes -= q.ends[n] - start
+		q.buf = q.buf[:start]
 	}
-	q.buf = q.buf[:start]
 	q.ends, q.seqs = q.ends[:n], q.seqs[:n]
 	if q.head == len(q.ends) {
 		q.Reset()

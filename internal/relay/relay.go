@@ -11,12 +11,23 @@
 //     dies first, the message goes to the process that takes over its slot.
 //   - pid-addressed messages are delivered at most once. An unknown pid, or a full
 //     queue, is answered with a KindNack to the sender: never a silent drop.
+//   - Bounds: per process, the frames held for it while it starts and those it
+//     has not acknowledged are each at most Options.MaxPending, and their bytes
+//     together at most Options.MaxPendingBytes; a slot's orphan queue (no process
+//     at all) has the same two bounds. A frame beyond a bound is nacked to its
+//     sender and counted in Stats.Dropped.
 //   - Replies go straight to the requester, ready or not; a reply to a pid that is
 //     gone is logged and counted.
 //
 // The steady-state path (ready receiver, queues with spare capacity) allocates
 // nothing: frames are copied from the reader's buffer into the receiver's batching
 // writer and, when held, into a reused retention buffer.
+//
+// Memory follows what is held, not its peak: large frames are released as they
+// are acknowledged, and once reclaimAfter bytes of them have been released the
+// Router has the runtime return free memory to the operating system
+// (debug.FreeOSMemory, at most once a second), since a master that is otherwise
+// idle would not collect them for minutes.
 package relay
 
 import (
@@ -24,9 +35,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/brood-go/brood/internal/ipc"
 )
@@ -35,11 +48,19 @@ import (
 // acknowledgement of, one process.
 const DefaultMaxPending = 65536
 
+// DefaultMaxPendingBytes is the default bound on the bytes of the messages queued
+// for, and awaiting the acknowledgement of, one process.
+const DefaultMaxPendingBytes = 64 << 20
+
 // Options configure a Router.
 type Options struct {
 	MasterPID  uint32
 	MaxPending int // per process and per slot queue; <= 0 means DefaultMaxPending
-	Logger     *slog.Logger
+	// MaxPendingBytes bounds the bytes held per process (its queue while starting
+	// plus its unacknowledged frames) and per slot orphan queue; <= 0 means
+	// DefaultMaxPendingBytes.
+	MaxPendingBytes int
+	Logger          *slog.Logger
 	// MasterReply receives replies addressed to the master (answers to Request).
 	// The frame is valid only during the call.
 	MasterReply func(f ipc.Frame)
@@ -70,6 +91,28 @@ type Router struct {
 	rr      atomic.Uint32
 
 	relayed, held, redelivered, dropped, lostReplies, unreachable atomic.Uint64
+
+	released    atomic.Int64 // bytes of large frames let go since the last reclaim
+	reclaiming  atomic.Bool  // a reclaim is scheduled; its holder owns lastReclaim
+	lastReclaim time.Time
+}
+
+// reclaimAfter is how many bytes of large frames the Router releases before it
+// has the runtime return free memory to the operating system.
+const reclaimAfter = 16 << 20
+
+// release notes n bytes of large frames let go, and schedules a reclaim once
+// they add up to reclaimAfter.
+func (r *Router) release(n int) {
+	if n < bigFrame || r.released.Add(int64(n)) < reclaimAfter || !r.reclaiming.CompareAndSwap(false, true) {
+		return
+	}
+	time.AfterFunc(max(time.Until(r.lastReclaim.Add(time.Second)), 0), func() {
+		r.released.Store(0)
+		debug.FreeOSMemory()
+		r.lastReclaim = time.Now()
+		r.reclaiming.Store(false)
+	})
 }
 
 // Slot is a place in the cluster, the agent or worker N, that outlives the
@@ -115,6 +158,9 @@ func (e *Endpoint) Writer() *ipc.Writer { return e.w }
 func New(opts Options) *Router {
 	if opts.MaxPending <= 0 {
 		opts.MaxPending = DefaultMaxPending
+	}
+	if opts.MaxPendingBytes <= 0 {
+		opts.MaxPendingBytes = DefaultMaxPendingBytes
 	}
 	log := opts.Logger
 	if log == nil {
@@ -251,10 +297,12 @@ func (r *Router) Detach(e *Endpoint) {
 		}
 		r.nackLocked(raw, fmt.Sprintf("pid %d exited before it was ready", e.PID))
 	})
+	freed := e.retained.Bytes() + e.queue.Bytes()
 	e.retained, e.queue = frameQueue{}, frameQueue{}
 	s.mu.Unlock()
 	r.redelivered.Add(uint64(redelivered))
 	r.redistribute(s, &again)
+	r.release(freed + again.Bytes())
 }
 
 // redistribute places held frames that lost their receiver. Called with r.mu held.
@@ -401,16 +449,22 @@ func (r *Router) placeLocked(s *Slot, raw []byte, by *Endpoint) {
 	case s.cur != nil:
 		r.send(s.cur, raw, by)
 	case s.next != nil:
-		r.hold(&s.next.queue, raw)
+		r.hold(&s.next.queue, s.next.retained.Bytes(), raw)
 	default:
-		r.hold(&s.orphans, raw)
+		r.hold(&s.orphans, 0, raw)
 	}
 }
 
-// hold queues a frame for a process that is not ready. Called with the slot locked.
-func (r *Router) hold(q *frameQueue, raw []byte) {
+// hold queues a frame for a process that is not ready; also is the bytes the
+// master holds for that process elsewhere (unacknowledged). Called with the slot
+// locked.
+func (r *Router) hold(q *frameQueue, also int, raw []byte) {
 	if q.Len() >= r.opts.MaxPending {
 		r.nackLocked(raw, fmt.Sprintf("receiver is not ready and already holds %d messages", q.Len()))
+		return
+	}
+	if n := q.Bytes() + also; n+len(raw) > r.opts.MaxPendingBytes {
+		r.nackLocked(raw, fmt.Sprintf("receiver is not ready and already holds %d bytes (bound %d)", n, r.opts.MaxPendingBytes))
 		return
 	}
 	q.Push(raw, 0)
@@ -422,9 +476,15 @@ func (r *Router) hold(q *frameQueue, raw []byte) {
 // slot locked.
 func (r *Router) send(e *Endpoint, raw []byte, by *Endpoint) {
 	held := flagsOf(raw)&ipc.FlagHeld != 0
-	if held && e.retained.Len() >= r.opts.MaxPending {
-		r.nackLocked(raw, fmt.Sprintf("pid %d has %d unacknowledged messages", e.PID, e.retained.Len()))
-		return
+	if held {
+		if e.retained.Len() >= r.opts.MaxPending {
+			r.nackLocked(raw, fmt.Sprintf("pid %d has %d unacknowledged messages", e.PID, e.retained.Len()))
+			return
+		}
+		if n := e.retained.Bytes() + e.queue.Bytes(); n+len(raw) > r.opts.MaxPendingBytes {
+			r.nackLocked(raw, fmt.Sprintf("pid %d has %d bytes of unacknowledged messages (bound %d)", e.PID, n, r.opts.MaxPendingBytes))
+			return
+		}
 	}
 	e.sent++
 	if held {
@@ -458,13 +518,16 @@ func (r *Router) send(e *Endpoint, raw []byte, by *Endpoint) {
 func (r *Router) ack(e *Endpoint, n uint64) {
 	s := e.slot
 	s.mu.Lock()
+	before := e.retained.Bytes()
 	for e.retained.Len() > 0 {
 		if _, seq := e.retained.Front(); seq > n {
 			break
 		}
 		e.retained.Pop()
 	}
+	freed := before - e.retained.Bytes()
 	s.mu.Unlock()
+	r.release(freed)
 }
 
 func (r *Router) reply(f ipc.Frame, by *Endpoint) {
@@ -533,7 +596,7 @@ func (r *Router) toEndpointLocked(e *Endpoint, raw []byte, by *Endpoint) {
 	case e.ready:
 		r.send(e, raw, by)
 	default:
-		r.hold(&e.queue, raw)
+		r.hold(&e.queue, e.retained.Bytes(), raw)
 	}
 }
 
@@ -573,6 +636,14 @@ func (r *Router) Pending(e *Endpoint) (queued, unacked int) {
 	e.slot.mu.Lock()
 	defer e.slot.mu.Unlock()
 	return e.queue.Len(), e.retained.Len()
+}
+
+// PendingBytes reports the bytes of the messages an endpoint has queued and
+// unacknowledged: what Options.MaxPendingBytes bounds.
+func (r *Router) PendingBytes(e *Endpoint) int {
+	e.slot.mu.Lock()
+	defer e.slot.mu.Unlock()
+	return e.queue.Bytes() + e.retained.Bytes()
 }
 
 func flagsOf(raw []byte) ipc.Flags { return ipc.Flags(raw[7]) }

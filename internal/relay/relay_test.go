@@ -325,3 +325,139 @@ func attachDiscard(b *testing.B, r *Router, s *Slot, pid uint32) (*Endpoint, net
 	})
 	return e, c
 }
+
+// sized is a message frame of exactly n bytes.
+func sized(t testing.TB, dest ipc.Dest, to uint32, id uint64, n int) ipc.Frame {
+	payload := make([]byte, n-ipc.EncodedLen("m", 0))
+	raw, err := ipc.AppendFrame(nil, &ipc.Header{Kind: ipc.KindMessage, Dest: dest, To: to, ID: id}, "m", payload, ipc.DefaultMaxFrame)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(raw) != n {
+		t.Fatalf("frame of %d bytes, want %d", len(raw), n)
+	}
+	f, err := ipc.Decode(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// expectNack reads the sender's frames until a nack for id, failing on a nack
+// for another message.
+func expectNack(t *testing.T, p *peer, id uint64, reason string) {
+	t.Helper()
+	f := p.next(t)
+	if f.Kind != ipc.KindNack || f.ID != id || !strings.Contains(string(f.Payload), reason) {
+		t.Fatalf("got %s id %d %q, want a nack for message %d containing %q", f.Kind, f.ID, f.Payload, id, reason)
+	}
+}
+
+func noMoreFrames(t *testing.T, p *peer) {
+	t.Helper()
+	select {
+	case f := <-p.frames:
+		t.Fatalf("unexpected %s id %d %q", f.Kind, f.ID, f.Payload)
+	default:
+	}
+}
+
+func newByteRouter(maxBytes int) *Router {
+	return New(Options{MasterPID: 1, MaxPendingBytes: maxBytes})
+}
+
+// The bytes held for a starting process are bounded, for pid-addressed and
+// role-addressed messages alike; the message count bound is far away.
+func TestHoldByteBoundNacksTheSender(t *testing.T) {
+	const frame = 100 << 10
+	r := newByteRouter(3 * frame)
+	as := r.AddSlot(ipc.RoleAgent, 0)
+	ws := r.AddSlot(ipc.RoleWorker, 1)
+	agent, ap := attach(t, r, as, 10)
+	r.MarkReady(agent)
+	w, _ := attach(t, r, ws, 20) // starting, never ready
+	handle(r, agent, sized(t, ipc.DestApp, 0, 1, frame))
+	handle(r, agent, sized(t, ipc.DestPID, 20, 2, frame))
+	handle(r, agent, sized(t, ipc.DestApp, 0, 3, frame))
+	handle(r, agent, sized(t, ipc.DestPID, 20, 4, frame))
+	handle(r, agent, sized(t, ipc.DestApp, 0, 5, frame))
+	expectNack(t, ap, 4, "already holds 307200 bytes")
+	expectNack(t, ap, 5, "already holds 307200 bytes")
+	noMoreFrames(t, ap)
+	if got := r.PendingBytes(w); got != 3*frame {
+		t.Fatalf("holding %d bytes, want %d", got, 3*frame)
+	}
+	if s := r.Stats(); s.Dropped != 2 || s.Held != 3 {
+		t.Fatalf("stats %+v, want 3 held and 2 dropped", s)
+	}
+}
+
+// A slot with no process at all (between a crash and the replacement's start)
+// holds at most MaxPendingBytes too, and hands them to the next process.
+func TestOrphanByteBound(t *testing.T) {
+	const frame = 100 << 10
+	r := newByteRouter(2*frame + frame/2)
+	as := r.AddSlot(ipc.RoleAgent, 0)
+	ws := r.AddSlot(ipc.RoleWorker, 1)
+	agent, ap := attach(t, r, as, 10)
+	r.MarkReady(agent)
+	for i := range 3 {
+		handle(r, agent, sized(t, ipc.DestApp, 0, uint64(i), frame))
+	}
+	expectNack(t, ap, 2, "already holds 204800 bytes")
+	if got := ws.orphans.Bytes(); got != 2*frame {
+		t.Fatalf("orphans hold %d bytes, want %d", got, 2*frame)
+	}
+	w, wp := attach(t, r, ws, 20)
+	r.MarkReady(w)
+	for i := range 2 {
+		if f := wp.next(t); f.ID != uint64(i) {
+			t.Fatalf("replacement got message %d, want %d", f.ID, i)
+		}
+	}
+}
+
+// The unacknowledged messages of a ready process are bounded in bytes; an
+// acknowledgement makes room again.
+func TestRetainedByteBound(t *testing.T) {
+	const frame = 200 << 10
+	r := newByteRouter(4 * frame)
+	as := r.AddSlot(ipc.RoleAgent, 0)
+	ws := r.AddSlot(ipc.RoleWorker, 1)
+	agent, ap := attach(t, r, as, 10)
+	r.MarkReady(agent)
+	w, wp := attach(t, r, ws, 20)
+	r.MarkReady(w)
+	for i := range 6 {
+		handle(r, agent, sized(t, ipc.DestApp, 0, uint64(i), frame))
+	}
+	expectNack(t, ap, 4, "has 819200 bytes of unacknowledged messages")
+	expectNack(t, ap, 5, "has 819200 bytes of unacknowledged messages")
+	for range 4 {
+		wp.next(t)
+	}
+	if _, un := r.Pending(w); un != 4 {
+		t.Fatalf("unacknowledged %d, want 4", un)
+	}
+	// pid-addressed messages are not retained, and not bounded by it.
+	handle(r, agent, sized(t, ipc.DestPID, 20, 6, frame))
+	if f := wp.next(t); f.ID != 6 {
+		t.Fatalf("got message %d, want the pid-addressed 6", f.ID)
+	}
+	handle(r, w, ipc.Frame{Header: ipc.Header{Kind: ipc.KindAck, Ref: 2}})
+	handle(r, agent, sized(t, ipc.DestApp, 0, 7, frame))
+	handle(r, agent, sized(t, ipc.DestApp, 0, 8, frame))
+	handle(r, agent, sized(t, ipc.DestApp, 0, 9, frame))
+	expectNack(t, ap, 9, "unacknowledged")
+	for _, want := range []uint64{7, 8} {
+		if f := wp.next(t); f.ID != want {
+			t.Fatalf("got message %d, want %d", f.ID, want)
+		}
+	}
+	if got := r.PendingBytes(w); got != 4*frame {
+		t.Fatalf("retaining %d bytes, want %d", got, 4*frame)
+	}
+	if s := r.Stats(); s.Dropped != 3 {
+		t.Fatalf("dropped %d, want 3", s.Dropped)
+	}
+}

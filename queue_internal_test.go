@@ -1,0 +1,86 @@
+package brood
+
+import (
+	"log/slog"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/brood-go/brood/internal/ipc"
+)
+
+// TestHandlerQueueCountBound drives one Messenger directly, its handler blocked:
+// beyond MaxPending queued messages, pid-addressed ones are dropped and counted,
+// a dropped request is answered with a refusal, a ping is still answered, and
+// role-addressed and brood: messages are still queued. The acknowledgement
+// sent once the handler returns counts the dropped messages too: it is the
+// master's sequence of messages written to this process.
+func TestHandlerQueueCountBound(t *testing.T) {
+	ours, master := net.Pipe()
+	defer master.Close()
+	w := ipc.NewWriter(ours, 0, 0)
+	m := newMessenger(w, 42, Worker, 0, slog.New(slog.DiscardHandler))
+	m.maxQueue = 4
+	gate := make(chan struct{})
+	handled := make(chan string, 64)
+	m.On("x", func(msg Message) { <-gate; handled <- msg.Action })
+	m.On("brood:event", func(msg Message) { handled <- msg.Action })
+
+	deliver := func(kind ipc.Kind, action string, flags ipc.Flags, id uint64) {
+		t.Helper()
+		h := ipc.Header{Kind: kind, Dest: ipc.DestPID, Role: ipc.RoleAgent, Flags: flags, From: 7, To: 42, ID: id}
+		raw, err := ipc.AppendFrame(nil, &h, action, []byte(`1`), ipc.DefaultMaxFrame)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := ipc.Decode(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.handleFrame(f)
+	}
+	for i := range 10 {
+		deliver(ipc.KindMessage, "x", 0, uint64(i)) // 4 queued (one in the handler), 6 dropped
+	}
+	deliver(ipc.KindMessage, "x", ipc.FlagRequest, 100) // dropped: answered with a refusal
+	deliver(ipc.KindPing, "", 0, 5)
+	deliver(ipc.KindMessage, "x", ipc.FlagHeld, 11) // role-addressed: queued anyway
+	deliver(ipc.KindMessage, "brood:event", 0, 12)  // brood's own: queued anyway
+
+	rd := ipc.NewReader(master, 0)
+	master.SetReadDeadline(time.Now().Add(10 * time.Second))
+	next := func() ipc.Frame {
+		t.Helper()
+		f, err := rd.Next()
+		if err != nil {
+			t.Fatalf("reading what the worker wrote: %v", err)
+		}
+		return f
+	}
+	if f := next(); f.Kind != ipc.KindReply || f.Ref != 100 || string(f.Action) != actionRefused || !strings.Contains(string(f.Payload), "handler queue is full") {
+		t.Fatalf("first frame: %v ref %d %q %q; want the refusal of request 100", f.Kind, f.Ref, f.Action, f.Payload)
+	}
+	if f := next(); f.Kind != ipc.KindPong || f.ID != 5 {
+		t.Fatalf("second frame: %v id %d; want the pong, while the handler is blocked", f.Kind, f.ID)
+	}
+	if s := m.Stats(); s.Dropped != 7 || s.Received != 13 {
+		t.Fatalf("stats %+v; want 7 dropped of 13 received", s)
+	}
+	close(gate)
+	for range 6 {
+		select {
+		case <-handled:
+		case <-time.After(10 * time.Second):
+			t.Fatal("queued messages were not handled")
+		}
+	}
+	if f := next(); f.Kind != ipc.KindAck || f.Ref != 13 {
+		t.Fatalf("then: %v ref %d; want the ack of all 13 messages, dropped ones included", f.Kind, f.Ref)
+	}
+	if n, b := m.qlen.Load(), m.qbytes.Load(); n != 0 || b != 0 {
+		t.Fatalf("drained queue counts %d messages, %d bytes", n, b)
+	}
+	m.close(10 * time.Second)
+	w.Close(time.Now().Add(time.Second))
+}
