@@ -61,7 +61,7 @@ func startHarness(t *testing.T, workers int, play func(role ipc.Role, id, n int)
 		Name: "harness", Workers: workers, Agent: true, Single: true, RunInProcess: h.child,
 		ReadyTimeout: 20 * time.Second, StopTimeout: 20 * time.Second,
 		HeartbeatInterval: time.Hour, HeartbeatTimeout: time.Hour,
-		Restart: Backoff{MinDelay: time.Millisecond, MaxDelay: time.Millisecond, ResetAfter: time.Hour},
+		Restart:  Backoff{MinDelay: time.Millisecond, MaxDelay: time.Millisecond, ResetAfter: time.Hour},
 		MaxFrame: ipc.DefaultMaxFrame, RunDir: dir + "/run",
 		Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}

@@ -22,7 +22,9 @@ type opCase struct {
 
 func ops() []opCase {
 	return []opCase{
-		{"reload", func(t *testing.T, h *harness) { h.outcome(t, "reload", func() error { _, err := h.m.Reload(); return err }) }},
+		{"reload", func(t *testing.T, h *harness) {
+			h.outcome(t, "reload", func() error { _, err := h.m.Reload(); return err })
+		}},
 		{"scale", func(t *testing.T, h *harness) {
 			h.outcome(t, "scale", func() error { _, err := h.m.Scale(h.workersNow() + 1); return err })
 		}},
