@@ -85,8 +85,7 @@ func ServeHTTP(ctx context.Context, p *Process, srv *http.Server) error {
 	select {
 	case <-ctx.Done():
 	case err := <-serveErr:
-		failed = fmt.Errorf("brood: serve HTTP: %w", err)
-		ls = ls[:0:0] // that one returned already
+		failed = fmt.Errorf("brood: serve HTTP: %w", err) // that Serve returned already
 	}
 	start := time.Now()
 	deadline := start.Add(p.stopTime - p.stopTime/10)

@@ -106,15 +106,6 @@ func (p *Process) Ready() {
 	})
 }
 
-func (p *Process) isReady() bool {
-	select {
-	case <-p.readyCh:
-		return true
-	default:
-		return false
-	}
-}
-
 // Go runs f in a guarded goroutine: ctx is cancelled when the process is asked to
 // stop, and the process waits for f to return (up to Config.StopTimeout) before it
 // exits. A panic in f is recovered and logged with its stack, as Egg's
