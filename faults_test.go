@@ -21,7 +21,9 @@ import (
 var ballast [][]byte // memory a worker holds on purpose (/alloc)
 
 // faultsConfig is an HTTP cluster with a trigger for every kind of fault.
-// FAULTS_HEARTBEAT, FAULTS_MAXRSS_MB and FAULTS_CRASH_SLOT adjust it.
+// FAULTS_HEARTBEAT, FAULTS_MAXRSS_MB, FAULTS_CRASH_SLOT and
+// FAULTS_SLOW_START_FILE (workers started while it exists take 1.5 s to
+// initialise) adjust it.
 func faultsConfig() brood.Config {
 	cfg := brood.Config{
 		Name:        "faults",
@@ -45,7 +47,15 @@ func faultsConfig() brood.Config {
 		<-ctx.Done()
 		return nil
 	}
+	slowFile := os.Getenv("FAULTS_SLOW_START_FILE")
 	cfg.Worker = func(ctx context.Context, p *brood.Process) error {
+		if _, err := os.Stat(slowFile); slowFile != "" && err == nil {
+			select { // workers started once the file exists take their time
+			case <-time.After(1500 * time.Millisecond):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
 		if p.ID() == crashSlot {
 			p.Go(func(ctx context.Context) {
 				select {

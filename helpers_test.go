@@ -24,6 +24,7 @@ func registerHelpers() {
 	helperproc.Register("chaos", chaosMain)
 	helperproc.Register("sched", schedMain)
 	helperproc.Register("logs", logsMain)
+	helperproc.Register("churn", churnMain)
 }
 
 // helloConfig is a small HTTP cluster that records what it does in the events
