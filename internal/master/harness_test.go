@@ -30,6 +30,7 @@ type script struct {
 	replaceMe string          // on brood:ready, ask to be replaced (a guarded panic)
 	stopGate  <-chan struct{} // on stop, exit only once this is closed
 	reply     func(f ipc.Frame) (handled bool)
+	forge     <-chan uint64 // send the master a reply with each of these request ids
 }
 
 type harness struct {
@@ -42,6 +43,7 @@ type harness struct {
 	starts map[string]int // "worker 1" -> processes started
 	play   func(role ipc.Role, id, n int) script
 	sub    <-chan wire.Event
+	logs   *logSink
 	expect string // the refusal operations should meet in the state under test
 	state  string // the state under test
 	seen   []wire.Event
@@ -52,6 +54,7 @@ type harness struct {
 func startHarness(t *testing.T, workers int, play func(role ipc.Role, id, n int) script) *harness {
 	t.Helper()
 	h := &harness{t: t, runErr: make(chan error, 1), starts: map[string]int{}, play: play}
+	h.logs = &logSink{t: t, changed: make(chan struct{}, 1)}
 	dir, err := os.MkdirTemp("", "bm")
 	if err != nil {
 		t.Fatal(err)
@@ -63,7 +66,7 @@ func startHarness(t *testing.T, workers int, play func(role ipc.Role, id, n int)
 		HeartbeatInterval: time.Hour, HeartbeatTimeout: time.Hour,
 		Restart:  Backoff{MinDelay: time.Millisecond, MaxDelay: time.Millisecond, ResetAfter: time.Hour},
 		MaxFrame: ipc.DefaultMaxFrame, RunDir: dir + "/run",
-		Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Logger: slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}
 	h.m, err = New(cfg)
 	if err != nil {
@@ -84,11 +87,45 @@ func startHarness(t *testing.T, workers int, play func(role ipc.Role, id, n int)
 	return h
 }
 
-type testWriter struct{ t *testing.T }
+// logSink keeps the master's log lines (warnings and errors), shows them in
+// the test's output, and lets the test wait for one.
+type logSink struct {
+	t       *testing.T
+	mu      sync.Mutex
+	text    strings.Builder
+	changed chan struct{}
+}
 
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
+func (l *logSink) Write(p []byte) (int, error) {
+	l.t.Log(strings.TrimSpace(string(p)))
+	l.mu.Lock()
+	l.text.Write(p)
+	l.mu.Unlock()
+	select {
+	case l.changed <- struct{}{}:
+	default:
+	}
 	return len(p), nil
+}
+
+// waitLogged waits until a log line contains s.
+func (h *harness) waitLogged(t *testing.T, s string) {
+	t.Helper()
+	deadline := time.NewTimer(10 * time.Second)
+	defer deadline.Stop()
+	for {
+		h.logs.mu.Lock()
+		found := strings.Contains(h.logs.text.String(), s)
+		h.logs.mu.Unlock()
+		if found {
+			return
+		}
+		select {
+		case <-h.logs.changed:
+		case <-deadline.C:
+			t.Fatalf("no log line with %q within 10s", s)
+		}
+	}
 }
 
 // wait returns the next event (from the start of the run) that matches, or
@@ -150,7 +187,18 @@ func (h *harness) child(ctx context.Context, ip InProcess) error {
 				h.ID = f.ID
 				w.Append(h, "", nil)
 			case ipc.KindMembers:
-				once.Do(func() { close(welcomed) })
+				once.Do(func() {
+					close(welcomed)
+					if sc.forge != nil {
+						master := f.From
+						go func() {
+							for id := range sc.forge {
+								rh := &ipc.Header{Kind: ipc.KindReply, Dest: ipc.DestPID, Role: ip.Role, From: master, To: master, Ref: id}
+								w.Append(rh, wire.ActScheduleList, []byte(`[{"name":"forged"}]`))
+							}
+						}()
+					}
+				})
 			case ipc.KindMessage:
 				if string(f.Action) == wire.ActionReady && sc.replaceMe != "" {
 					w.Append(header(ipc.KindReplaceMe), "", []byte(sc.replaceMe))
