@@ -150,6 +150,29 @@ func (h *harness) wait(what string, match func(wire.Event) bool) wire.Event {
 	}
 }
 
+// find is wait, but also looks at the events already seen.
+func (h *harness) find(what string, match func(wire.Event) bool) wire.Event {
+	h.t.Helper()
+	for _, ev := range h.seen {
+		if match(ev) {
+			return ev
+		}
+	}
+	return h.wait(what, match)
+}
+
+// nth matches the n-th event (from 1) that match matches, counting from the
+// start of the run; use it with find.
+func nth(n int, match func(wire.Event) bool) func(wire.Event) bool {
+	k := 0
+	return func(ev wire.Event) bool {
+		if match(ev) {
+			k++
+		}
+		return k == n
+	}
+}
+
 func is(t wire.EventType) func(wire.Event) bool {
 	return func(ev wire.Event) bool { return ev.Type == t }
 }
