@@ -182,8 +182,8 @@ type Messenger struct {
 
 	mu       sync.Mutex
 	handlers map[string][]*subscription
-	pending  map[uint64]*pendingRequest
 	members  map[int]Member
+	pending  ipc.Pending[requestResult] // Requests awaiting their Reply
 	closed   bool
 	welcomed chan struct{} // closed when the first member table arrives
 
@@ -222,11 +222,6 @@ type subscription struct {
 	once bool
 }
 
-type pendingRequest struct {
-	pid uint32
-	ch  chan requestResult
-}
-
 type requestResult struct {
 	msg Message
 	err error
@@ -236,7 +231,6 @@ func newMessenger(w *ipc.Writer, self uint32, role Role, maxFrame int, log *slog
 	m := &Messenger{
 		w: w, self: self, role: ipc.Role(role), maxFrame: maxFrame, log: log,
 		handlers: make(map[string][]*subscription),
-		pending:  make(map[uint64]*pendingRequest),
 		welcomed: make(chan struct{}),
 		qwake:    make(chan struct{}, 1),
 		qdone:    make(chan struct{}),
@@ -313,15 +307,8 @@ func (m *Messenger) request(ctx context.Context, pid int, action string, data an
 		return Message{}, fmt.Errorf("brood: request %q to pid %d: %w", action, pid, ErrNoProcess)
 	}
 	id := m.nextID.Add(1)
-	pr := &pendingRequest{pid: uint32(pid), ch: make(chan requestResult, 1)}
-	m.mu.Lock()
-	m.pending[id] = pr
-	m.mu.Unlock()
-	defer func() {
-		m.mu.Lock()
-		delete(m.pending, id)
-		m.mu.Unlock()
-	}()
+	outcome := m.pending.Add(id, uint32(pid))
+	defer m.pending.Remove(id)
 	if err := m.post(ipc.DestPID, uint32(pid), id, ipc.FlagRequest, action, data, fmt.Sprintf("pid %d", pid)); err != nil {
 		return Message{}, err
 	}
@@ -330,7 +317,7 @@ func (m *Messenger) request(ctx context.Context, pid int, action string, data an
 		return Message{}, fmt.Errorf("brood: request %q to pid %d: %w", action, pid, ErrProcessExited)
 	}
 	select {
-	case r := <-pr.ch:
+	case r := <-outcome:
 		if r.err != nil {
 			return Message{}, fmt.Errorf("brood: request %q to pid %d: %w", action, pid, r.err)
 		}
@@ -496,15 +483,15 @@ func (m *Messenger) handleFrame(f ipc.Frame) {
 	case ipc.KindReply:
 		if string(f.Action) == actionRefused {
 			m.refused.Add(1)
-			m.resolve(f.Ref, requestResult{err: fmt.Errorf("%w: %s", ErrNotDelivered, f.Payload)})
+			m.pending.Resolve(f.Ref, f.From, requestResult{err: fmt.Errorf("%w: %s", ErrNotDelivered, f.Payload)})
 			return
 		}
-		m.resolve(f.Ref, requestResult{msg: m.toMessage(f)})
+		m.pending.Resolve(f.Ref, f.From, requestResult{msg: m.toMessage(f)})
 	case ipc.KindNack:
 		m.refused.Add(1)
 		reason := string(f.Payload)
 		m.log.Warn("message not delivered", "action", string(f.Action), "reason", reason)
-		m.resolve(f.ID, requestResult{err: fmt.Errorf("%w: %s", ErrNotDelivered, reason)})
+		m.pending.Fail(f.ID, requestResult{err: fmt.Errorf("%w: %s", ErrNotDelivered, reason)})
 	case ipc.KindMembers:
 		m.setMembers(f.Payload)
 	}
@@ -524,16 +511,6 @@ func (m *Messenger) toMessage(f ipc.Frame) Message {
 	}
 }
 
-func (m *Messenger) resolve(id uint64, r requestResult) {
-	m.mu.Lock()
-	pr := m.pending[id]
-	delete(m.pending, id)
-	m.mu.Unlock()
-	if pr != nil {
-		pr.ch <- r
-	}
-}
-
 func (m *Messenger) setMembers(payload []byte) {
 	var list []Member
 	if err := json.Unmarshal(payload, &list); err != nil {
@@ -546,22 +523,14 @@ func (m *Messenger) setMembers(payload []byte) {
 	}
 	m.mu.Lock()
 	m.members = table
-	var gone []*pendingRequest
-	for id, pr := range m.pending {
-		if _, ok := table[int(pr.pid)]; !ok {
-			gone = append(gone, pr)
-			delete(m.pending, id)
-		}
-	}
 	select {
 	case <-m.welcomed:
 	default:
 		close(m.welcomed)
 	}
 	m.mu.Unlock()
-	for _, pr := range gone {
-		pr.ch <- requestResult{err: ErrProcessExited}
-	}
+	// A request whose receiver left the table fails at once.
+	m.pending.FailIf(func(pid uint32) bool { _, ok := table[int(pid)]; return !ok }, requestResult{err: ErrProcessExited})
 }
 
 // enqueue hands a message to the dispatcher, or drops it if it is pid-addressed
@@ -721,12 +690,8 @@ func (m *Messenger) close(d time.Duration) {
 		return
 	}
 	m.closed = true
-	pending := m.pending
-	m.pending = make(map[uint64]*pendingRequest)
 	m.mu.Unlock()
-	for _, pr := range pending {
-		pr.ch <- requestResult{err: ErrStopped}
-	}
+	m.pending.FailIf(nil, requestResult{err: ErrStopped})
 	m.qmu.Lock()
 	m.qclosed = true
 	close(m.qwake)

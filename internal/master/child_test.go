@@ -55,12 +55,9 @@ func waitPendingAsk(t *testing.T, m *Master) uint64 {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		m.asks.mu.Lock()
-		for k := range m.asks.pending {
-			m.asks.mu.Unlock()
-			return k
+		if m.asks.Len() == 1 {
+			return m.askID.Load()
 		}
-		m.asks.mu.Unlock()
 		runtime.Gosched()
 	}
 	t.Fatal("the master's request was not registered")

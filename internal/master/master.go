@@ -116,7 +116,8 @@ type Master struct {
 	router *relay.Router
 	forker *forker
 	events *eventLog
-	asks   asks // the master's own requests to children
+	asks   ipc.Pending[[]byte] // the master's own requests to children, awaiting replies
+	askID  atomic.Uint64
 
 	mu       sync.Mutex
 	phase    phase
@@ -173,7 +174,6 @@ func New(cfg Config) (*Master, error) {
 	}
 	m.log = log.With("role", "master", "id", 0, "pid", pid)
 	m.events = newEventLog(func(ev wire.Event) { logEvent(m.log, ev) })
-	m.asks.pending = make(map[uint64]*ask)
 	m.router = relay.New(relay.Options{
 		MasterPID: uint32(pid), MaxPending: cfg.MaxPending, MaxPendingBytes: cfg.MaxPendingBytes, Logger: m.log,
 		MasterReply: m.onMasterReply, MasterMessage: m.onMasterMessage,
