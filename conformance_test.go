@@ -244,21 +244,6 @@ func countEvents(events []string, prefix string) int {
 	return n
 }
 
-func TestConformanceProcesses(t *testing.T) {
-	for _, c := range msgCases {
-		t.Run(c.name, func(t *testing.T) {
-			t.Parallel()
-			cl := helperproc.Start(t, "conformance", []string{"--listen", ""}, helperproc.Options{Env: []string{"CONFORMANCE_CASE=" + c.name}})
-			cl.WaitEvents(startTimeout, "the fence in every process", 4, func(ev string) bool { return strings.HasPrefix(ev, "fence ") })
-			checkCase(t, c, cl.ReadEvents())
-			cl.Signal(syscall.SIGTERM)
-			if code := cl.Wait(10 * time.Second); code != 0 {
-				t.Fatalf("exit code %d", code)
-			}
-		})
-	}
-}
-
 // memRecorder collects events from the goroutine "processes" of an in-memory run.
 type memRecorder struct {
 	mu      sync.Mutex
@@ -337,9 +322,21 @@ type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
 
-func TestConformanceInMemory(t *testing.T) {
+// TestConformance runs every messenger case over both transports: a cluster
+// of real processes and the in-memory one.
+func TestConformance(t *testing.T) {
 	for _, c := range msgCases {
-		t.Run(c.name, func(t *testing.T) {
+		t.Run(c.name+"/processes", func(t *testing.T) {
+			t.Parallel()
+			cl := helperproc.Start(t, "conformance", []string{"--listen", ""}, helperproc.Options{Env: []string{"CONFORMANCE_CASE=" + c.name}})
+			cl.WaitEvents(startTimeout, "the fence in every process", 4, func(ev string) bool { return strings.HasPrefix(ev, "fence ") })
+			checkCase(t, c, cl.ReadEvents())
+			cl.Signal(syscall.SIGTERM)
+			if code := cl.Wait(10 * time.Second); code != 0 {
+				t.Fatalf("exit code %d", code)
+			}
+		})
+		t.Run(c.name+"/in-memory", func(t *testing.T) {
 			r := newMemRecorder()
 			cfg := conformanceConfig(c, r.rec)
 			cfg.Logger = quietLogger()

@@ -268,18 +268,26 @@ func checkOrder(t *testing.T, events []string) {
 }
 
 func TestOrderPerSender10000(t *testing.T) {
-	c := startScenario(t, "order")
-	c.WaitEvents(60*time.Second, "every worker's report", 3, hasPrefix("order "))
-	checkOrder(t, c.ReadEvents())
-	stopCluster(t, c)
+	onBothTransports(t, "order", 60*time.Second, "every worker's report", 3, hasPrefix("order "), checkOrder)
 }
 
-func TestOrderPerSender10000InMemory(t *testing.T) {
-	r := newMemRecorder()
-	cfg := scenarioConfig("order", r.rec)
-	cfg.Logger = quietLogger()
-	runMem(t, cfg)
-	checkOrder(t, r.wait(t, 60*time.Second, 3, hasPrefix("order ")))
+// onBothTransports runs a scenario of scenarioConfig as a cluster of real
+// processes and in memory, waits in each for n events that match, and checks
+// what each recorded.
+func onBothTransports(t *testing.T, scenario string, timeout time.Duration, what string, n int, match func(string) bool, check func(*testing.T, []string)) {
+	t.Run("processes", func(t *testing.T) {
+		c := startScenario(t, scenario)
+		c.WaitEvents(timeout, what, n, match)
+		check(t, c.ReadEvents())
+		stopCluster(t, c)
+	})
+	t.Run("in-memory", func(t *testing.T) {
+		r := newMemRecorder()
+		cfg := scenarioConfig(scenario, r.rec)
+		cfg.Logger = quietLogger()
+		runMem(t, cfg)
+		check(t, r.wait(t, timeout, n, match))
+	})
 }
 
 func checkBeforeReady(t *testing.T, events []string) {
@@ -309,18 +317,7 @@ func checkBeforeReady(t *testing.T, events []string) {
 }
 
 func TestMessagesSentBeforeReady(t *testing.T) {
-	c := startScenario(t, "before-ready")
-	c.WaitEvents(20*time.Second, "every process's counts", 4, hasPrefix("counts "))
-	checkBeforeReady(t, c.ReadEvents())
-	stopCluster(t, c)
-}
-
-func TestMessagesSentBeforeReadyInMemory(t *testing.T) {
-	r := newMemRecorder()
-	cfg := scenarioConfig("before-ready", r.rec)
-	cfg.Logger = quietLogger()
-	runMem(t, cfg)
-	checkBeforeReady(t, r.wait(t, 20*time.Second, 4, hasPrefix("counts ")))
+	onBothTransports(t, "before-ready", 20*time.Second, "every process's counts", 4, hasPrefix("counts "), checkBeforeReady)
 }
 
 // Messages to a worker that is SIGKILLed mid-stream reach its replacement: the
@@ -457,16 +454,5 @@ func checkFlood(t *testing.T, events []string) {
 }
 
 func TestHandlerQueueBound(t *testing.T) {
-	c := startScenario(t, "flood")
-	c.WaitEvents(30*time.Second, "the agent's report", 1, hasPrefix("agent handled="))
-	checkFlood(t, c.ReadEvents())
-	stopCluster(t, c)
-}
-
-func TestHandlerQueueBoundInMemory(t *testing.T) {
-	r := newMemRecorder()
-	cfg := scenarioConfig("flood", r.rec)
-	cfg.Logger = quietLogger()
-	runMem(t, cfg)
-	checkFlood(t, r.wait(t, 30*time.Second, 1, hasPrefix("agent handled=")))
+	onBothTransports(t, "flood", 30*time.Second, "the agent's report", 1, hasPrefix("agent handled="), checkFlood)
 }
