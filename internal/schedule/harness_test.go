@@ -7,22 +7,26 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/brood-go/brood/internal/schedule"
 )
 
-// t0 is where every test's clock starts: a Thursday, midnight UTC.
-var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+// t0 is where every test's clock starts: synctest starts the fake clock of
+// every bubble at midnight UTC, 1 January 2000 (a Saturday).
+var t0 = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
 
-// guard bounds waits for the scheduler's goroutine so that a bug fails the test
-// instead of hanging it. It is never used to let time pass.
+// guard bounds the wait for Run to return so that a bug fails the test instead
+// of hanging it. It is fake time, and never used to let time pass otherwise.
 const guard = 10 * time.Second
 
-// harness runs a Scheduler on a FakeClock with a Dispatch that records ticks.
+// harness runs a Scheduler inside a synctest bubble with a Dispatch that
+// records ticks. Time passes only when the test sleeps (advance); the
+// bubble's fake clock moves on when every goroutine in it is durably blocked,
+// and settle (synctest.Wait) waits until the loop is.
 type harness struct {
 	t     *testing.T
-	clock *schedule.FakeClock
 	s     *schedule.Scheduler
 	ticks chan schedule.Tick
 	logs  syncBuffer
@@ -34,12 +38,26 @@ type harness struct {
 	done   chan error
 }
 
-// start builds a Scheduler for specs (opts may leave Clock, Logger and Dispatch
-// unset) and runs it until the test ends.
+// start builds a Scheduler for specs (opts may leave Logger and Dispatch unset)
+// and runs it until the test ends. It must be called first thing in a
+// synctest.Test bubble, so that the Scheduler, its channels and its goroutine
+// all belong to the bubble and the clock reads t0.
 func start(t *testing.T, specs []schedule.Spec, opts schedule.Options) *harness {
 	t.Helper()
-	h := &harness{t: t, clock: schedule.NewFakeClock(t0), ticks: make(chan schedule.Tick, 100)}
-	opts.Clock = h.clock
+	h := prepare(t, specs, opts)
+	h.run()
+	return h
+}
+
+// prepare is start without running the Scheduler, for a test whose Dispatch
+// uses the harness: it assigns prepare's result, then calls run, so that the
+// assignment happens before Run's goroutine starts.
+func prepare(t *testing.T, specs []schedule.Spec, opts schedule.Options) *harness {
+	t.Helper()
+	if now := time.Now(); !now.Equal(t0) {
+		t.Fatalf("start: the clock reads %v, want %v: not at the start of a synctest bubble", now, t0)
+	}
+	h := &harness{t: t, ticks: make(chan schedule.Tick, 100)}
 	opts.Logger = slog.New(slog.NewTextHandler(&h.logs, &slog.HandlerOptions{
 		Level: slog.LevelDebug,
 		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
@@ -57,12 +75,16 @@ func start(t *testing.T, specs []schedule.Spec, opts schedule.Options) *harness 
 		t.Fatalf("New: %v", err)
 	}
 	h.s = s
+	return h
+}
+
+// run runs the Scheduler until the test ends, and waits until its loop is idle.
+func (h *harness) run() {
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel, h.done = cancel, make(chan error, 1)
-	go func() { h.done <- s.Run(ctx) }()
-	t.Cleanup(h.stop)
+	go func() { h.done <- h.s.Run(ctx) }()
+	h.t.Cleanup(h.stop)
 	h.settle()
-	return h
 }
 
 func (h *harness) dispatch(tk schedule.Tick) (int, error) {
@@ -101,23 +123,29 @@ func (h *harness) stop() {
 	}
 }
 
-// settle waits until the loop is idle: it has handled everything due and waits
-// on its timer.
-func (h *harness) settle() { h.clock.BlockUntil(1) }
+// settle waits until the loop is idle: it has handled everything due and is
+// durably blocked (on its timer, or in a Dispatch that sleeps).
+func (h *harness) settle() { synctest.Wait() }
 
-// advance moves the clock once the loop is idle.
+// advance lets d pass, then waits until the loop has handled everything that
+// became due. Timers due on the way fire at their own time: the loop sees the
+// clock read each deadline, not the end of d.
 func (h *harness) advance(d time.Duration) {
 	h.settle()
-	h.clock.Advance(d)
+	time.Sleep(d)
+	h.settle()
 }
 
-// next returns the next dispatched tick.
+// next returns the next dispatched tick, once the loop is idle; it lets no
+// time pass. Its At is normalized (see norm) so that ticks compare with ==.
 func (h *harness) next() schedule.Tick {
 	h.t.Helper()
+	h.settle()
 	select {
 	case tk := <-h.ticks:
+		tk.At = norm(tk.At)
 		return tk
-	case <-time.After(guard):
+	default:
 		h.t.Fatalf("no tick dispatched")
 		return schedule.Tick{}
 	}
@@ -134,11 +162,22 @@ func (h *harness) noTick() {
 	}
 }
 
-// status returns the named task's Status once the loop is idle.
+// list returns List once the loop is idle, with its times normalized (see
+// norm) so that statuses compare with ==.
+func (h *harness) list() []schedule.Status {
+	h.settle()
+	out := h.s.List()
+	for i := range out {
+		out[i].LastRun = norm(out[i].LastRun)
+		out[i].Next = norm(out[i].Next)
+	}
+	return out
+}
+
+// status returns the named task's Status once the loop is idle, normalized.
 func (h *harness) status(name string) schedule.Status {
 	h.t.Helper()
-	h.settle()
-	for _, st := range h.s.List() {
+	for _, st := range h.list() {
 		if st.Name == name {
 			return st
 		}
@@ -146,6 +185,12 @@ func (h *harness) status(name string) schedule.Status {
 	h.t.Fatalf("no status for %q", name)
 	return schedule.Status{}
 }
+
+// norm returns t without its monotonic clock reading and in UTC. The
+// scheduler's times come from time.Now, which has both; two times of the same
+// instant are then equal with == (as t0 and the times derived from it are),
+// and a zero time stays zero.
+func norm(t time.Time) time.Time { return t.Round(0).UTC() }
 
 // ok reports a successful outcome of tk from one process.
 func (h *harness) ok(tk schedule.Tick) {

@@ -39,7 +39,7 @@ const (
 )
 
 // idleWait bounds the loop's wait when nothing is due, so the loop always waits
-// on exactly one timer (see FakeClock.BlockUntil).
+// on exactly one timer.
 const idleWait = time.Hour
 
 // Tick asks for one run of a task. Dispatch sends it to where the task runs.
@@ -99,8 +99,6 @@ type Status struct {
 
 // Options configures a Scheduler.
 type Options struct {
-	// Clock is the time source; nil means RealClock().
-	Clock Clock
 	// Logger receives the scheduler's logs; nil discards them.
 	Logger *slog.Logger
 	// Dispatch hands a tick to where it runs and returns how many processes
@@ -121,7 +119,6 @@ type Options struct {
 // Scheduler runs tasks on their schedules. Its methods are safe for concurrent
 // use; Run must be called once, and drives everything time-related.
 type Scheduler struct {
-	clock    Clock
 	log      *slog.Logger
 	dispatch func(Tick) (int, error)
 	maxWait  time.Duration
@@ -187,16 +184,12 @@ func New(specs []Spec, opts Options) (*Scheduler, error) {
 		return nil, errors.New("schedule: Options.Dispatch is required")
 	}
 	s := &Scheduler{
-		clock:    opts.Clock,
 		log:      opts.Logger,
 		dispatch: opts.Dispatch,
 		maxWait:  orDuration(opts.MaxWait, DefaultMaxWait),
 		retry:    orDuration(opts.RetryInterval, DefaultRetryInterval),
 		wake:     make(chan struct{}, 1),
 		byName:   make(map[string]*task, len(specs)),
-	}
-	if s.clock == nil {
-		s.clock = RealClock()
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -231,7 +224,7 @@ func orDuration(d, def time.Duration) time.Duration {
 }
 
 // Run is the scheduling loop: it starts the schedules (and Immediate runs) at
-// the Clock's current time, dispatches due ticks, retries waiting ones and
+// the current time, dispatches due ticks, retries waiting ones and
 // enforces MaxWait and Timeout. It returns nil when ctx is done, or an error
 // if called twice. It starts no goroutine. Runs in flight when it returns are
 // left as they are; RunNow fails with ErrStopped afterwards.
@@ -249,10 +242,10 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		if len(batch) > 0 {
 			continue // time has moved on; look again before waiting
 		}
-		timer := s.clock.NewTimer(wakeAt.Sub(s.clock.Now()))
+		timer := time.NewTimer(time.Until(wakeAt))
 		select {
 		case <-ctx.Done():
-		case <-timer.C():
+		case <-timer.C:
 		case <-s.wake:
 		}
 		timer.Stop()
@@ -267,7 +260,7 @@ func (s *Scheduler) start() error {
 		return errors.New("schedule: Run called twice")
 	}
 	s.started = true
-	now := s.clock.Now()
+	now := time.Now()
 	var notes []note
 	for _, t := range s.tasks {
 		if t.spec.Disable {
@@ -304,7 +297,7 @@ func (s *Scheduler) stop() {
 // dispatch now (marked dispatching) and when to look again.
 func (s *Scheduler) collect() (batch []*run, wakeAt time.Time) {
 	s.mu.Lock()
-	now := s.clock.Now()
+	now := time.Now()
 	wakeAt = now.Add(idleWait)
 	soonest := func(t time.Time) {
 		if !t.IsZero() && t.Before(wakeAt) {
@@ -400,7 +393,7 @@ func (t *task) queue(tk Tick, now time.Time) {
 // dispatched records what Dispatch said about r.
 func (s *Scheduler) dispatched(r *run, n int, err error) {
 	s.mu.Lock()
-	now := s.clock.Now()
+	now := time.Now()
 	t := r.task
 	args := []any{"schedule", t.spec.Name, "seq", r.tick.Seq}
 	var notes []note
@@ -483,7 +476,7 @@ func (s *Scheduler) report(o Outcome) []note {
 	}
 	r.longest = max(r.longest, o.Duration)
 	if r.state == running && r.reported >= r.expected {
-		return []note{s.complete(r, s.clock.Now())}
+		return []note{s.complete(r, time.Now())}
 	}
 	return nil
 }
@@ -579,7 +572,7 @@ func (s *Scheduler) RunNow(name string) error {
 	default:
 		t.seq++
 		seq = t.seq
-		now := s.clock.Now()
+		now := time.Now()
 		t.queue(Tick{Task: name, Seq: seq, At: now, Type: t.spec.Type, Manual: true}, now)
 	}
 	s.mu.Unlock()

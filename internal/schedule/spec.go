@@ -29,7 +29,9 @@
 //     outcomes are in or its Timeout passes; the caller reports the ticks of
 //     processes that die (see Scheduler.Report).
 //
-// Time comes from an injected Clock; FakeClock makes tests deterministic.
+// Time comes from the time package (time.Now, time.NewTimer); tests run the
+// scheduler inside a testing/synctest bubble, whose fake clock makes them
+// deterministic.
 package schedule
 
 import (
@@ -79,9 +81,8 @@ type Spec struct {
 	// leading seconds field ("*/10 * * * * *" or "0 3 * * *"), descriptors
 	// ("@hourly", "@every 5s") and an optional time zone prefix
 	// ("CRON_TZ=Asia/Shanghai 0 9 * * *", or "TZ="). Without a prefix the
-	// expression is read in the time zone of the Clock's times (time.Local for
-	// RealClock). Time zone names need the system's tz database or an import of
-	// time/tzdata in the program.
+	// expression is read in time.Local. Time zone names need the system's tz
+	// database or an import of time/tzdata in the program.
 	Cron string
 	// Type says where each run happens.
 	Type Type
