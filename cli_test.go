@@ -125,6 +125,23 @@ func TestDaemonStartStatusStop(t *testing.T) {
 		t.Errorf("master-stderr.log: %v\n%s", err, b)
 	}
 
+	// The event stream tells the start: every process started and ready, then the cluster.
+	code, out, _ = cli(t, runDir, "events", "--json")
+	var types []string
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var ev wire.Event
+		if err := json.Unmarshal([]byte(line), &ev); err != nil {
+			t.Fatalf("events --json line %q: %v", line, err)
+		}
+		types = append(types, string(ev.Type))
+	}
+	if code != 0 || strings.Count(strings.Join(types, " "), "ready") != 4 || types[len(types)-1] != "cluster-ready" {
+		t.Errorf("events --json: exit %d, types %v; want 3 processes ready, then cluster-ready", code, types)
+	}
+	if _, text, _ := cli(t, runDir, "events"); !strings.Contains(text, "cluster-ready") || !strings.Contains(text, "ready         worker 2 pid=") {
+		t.Errorf("events:\n%s", text)
+	}
+
 	// A second instance with the same name and run dir is refused.
 	code, _, second := cli(t, runDir, "run")
 	if code != 1 || !strings.Contains(second.Stderr(), "is already running (pid "+strconv.Itoa(st.PID)) {

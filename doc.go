@@ -52,12 +52,24 @@
 // (Config.Schedules) run in the egg-schedule model and log rotation
 // (Config.LogRotation) in the egg-logrotator model; both are driven by the
 // agent. Main gives the program the commands run, start --daemon, stop, status,
-// reload, scale, schedule and rotate-logs, which talk to the master over a unix
-// control socket in Config.RunDir.
+// reload, scale, schedule, rotate-logs and events, which talk to the master over
+// a unix control socket in Config.RunDir. The supervisor itself lives in
+// internal/master; every exit and restart carries a typed reason (exit, signal,
+// panic, hang, memory, reload, scale, upgrade, stop).
+//
+// # Single-process mode
+//
+// Config.Single (`run --single`) runs the agent and one worker as goroutines of
+// this process: the master's own code with in-memory pipes instead of
+// socketpairs, so the start order, events, relay and delivery guarantees are
+// the same. Each goroutine has a virtual pid (Process.PID) above the kernel's
+// pid_max. A crashed or replaced worker is replaced by a new goroutine; a
+// goroutine that ignores its stop cannot be killed, only abandoned after
+// StopTimeout.
 //
 // # Environment and descriptors of a child
 //
-// BROOD_ROLE (agent|worker), BROOD_ID (slot), BROOD_IPC_FD (3, the child's end of
+// The contract is defined once, in internal/wire: BROOD_ROLE (agent|worker), BROOD_ID (slot), BROOD_IPC_FD (3, the child's end of
 // the socketpair), BROOD_LISTEN_FDS (count n; the listeners are fds 4..3+n in
 // Config.Listen order), BROOD_MASTER_PID, BROOD_PROTOCOL (IPC version),
 // BROOD_NAME and BROOD_STOP_TIMEOUT. The child removes the first six from its

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"runtime"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/brood-go/brood/internal/control"
 	"github.com/brood-go/brood/internal/ipc"
 	"github.com/brood-go/brood/internal/wire"
 )
@@ -256,4 +258,66 @@ func TestEventLogBounds(t *testing.T) {
 	if err := bad.UnmarshalText([]byte("nonsense")); err == nil || !errors.Is(err, err) {
 		t.Fatal("an unknown reason decoded")
 	}
+}
+
+// GET /events answers the kept events, and ?follow=1 streams the later ones
+// as JSON lines until the client leaves.
+func TestEventsOverTheControlSocket(t *testing.T) {
+	h := startHarness(t, 1, func(ipc.Role, int, int) script { return script{} })
+	h.wait("the cluster", is(wire.EventClusterReady))
+	c, err := control.Dial(h.m.cfg.RunDir, "harness")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	var kept []wire.Event
+	if err := c.Do(ctx, "GET", "/events", nil, &kept); err != nil {
+		t.Fatal(err)
+	}
+	if len(kept) == 0 || kept[len(kept)-1].Type != wire.EventClusterReady {
+		t.Fatalf("GET /events: %v, want the start ending with cluster-ready", kept)
+	}
+	last := kept[len(kept)-1].Seq
+	got := make(chan wire.Event, 16)
+	streamCtx, stopStream := context.WithCancel(ctx)
+	streamed := make(chan error, 1)
+	go func() {
+		streamed <- c.Stream(streamCtx, fmt.Sprintf("/events?follow=1&since=%d", last), func(line []byte) error {
+			var ev wire.Event
+			if err := json.Unmarshal(line, &ev); err != nil {
+				return err
+			}
+			got <- ev
+			return nil
+		})
+	}()
+	go h.m.Scale(2)
+	for ev := range got {
+		if ev.Seq <= last {
+			t.Fatalf("streamed event %d, asked for those after %d", ev.Seq, last)
+		}
+		if ev.Type == wire.EventScaled {
+			if ev.From != 1 || ev.To != 2 || ev.Result != "ok" {
+				t.Fatalf("scaled event %+v", ev)
+			}
+			break
+		}
+	}
+	stopStream()
+	if err := <-streamed; err != nil {
+		t.Fatalf("stream: %v", err)
+	}
+	if err := c.Do(ctx, "GET", "/events?since=x", nil, nil); errorStatusOf(err) != http.StatusBadRequest {
+		t.Fatalf("GET /events?since=x: %v, want a 400", err)
+	}
+}
+
+func errorStatusOf(err error) int {
+	var se *control.StatusError
+	if errors.As(err, &se) {
+		return se.Status
+	}
+	return 0
 }
