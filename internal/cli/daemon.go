@@ -65,7 +65,7 @@ func defaultLogDir(name, runDir string) (dir string, private bool) {
 // under the run dir) is created 0700, with the run dir if missing (0700, as the
 // master creates it), and refused unless it is a directory, not a symbolic link,
 // owned by the effective uid and not writable by group or others. The run dir
-// itself is checked by the master when it takes it (control.Acquire).
+// itself was checked by startDaemon (control.PrepareRunDir) just before.
 func makeLogDir(dir string, private bool) error {
 	if !private {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -132,6 +132,13 @@ func startDaemon(cmd *cobra.Command, app *App, opts *Options, logDir string, tim
 	private := false
 	if logDir == "" {
 		logDir, private = defaultLogDir(opts.Name, app.runDir(opts))
+	}
+	if private {
+		// The fallback log dir is inside the run dir: check the run dir the way
+		// the master will, before putting anything there.
+		if err := control.PrepareRunDir(app.runDir(opts), opts.Name); err != nil {
+			return fail(fmt.Errorf("start: %w", err))
+		}
 	}
 	if err := makeLogDir(logDir, private); err != nil {
 		return fail(fmt.Errorf("start: %w", err))

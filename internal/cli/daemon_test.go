@@ -146,6 +146,26 @@ func TestStartDaemonRefusesUnsafeFallbackLogDir(t *testing.T) {
 	}
 }
 
+// The fallback log dir is inside the run dir, so the run dir is checked (as
+// the master will check it) before anything is written there.
+func TestStartDaemonChecksRunDirBeforeLogging(t *testing.T) {
+	unsetHome(t)
+	runDir := filepath.Join(t.TempDir(), "run")
+	if err := os.Mkdir(runDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(runDir, 65534, 65534); errors.Is(err, os.ErrPermission) {
+		t.Skipf("cannot chown to another uid: %v", err)
+	}
+	code, out, errOut := startDaemonCmd(t, "--run-dir", runDir)
+	if code != ExitFailure || !strings.Contains(errOut, "unsafe run dir "+runDir) {
+		t.Fatalf("start: exit %d, want %d and the unsafe run dir named:\n%s%s", code, ExitFailure, out, errOut)
+	}
+	if _, err := os.Lstat(filepath.Join(runDir, "logs")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("start created the log dir in a run dir it refused: %v", err)
+	}
+}
+
 func TestStartDaemonRefusesSymlinkedLogFile(t *testing.T) {
 	for _, name := range []string{"master-stdout.log", "master-stderr.log"} {
 		t.Run(name, func(t *testing.T) {

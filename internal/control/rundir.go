@@ -228,6 +228,12 @@ func (c *pathCheck) trustedText() string {
 	return strings.Join(s, " or ")
 }
 
+// PrepareRunDir creates runDir as needed (each missing component brood owns
+// with mode 0700) and checks its whole path as Acquire does: for a process
+// about to put files there before the master takes it (`start --daemon`'s
+// fallback log directory).
+func PrepareRunDir(runDir, name string) error { return prepareRunDir(runDir, name) }
+
 // prepareRunDir creates runDir as needed and checks it for a master (Acquire):
 // its owner must be this process's effective uid.
 func prepareRunDir(runDir, name string) error {
