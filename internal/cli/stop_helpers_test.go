@@ -13,12 +13,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/brood-go/brood/internal/control"
+	"github.com/brood-go/brood/internal/helperproc"
 	"github.com/brood-go/brood/internal/wire"
 )
 
@@ -184,7 +184,7 @@ func running(pid int) bool {
 // dir is control.DefaultRunDir, and returns its exit code, stdout and stderr.
 func runCLI(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
-	var stdout, stderr syncBuffer
+	var stdout, stderr helperproc.SyncBuffer
 	app := App{
 		Defaults:      Options{Name: "hello"},
 		DefaultRunDir: control.DefaultRunDir,
@@ -196,23 +196,6 @@ func runCLI(t *testing.T, args ...string) (int, string, string) {
 	defer cancel()
 	code := Execute(ctx, app, args)
 	return code, stdout.String(), stderr.String()
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // copySelf copies the test binary into dir (mode 0755), for helpers running

@@ -180,7 +180,7 @@ type Cluster struct {
 	Events string // path of the events file
 	RunDir string // the cluster's run dir (BROOD_RUN_DIR), unique per cluster
 
-	stdout syncBuffer
+	stdout SyncBuffer
 
 	mu      sync.Mutex
 	lines   []Line
@@ -293,18 +293,22 @@ func ShortTempDir(t testing.TB) string {
 // Stdout returns what the process wrote to stdout; complete once it exited.
 func (c *Cluster) Stdout() string { return c.stdout.String() }
 
-type syncBuffer struct {
+// SyncBuffer is a strings.Builder safe for concurrent Write and String: the
+// captured output of a process or a goroutine under test.
+type SyncBuffer struct {
 	mu sync.Mutex
 	b  strings.Builder
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+// Write appends p.
+func (s *SyncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+// String returns what was written so far.
+func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/brood-go/brood/internal/control"
+	"github.com/brood-go/brood/internal/helperproc"
 	"github.com/brood-go/brood/internal/ipc"
 	"github.com/brood-go/brood/internal/wire"
 )
@@ -171,7 +172,7 @@ func TestOutputNeverBlocks(t *testing.T) {
 // Children's lines reach the master's output whole, however long (up to
 // maxLine), and never interleaved with another child's.
 func TestLongLinesAreWrittenWhole(t *testing.T) {
-	var dst syncBuffer
+	var dst helperproc.SyncBuffer
 	o := newOutput(&dst)
 	const n = 20
 	long := func(c byte) []byte { return append(bytes.Repeat([]byte{c}, 200<<10), '\n') }
@@ -198,30 +199,13 @@ func TestLongLinesAreWrittenWhole(t *testing.T) {
 		}
 	}
 	// A line over maxLine is cut there and marked.
-	var cut syncBuffer
+	var cut helperproc.SyncBuffer
 	o2 := newOutput(&cut)
 	pumpLines(bytes.NewReader(append(bytes.Repeat([]byte("z"), maxLine+5000), '\n')), o2, nil)
 	o2.close()
 	if got := cut.String(); len(got) != maxLine+len(truncatedMark) || !strings.HasSuffix(got, string(truncatedMark)) || o2.Dropped() != 1 {
 		t.Fatalf("cut line: %d bytes, dropped %d; want %d bytes ending with the mark", len(got), o2.Dropped(), maxLine+len(truncatedMark))
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // The event stream keeps the last events, and a follower that falls too far
