@@ -190,8 +190,10 @@ func TestLongLinesAreWrittenWhole(t *testing.T) {
 	wg.Wait()
 	o.close()
 	lines := strings.Split(strings.TrimSuffix(dst.String(), "\n"), "\n")
-	if len(lines) != 2*n {
-		t.Fatalf("%d lines, want %d", len(lines), 2*n)
+	// Two fast writers can outrun the buffer: what did not fit is dropped
+	// whole and counted, never written in part.
+	if len(lines)+int(o.Dropped()) != 2*n || len(lines) == 0 {
+		t.Fatalf("%d lines written and %d dropped, want %d in all", len(lines), o.Dropped(), 2*n)
 	}
 	for i, l := range lines {
 		if len(l) != 200<<10 || strings.Trim(l, string(l[0])) != "" {
