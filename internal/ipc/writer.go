@@ -390,10 +390,15 @@ func (w *Writer) flushLoop() {
 				}
 				w.swap()
 			}
-			buf := w.out
+			buf, mapped := w.out, w.outMem != nil
 			w.mu.Unlock()
-			_, err := w.conn.Write(buf)
-			w.writes.Add(1)
+			var err error
+			if mapped {
+				err = w.writeReleasing(buf)
+			} else {
+				_, err = w.conn.Write(buf)
+				w.writes.Add(1)
+			}
 			w.mu.Lock()
 			if err != nil {
 				w.fail(err)
@@ -409,6 +414,30 @@ func (w *Writer) flushLoop() {
 			return
 		}
 	}
+}
+
+// writeChunk is how much of a mapped buffer the flusher writes at a time.
+const writeChunk = 1 << 20
+
+// writeReleasing writes buf, the whole of a mapped out, a chunk at a time,
+// giving the pages already written back to the system as it goes: to a slow
+// reader a large batch takes a while, and what it has taken need not stay
+// resident until the rest is written. Called by the flusher, which owns out.
+func (w *Writer) writeReleasing(buf []byte) error {
+	done := 0 // bytes of buf given back, whole pages from its start
+	for off := 0; off < len(buf); {
+		n, err := w.conn.Write(buf[off:min(off+writeChunk, len(buf))])
+		w.writes.Add(1)
+		off += n
+		if err != nil {
+			return err
+		}
+		if end := off &^ (pageSize - 1); end > done {
+			_ = unix.Madvise(buf[done:end], unix.MADV_DONTNEED) // advice: an error costs only memory
+			done = end
+		}
+	}
+	return nil
 }
 
 // Close stops accepting frames, writes what is queued (giving up at deadline, if
