@@ -360,3 +360,113 @@ func mustFrame(t *testing.T, h *Header, action string, payload []byte) []byte {
 	}
 	return raw
 }
+
+// Past mapFrom, pending bytes move to a mapping, small frames queued before
+// included, and every mapping is unmapped as soon as it is written: nothing
+// of a burst stays mapped, and the peer reads every frame intact and in order,
+// over a socketpair (direct writes) and a pipe (the flusher only).
+func TestWriterMapsLargeBurstsAndUnmapsThemWhenWritten(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		pair func(t *testing.T) (net.Conn, net.Conn)
+	}{
+		{"socketpair", func(t *testing.T) (net.Conn, net.Conn) { return socketpair(t) }},
+		{"pipe", func(t *testing.T) (net.Conn, net.Conn) { a, b := net.Pipe(); return a, b }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := tc.pair(t)
+			defer a.Close()
+			defer b.Close()
+			w := NewWriter(a, 0, 0)
+			defer w.Close(time.Now().Add(time.Second))
+			const n = 24
+			sizes := func(i int) int { return [...]int{1 << 20, 100, 300 << 10, 5}[i%4] }
+			fill := func(i int) []byte { return bytes.Repeat([]byte{byte(i + 1)}, sizes(i)) }
+			for i := range n {
+				if err := w.Queue(mustFrame(t, &Header{Kind: KindMessage, Dest: DestApp, ID: uint64(i)}, "x", fill(i))); err != nil {
+					t.Fatal(err)
+				}
+				if i == 0 {
+					w.mu.Lock()
+					mapped := w.pendingMem != nil
+					w.mu.Unlock()
+					if !mapped {
+						t.Fatal("a 1 MiB frame was queued on the heap")
+					}
+				}
+			}
+			done := make(chan error, 1)
+			go func() {
+				r := NewReader(b, 0)
+				for i := range n + 1 {
+					f, err := r.Next()
+					if err != nil {
+						done <- err
+						return
+					}
+					if i < n && (f.ID != uint64(i) || !bytes.Equal(f.Payload, fill(i))) {
+						done <- fmt.Errorf("frame %d: id %d, %d bytes", i, f.ID, len(f.Payload))
+						return
+					}
+				}
+				done <- nil
+			}()
+			w.Flush()
+			// More while the first batch is being written: appended to a
+			// mapping that may grow, then written in a batch of its own.
+			for i := range 8 {
+				if err := w.Append(&Header{Kind: KindMessage, Dest: DestApp, ID: uint64(1000 + i)}, "x", make([]byte, 1<<20)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := w.Append(&Header{Kind: KindMessage, Dest: DestApp}, "small", nil); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			// The reader stopped after n+1 frames; drain the rest.
+			go io.Copy(io.Discard, b)
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				w.mu.Lock()
+				buffered, pm, om := len(w.pending)+len(w.out), w.pendingMem, w.outMem
+				w.mu.Unlock()
+				if buffered == 0 && pm == nil && om == nil {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("after the burst: %d bytes buffered, pending mapped %v, out mapped %v", buffered, pm != nil, om != nil)
+				}
+				runtime.Gosched()
+			}
+		})
+	}
+}
+
+// A write error drops what is queued, mappings included.
+func TestWriterUnmapsOnWriteError(t *testing.T) {
+	a, b := socketpair(t)
+	defer a.Close()
+	w := NewWriter(a, 0, 0)
+	defer w.Close(time.Now().Add(time.Second))
+	b.Close()
+	for i := range 4 {
+		if err := w.Queue(mustFrame(t, &Header{Kind: KindMessage, Dest: DestApp, ID: uint64(i)}, "x", make([]byte, 1<<20))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.Flush()
+	deadline := time.Now().Add(10 * time.Second)
+	for w.Append(&Header{Kind: KindMessage, Dest: DestApp}, "small", make([]byte, 2<<20)) == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("no write error within 10s of the peer closing")
+		}
+		runtime.Gosched()
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.pendingMem != nil || w.outMem != nil || len(w.pending)+len(w.out) != 0 {
+		t.Fatalf("after the error: pending mapped %v, out mapped %v, %d bytes", w.pendingMem != nil, w.outMem != nil, len(w.pending)+len(w.out))
+	}
+}

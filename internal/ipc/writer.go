@@ -32,6 +32,14 @@ const (
 	smallWrite      = 64 << 10
 )
 
+// mapFrom is the size from which the Writer's pending bytes move off the Go
+// heap into an anonymous mapping (grown with mremap, unmapped as soon as it is
+// written out). A burst of large frames grown on the heap leaves a trail of
+// outgrown buffers for the collector, which lets the heap reach twice what is
+// live before it runs and returns the pages to the system later still; a
+// mapping costs no garbage and its memory goes back the moment it is written.
+const mapFrom = maxIdleWriteBuf
+
 // Writer batches frames onto a connection. Append never blocks on the peer: when
 // nothing is in flight it tries one non-blocking write straight away (low latency
 // when idle); otherwise, or for what the kernel did not take, it queues the bytes
@@ -48,11 +56,17 @@ type Writer struct {
 	mu      sync.Mutex
 	pending []byte // appended, not yet taken by a write
 	out     []byte // being written by owner
-	owner   owner
-	closed  bool
-	err     error
-	wake    chan struct{}
-	done    chan struct{}
+	// The mappings pending and out live in, when they are off the heap (see
+	// mapFrom); nil when on the heap. A mapped out is unmapped as soon as it
+	// is written, so whenever out is empty it is on the heap. spare is the
+	// heap buffer pending had before it moved to a mapping, reused after.
+	pendingMem, outMem []byte
+	spare              []byte
+	owner              owner
+	closed             bool
+	err                error
+	wake               chan struct{}
+	done               chan struct{}
 
 	// Scratch for the non-blocking write; used only while owner == ownerDirect.
 	twBuf []byte
@@ -103,6 +117,7 @@ func (w *Writer) Append(h *Header, action string, payload []byte) error {
 		w.mu.Unlock()
 		return err
 	}
+	w.room(EncodedLen(action, len(payload)))
 	var err error
 	w.pending, err = AppendFrame(w.pending, h, action, payload, w.max)
 	if err != nil {
@@ -120,6 +135,7 @@ func (w *Writer) AppendRelay(raw []byte, role Role, from uint32, flags Flags) er
 		w.mu.Unlock()
 		return err
 	}
+	w.room(len(raw))
 	start := len(w.pending)
 	w.pending = append(w.pending, raw...)
 	SetSender(w.pending[start:], role, from)
@@ -135,6 +151,7 @@ func (w *Writer) AppendRaw(raw []byte) error {
 		w.mu.Unlock()
 		return err
 	}
+	w.room(len(raw))
 	w.pending = append(w.pending, raw...)
 	w.kick()
 	return nil
@@ -149,6 +166,7 @@ func (w *Writer) Queue(raw []byte) error {
 	if err := w.usable(len(raw)); err != nil {
 		return err
 	}
+	w.room(len(raw))
 	w.pending = append(w.pending, raw...)
 	return nil
 }
@@ -182,7 +200,7 @@ func (w *Writer) kick() {
 		w.mu.Unlock()
 		return
 	}
-	w.out, w.pending = w.pending, w.out[:0]
+	w.swap()
 	if w.raw == nil {
 		w.owner = ownerFlusher
 		w.mu.Unlock()
@@ -200,6 +218,9 @@ func (w *Writer) kick() {
 		w.fail(err)
 	} else {
 		w.out = w.out[:copy(w.out, w.out[n:])]
+		if len(w.out) == 0 {
+			w.releaseOut()
+		}
 		if len(w.out) == 0 && len(w.pending) == 0 {
 			w.owner = ownerNone
 			w.shrink(len(buf))
@@ -229,11 +250,76 @@ func (w *Writer) shrink(last int) {
 	}
 }
 
-// Capacity reports the bytes the Writer's buffers hold allocated, written or not.
+// Capacity reports the bytes the Writer's buffers hold allocated, written or
+// not: their capacity on the heap, the size of their mappings off it.
 func (w *Writer) Capacity() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return cap(w.pending) + cap(w.out)
+	return cap(w.pending) + cap(w.out) + cap(w.spare)
+}
+
+// swap hands pending to the writer as out, and out's (empty, heap) buffer to
+// appenders as pending. Called with mu held, out empty.
+func (w *Writer) swap() {
+	w.out, w.pending = w.pending, w.out[:0]
+	w.outMem, w.pendingMem = w.pendingMem, w.outMem
+}
+
+// room makes pending able to take n more bytes without append reallocating
+// it, once that takes it past mapFrom: it moves pending to a mapping, or grows
+// the mapping it is in. Below mapFrom, or if mapping fails, append grows it
+// on the heap. Called with mu held.
+func (w *Writer) room(n int) {
+	need := len(w.pending) + n
+	if need <= cap(w.pending) || (w.pendingMem == nil && need <= mapFrom) {
+		return
+	}
+	size := max(pageRound(need), 2*len(w.pendingMem), 4*mapFrom)
+	if w.pendingMem != nil {
+		mem, err := unix.Mremap(w.pendingMem, size, unix.MREMAP_MAYMOVE)
+		if err == nil {
+			w.pending, w.pendingMem = mem[:len(w.pending)], mem
+			return
+		}
+		// Back to the heap: append will grow it.
+		heap := make([]byte, len(w.pending), need)
+		copy(heap, w.pending)
+		unmapBuf(w.pendingMem)
+		w.pending, w.pendingMem = heap, nil
+		return
+	}
+	mem, err := unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+	if err != nil {
+		return
+	}
+	copy(mem, w.pending)
+	if w.spare == nil && cap(w.pending) > 0 {
+		w.spare = w.pending[:0]
+	}
+	w.pending, w.pendingMem = mem[:len(w.pending)], mem
+}
+
+// releaseOut unmaps out once it is written, if it is mapped, and gives out the
+// spare heap buffer instead. Called with mu held by the owner, out empty.
+func (w *Writer) releaseOut() {
+	if w.outMem == nil {
+		return
+	}
+	unmapBuf(w.outMem)
+	w.out, w.outMem, w.spare = w.spare, nil, nil
+}
+
+func pageRound(n int) int {
+	p := pageSize - 1
+	return (n + p) &^ p
+}
+
+var pageSize = syscall.Getpagesize()
+
+func unmapBuf(mem []byte) {
+	if err := unix.Munmap(mem); err != nil {
+		panic("ipc: unmapping a write buffer: " + err.Error())
+	}
 }
 
 func (w *Writer) signal() {
@@ -282,7 +368,11 @@ func (w *Writer) fail(err error) {
 	if w.err == nil {
 		w.err = fmt.Errorf("%w: %w", ErrClosed, err)
 	}
-	w.pending, w.out = nil, nil // nothing more is written: let the memory go
+	w.releaseOut()
+	if w.pendingMem != nil {
+		unmapBuf(w.pendingMem)
+	}
+	w.pending, w.out, w.pendingMem, w.spare = nil, nil, nil, nil // nothing more is written: let the memory go
 	w.owner = ownerNone
 }
 
@@ -298,12 +388,17 @@ func (w *Writer) flushLoop() {
 					w.shrink(last)
 					break
 				}
-				w.out, w.pending = w.pending, w.out[:0]
+				w.swap()
 			}
-			buf := w.out
+			buf, mapped := w.out, w.outMem != nil
 			w.mu.Unlock()
-			_, err := w.conn.Write(buf)
-			w.writes.Add(1)
+			var err error
+			if mapped {
+				err = w.writeReleasing(buf)
+			} else {
+				_, err = w.conn.Write(buf)
+				w.writes.Add(1)
+			}
 			w.mu.Lock()
 			if err != nil {
 				w.fail(err)
@@ -311,6 +406,7 @@ func (w *Writer) flushLoop() {
 			}
 			last = len(buf)
 			w.out = w.out[:0]
+			w.releaseOut()
 		}
 		stop := w.closed && w.owner == ownerNone
 		w.mu.Unlock()
@@ -318,6 +414,30 @@ func (w *Writer) flushLoop() {
 			return
 		}
 	}
+}
+
+// writeChunk is how much of a mapped buffer the flusher writes at a time.
+const writeChunk = 1 << 20
+
+// writeReleasing writes buf, the whole of a mapped out, a chunk at a time,
+// giving the pages already written back to the system as it goes: to a slow
+// reader a large batch takes a while, and what it has taken need not stay
+// resident until the rest is written. Called by the flusher, which owns out.
+func (w *Writer) writeReleasing(buf []byte) error {
+	done := 0 // bytes of buf given back, whole pages from its start
+	for off := 0; off < len(buf); {
+		n, err := w.conn.Write(buf[off:min(off+writeChunk, len(buf))])
+		w.writes.Add(1)
+		off += n
+		if err != nil {
+			return err
+		}
+		if end := off &^ (pageSize - 1); end > done {
+			_ = unix.Madvise(buf[done:end], unix.MADV_DONTNEED) // advice: an error costs only memory
+			done = end
+		}
+	}
+	return nil
 }
 
 // Close stops accepting frames, writes what is queued (giving up at deadline, if

@@ -3,20 +3,33 @@ package relay
 // frameQueue is a FIFO of encoded frames, each tagged with a sequence number.
 //
 // Small frames share one byte buffer that is reused, so a steady flow of them
-// allocates nothing. A frame of bigFrame bytes or more gets its own allocation
-// instead: appending it to the shared buffer would make the buffer grow (and
-// copy) to the peak of a burst and keep that capacity, where a frame of its own
-// is released to the garbage collector as soon as it is popped. Once the queue
-// is empty, a shared buffer grown far beyond a steady-state size is dropped too
-// (see Reset), so the memory a queue holds follows what it holds, not its peak.
+// allocates nothing. A frame of bigFrame bytes or more is stored off the Go
+// heap in a mapping of its own (see bigBuf), unmapped as soon as the frame
+// leaves the queue: appending it to the shared buffer would make the buffer
+// grow (and copy) to the peak of a burst and keep that capacity, and a heap
+// allocation of its own would be returned to the system only after the next
+// collection. Once the queue is empty, a shared buffer grown far beyond a
+// steady-state size is dropped too (see Reset), so the memory a queue holds
+// follows what it holds, not its peak.
+//
+// A frameQueue owns its big frames: a queue that is discarded must be Reset
+// (or drained with Drain) first, or its mappings live until the garbage
+// collector finds them unreachable. Copying a frameQueue value moves that
+// ownership; the copy left behind must be zeroed, never used.
+//
+// Frames a queue hands out (Front, Each, Drain) alias its memory: for a big
+// frame, a mapping that is unmapped when the frame is released. They are valid
+// only until the frame leaves the queue (Pop, PopBack, Reset, the end of its
+// Drain callback); whoever needs them longer copies them (every Push, and the
+// ipc.Writer's Queue, Append* do).
 type frameQueue struct {
 	buf   []byte
-	ends  []int    // end offset in buf of frame i; a big frame adds no bytes to buf
-	seqs  []uint64 // sequence number of frame i
-	big   [][]byte // big frames, in order; big[bigHead:] are live
-	head  int      // first live frame
-	off   int      // byte offset of the first live frame
-	bytes int      // bytes held, small and big frames
+	ends  []int     // end offset in buf of frame i; a big frame adds no bytes to buf
+	seqs  []uint64  // sequence number of frame i
+	big   []*bigBuf // big frames, in order; big[bigHead:] are live
+	head  int       // first live frame
+	off   int       // byte offset of the first live frame
+	bytes int       // bytes held, small and big frames
 
 	bigHead int
 }
@@ -47,7 +60,7 @@ func (q *frameQueue) isBig(i int) bool {
 
 func (q *frameQueue) Push(raw []byte, seq uint64) {
 	if len(raw) >= bigFrame {
-		q.big = append(q.big, append([]byte(nil), raw...))
+		q.big = append(q.big, newBigBuf(raw))
 	} else {
 		q.buf = append(q.buf, raw...)
 	}
@@ -56,10 +69,11 @@ func (q *frameQueue) Push(raw []byte, seq uint64) {
 	q.bytes += len(raw)
 }
 
-// Front returns the first frame and its sequence number; the bytes alias the queue.
+// Front returns the first frame and its sequence number. The bytes alias the
+// queue and are valid until the frame is popped.
 func (q *frameQueue) Front() ([]byte, uint64) {
 	if q.isBig(q.head) {
-		return q.big[q.bigHead], q.seqs[q.head]
+		return q.big[q.bigHead].b, q.seqs[q.head]
 	}
 	return q.buf[q.off:q.ends[q.head]], q.seqs[q.head]
 }
@@ -67,8 +81,9 @@ func (q *frameQueue) Front() ([]byte, uint64) {
 // Pop drops the first frame.
 func (q *frameQueue) Pop() {
 	if q.isBig(q.head) {
-		q.bytes -= len(q.big[q.bigHead])
-		q.big[q.bigHead] = nil // release it now, not when the queue drains
+		q.bytes -= len(q.big[q.bigHead].b)
+		q.big[q.bigHead].free() // release it now, not when the queue drains
+		q.big[q.bigHead] = nil
 		q.bigHead++
 	} else {
 		q.bytes -= q.ends[q.head] - q.off
@@ -84,10 +99,14 @@ func (q *frameQueue) Pop() {
 	}
 }
 
-// Reset empties the queue. It keeps its memory for reuse unless a burst grew it
-// beyond maxIdleBuf bytes or maxIdleEntries frames: then it lets it go, so an
-// idle queue holds no more than a small steady-state buffer.
+// Reset empties the queue, releasing the big frames it holds. It keeps its
+// memory for reuse unless a burst grew it beyond maxIdleBuf bytes or
+// maxIdleEntries frames: then it lets it go, so an idle queue holds no more
+// than a small steady-state buffer.
 func (q *frameQueue) Reset() {
+	for _, bb := range q.big[q.bigHead:] {
+		bb.free()
+	}
 	q.buf, q.ends, q.seqs = q.buf[:0], q.ends[:0], q.seqs[:0]
 	clear(q.big)
 	q.big = q.big[:0]
@@ -118,18 +137,43 @@ func (q *frameQueue) compact() {
 	q.head, q.off, q.bigHead = 0, 0, 0
 }
 
-// Each calls f for every frame, front to back.
+// Each calls f for every frame, front to back. raw is valid only during the
+// call, and f must not modify the queue.
 func (q *frameQueue) Each(f func(raw []byte, seq uint64)) {
 	off, b := q.off, q.bigHead
 	for i := q.head; i < len(q.ends); i++ {
 		if q.ends[i] == off {
-			f(q.big[b], q.seqs[i])
+			f(q.big[b].b, q.seqs[i])
 			b++
 		} else {
 			f(q.buf[off:q.ends[i]], q.seqs[i])
 		}
 		off = q.ends[i]
 	}
+}
+
+// Drain calls f for every frame, front to back, releasing each big frame as
+// soon as f returns, and leaves the queue empty. raw is valid only during the
+// call. It is for a queue its owner has let go of (moved out of an endpoint
+// or slot): f may modify other queues, never this one. Handing frames on one
+// by one, the master holds one extra copy of a frame at a time, not of the
+// whole queue.
+func (q *frameQueue) Drain(f func(raw []byte, seq uint64)) {
+	off, b := q.off, q.bigHead
+	for i := q.head; i < len(q.ends); i++ {
+		if q.ends[i] == off {
+			bb := q.big[b]
+			f(bb.b, q.seqs[i])
+			q.bytes -= len(bb.b)
+			bb.free()
+			q.big[b] = nil
+			b++
+		} else {
+			f(q.buf[off:q.ends[i]], q.seqs[i])
+		}
+		off = q.ends[i]
+	}
+	q.Reset() // the big frames are freed already: q.big holds only nils
 }
 
 // PopBack drops the last frame.
@@ -140,7 +184,8 @@ func (q *frameQueue) PopBack() {
 	}
 	if q.isBig(n) {
 		last := len(q.big) - 1
-		q.bytes -= len(q.big[last])
+		q.bytes -= len(q.big[last].b)
+		q.big[last].free()
 		q.big[last] = nil
 		q.big = q.big[:last]
 	} else {

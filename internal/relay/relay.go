@@ -23,11 +23,13 @@
 // nothing: frames are copied from the reader's buffer into the receiver's batching
 // writer and, when held, into a reused retention buffer.
 //
-// Memory follows what is held, not its peak: large frames are released as they
-// are acknowledged, and once reclaimAfter bytes of them have been released the
-// Router has the runtime return free memory to the operating system
-// (debug.FreeOSMemory, at most once a second), since a master that is otherwise
-// idle would not collect them for minutes.
+// Memory follows what is held, not its peak: large frames (bigFrame bytes or
+// more) are held off the Go heap, each in a mapping of its own that is
+// unmapped the moment the frame is released (acknowledged, written from a
+// queue, handed on after a Detach, discarded), so the master's RSS does not
+// wait for a garbage collection, which the runtime would start only once the
+// heap had doubled. Whatever the Router takes from such a frame to keep or to
+// write is copied; see frameQueue for how long a frame it hands out is valid.
 package relay
 
 import (
@@ -35,11 +37,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/brood-go/brood/internal/ipc"
 )
@@ -91,28 +91,6 @@ type Router struct {
 	rr      atomic.Uint32
 
 	relayed, held, redelivered, dropped, lostReplies, unreachable atomic.Uint64
-
-	released    atomic.Int64 // bytes of large frames let go since the last reclaim
-	reclaiming  atomic.Bool  // a reclaim is scheduled; its holder owns lastReclaim
-	lastReclaim time.Time
-}
-
-// reclaimAfter is how many bytes of large frames the Router releases before it
-// has the runtime return free memory to the operating system.
-const reclaimAfter = 16 << 20
-
-// release notes n bytes of large frames let go, and schedules a reclaim once
-// they add up to reclaimAfter.
-func (r *Router) release(n int) {
-	if n < bigFrame || r.released.Add(int64(n)) < reclaimAfter || !r.reclaiming.CompareAndSwap(false, true) {
-		return
-	}
-	time.AfterFunc(max(time.Until(r.lastReclaim.Add(time.Second)), 0), func() {
-		r.released.Store(0)
-		debug.FreeOSMemory()
-		r.lastReclaim = time.Now()
-		r.reclaiming.Store(false)
-	})
 }
 
 // Slot is a place in the cluster, the agent or worker N, that outlives the
@@ -246,7 +224,7 @@ func (r *Router) MarkReady(e *Endpoint) (previous *Endpoint) {
 	e.ready = true
 	q := e.queue
 	e.queue = frameQueue{}
-	q.Each(func(raw []byte, _ uint64) { r.send(e, raw, nil) })
+	q.Drain(func(raw []byte, _ uint64) { r.send(e, raw, nil) })
 	if s.next == e {
 		previous = s.cur
 		s.cur, s.next = e, nil
@@ -287,27 +265,28 @@ func (r *Router) Detach(e *Endpoint) {
 	if s.next == e {
 		s.next = nil
 	}
+	// e is gone: nothing else uses its queues, so they are drained in place,
+	// each big frame released as soon as it is copied on.
 	var again frameQueue
 	redelivered := e.retained.Len()
-	e.retained.Each(func(raw []byte, _ uint64) { again.Push(raw, 0) })
-	e.queue.Each(func(raw []byte, _ uint64) {
+	e.retained.Drain(func(raw []byte, _ uint64) { again.Push(raw, 0) })
+	e.queue.Drain(func(raw []byte, _ uint64) {
 		if flagsOf(raw)&ipc.FlagHeld != 0 {
 			again.Push(raw, 0)
 			return
 		}
 		r.nackLocked(raw, fmt.Sprintf("pid %d exited before it was ready", e.PID))
 	})
-	freed := e.retained.Bytes() + e.queue.Bytes()
 	e.retained, e.queue = frameQueue{}, frameQueue{}
 	s.mu.Unlock()
 	r.redelivered.Add(uint64(redelivered))
 	r.redistribute(s, &again)
-	r.release(freed + again.Bytes())
 }
 
-// redistribute places held frames that lost their receiver. Called with r.mu held.
+// redistribute places held frames that lost their receiver, and leaves q empty
+// (its big frames released). Called with r.mu held.
 func (r *Router) redistribute(s *Slot, q *frameQueue) {
-	q.Each(func(raw []byte, _ uint64) {
+	q.Drain(func(raw []byte, _ uint64) {
 		if ipc.Dest(raw[5]) == ipc.DestRandom && s.Role == ipc.RoleWorker {
 			s.mu.Lock()
 			removed := s.removed
@@ -518,16 +497,13 @@ func (r *Router) send(e *Endpoint, raw []byte, by *Endpoint) {
 func (r *Router) ack(e *Endpoint, n uint64) {
 	s := e.slot
 	s.mu.Lock()
-	before := e.retained.Bytes()
 	for e.retained.Len() > 0 {
 		if _, seq := e.retained.Front(); seq > n {
 			break
 		}
 		e.retained.Pop()
 	}
-	freed := before - e.retained.Bytes()
 	s.mu.Unlock()
-	r.release(freed)
 }
 
 func (r *Router) reply(f ipc.Frame, by *Endpoint) {
