@@ -117,10 +117,10 @@ type Config struct {
 	RunDir string
 
 	// Logger receives structured logs; every process adds role, id and pid.
-	// Defaults to a text handler on standard error; the master's default one
-	// never blocks it (a stalled reader of its stderr costs dropped lines,
-	// counted in status, not a stalled supervisor). A Logger you set is used
-	// as it is.
+	// Defaults to a text handler on standard error. In the master, its handler
+	// is called from one goroutine of its own, in order, so a handler that
+	// blocks (a stderr nobody reads) delays log lines, and past a bound drops
+	// them (counted in status), but never blocks supervision.
 	Logger *slog.Logger
 
 	loggerDefaulted bool // Logger was nil: the master uses its own non-blocking one

@@ -2,6 +2,7 @@ package brood_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,7 +18,9 @@ import (
 	"time"
 
 	"github.com/brood-go/brood"
+	"github.com/brood-go/brood/internal/control"
 	"github.com/brood-go/brood/internal/helperproc"
+	"github.com/brood-go/brood/internal/wire"
 )
 
 // Regression tests for the supervisor: operations in every state, the fork
@@ -180,4 +183,78 @@ func TestBadInputPrintsOneError(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A master whose stderr nobody reads (a full pipe, a stopped pager) keeps
+// supervising: its log lines and its children's output are dropped and
+// counted, never waited for while it holds its lock. It used to write them
+// under that lock, so one stalled reader stopped restarts, heartbeats and the
+// control socket.
+func TestStalledStderrDoesNotStallTheMaster(t *testing.T) {
+	c := helperproc.Start(t, "faults", nil, helperproc.Options{SmallStderr: true})
+	c.WaitReady(startTimeout)
+	resume := c.StallStderr()
+	defer resume()
+	client, err := control.Dial(c.RunDir, "faults")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	events := make(chan wire.Event, 64)
+	streamErr := make(chan error, 1)
+	go func() {
+		streamErr <- client.Stream(ctx, "/events?follow=1", func(line []byte) error {
+			var ev wire.Event
+			if err := json.Unmarshal(line, &ev); err != nil {
+				return err
+			}
+			events <- ev
+			return nil
+		})
+	}()
+	waitEvent := func(what string, match func(wire.Event) bool) wire.Event {
+		t.Helper()
+		for {
+			select {
+			case ev := <-events:
+				if match(ev) {
+					return ev
+				}
+			case err := <-streamErr:
+				t.Fatalf("waiting for %s: the event stream ended: %v", what, err)
+			case <-ctx.Done():
+				t.Fatalf("no %s: %v", what, ctx.Err())
+			}
+		}
+	}
+	waitEvent("cluster-ready", func(ev wire.Event) bool { return ev.Type == wire.EventClusterReady })
+	for i := range 4 { // each kill and restart logs several lines into the full pipe
+		var st wire.Status
+		if err := client.Do(ctx, "GET", "/status", nil, &st); err != nil {
+			t.Fatalf("status with stderr stalled: %v", err)
+		}
+		var victim int
+		for _, p := range st.Processes {
+			if p.Role == "worker" && p.ID == 1+i%2 {
+				victim = p.PID
+			}
+		}
+		syscall.Kill(victim, syscall.SIGKILL)
+		waitEvent(fmt.Sprintf("the restart after killing %d", victim), func(ev wire.Event) bool {
+			return ev.Type == wire.EventRestarted && ev.OldPID == victim
+		})
+	}
+	// Within the bounds nothing is lost: once stderr is read again, every
+	// line the master queued meanwhile arrives, in order.
+	resume()
+	n := 0
+	c.WaitFor(20*time.Second, "the 4 restarts' log lines", func(l helperproc.Line) bool {
+		if helperproc.MasterMsg("restarted")(l) {
+			n++
+		}
+		return n == 4
+	})
+	stopCluster(t, c)
 }

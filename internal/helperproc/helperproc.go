@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/brood-go/brood/internal/proc"
+	"golang.org/x/sys/unix"
 )
 
 const envHelper = "BROOD_TEST_HELPER"
@@ -183,6 +184,7 @@ type Cluster struct {
 	stdout SyncBuffer
 
 	mu      sync.Mutex
+	stall   chan struct{} // while set, the reader stops reading stderr until it is closed
 	lines   []Line
 	changed chan struct{} // closed and replaced whenever lines grow or the master exits
 	exited  bool
@@ -195,6 +197,9 @@ type Options struct {
 	Env    []string // extra environment
 	Dir    string
 	RunDir string // use this run dir instead of a new one (to talk to a running cluster)
+	// SmallStderr gives the master's stderr a pipe of one page, so that
+	// Cluster.StallStderr fills it after a few lines.
+	SmallStderr bool
 }
 
 // Start runs helper as a master with args (brood command-line flags). The
@@ -234,6 +239,11 @@ func Start(t testing.TB, helper string, args []string, opts ...Options) *Cluster
 		t.Fatal(err)
 	}
 	c.Cmd = cmd
+	if f, ok := stderr.(*os.File); ok && o.SmallStderr {
+		if _, err := unix.FcntlInt(f.Fd(), unix.F_SETPIPE_SZ, os.Getpagesize()); err != nil {
+			t.Fatalf("shrink the stderr pipe: %v", err)
+		}
+	}
 	go c.read(stderr)
 	t.Cleanup(c.cleanup)
 	return c
@@ -251,7 +261,11 @@ func (c *Cluster) read(r interface{ Read([]byte) (int, error) }) {
 		c.lines = append(c.lines, l)
 		close(c.changed)
 		c.changed = make(chan struct{})
+		stall := c.stall
 		c.mu.Unlock()
+		if stall != nil {
+			<-stall
+		}
 	}
 	err := c.Cmd.Wait()
 	c.mu.Lock()
@@ -288,6 +302,24 @@ func ShortTempDir(t testing.TB) string {
 	}
 	t.Cleanup(func() { os.RemoveAll(d) })
 	return d
+}
+
+// StallStderr stops reading the master's stderr after the next line, as a
+// terminal or log reader that stalled would, until resume is called.
+func (c *Cluster) StallStderr() (resume func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	stall := make(chan struct{})
+	c.stall = stall
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			c.mu.Lock()
+			c.stall = nil
+			c.mu.Unlock()
+			close(stall)
+		})
+	}
 }
 
 // Stdout returns what the process wrote to stdout; complete once it exited.

@@ -60,8 +60,10 @@ type Config struct {
 	LogRotation bool // the agent rotates log files (rotate-logs asks it)
 
 	RunDir string
-	// Logger receives the master's logs. Nil means a text handler on the
-	// master's own standard error stream, which never blocks the master.
+	// Logger receives the master's logs (nil: a text handler on Stderr). Its
+	// handler is called from one goroutine of its own, in order, so a handler
+	// that blocks never blocks the master: records that do not fit in the
+	// queue meanwhile are dropped and counted.
 	Logger *slog.Logger
 	// Stdout and Stderr receive the children's output (default os.Stdout and
 	// os.Stderr), through buffers that never block the master.
@@ -110,6 +112,7 @@ type Master struct {
 	log    *slog.Logger
 	stdout *output
 	stderr *output
+	logs   *asyncHandler // the master's log records, written off its lock
 	exe    string
 	pid    int
 	socks  []*listener.Socket
@@ -168,11 +171,14 @@ func New(cfg Config) (*Master, error) {
 		children: make(map[int]*child),
 		stopReq:  make(chan struct{}),
 	}
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.NewTextHandler(m.stderr, nil))
+	var inner slog.Handler
+	if cfg.Logger != nil {
+		inner = cfg.Logger.Handler()
+	} else {
+		inner = slog.NewTextHandler(cfg.Stderr, nil)
 	}
-	m.log = log.With("role", "master", "id", 0, "pid", pid)
+	m.logs = newAsyncHandler(inner)
+	m.log = slog.New(m.logs).With("role", "master", "id", 0, "pid", pid)
 	m.events = newEventLog(func(ev wire.Event) { logEvent(m.log, ev) })
 	m.router = relay.New(relay.Options{
 		MasterPID: uint32(pid), MaxPending: cfg.MaxPending, MaxPendingBytes: cfg.MaxPendingBytes, Logger: m.log,
@@ -257,6 +263,7 @@ func (m *Master) Run(ctx context.Context, force <-chan struct{}) (err error) {
 
 func (m *Master) closeOutputs() {
 	m.events.closeAll()
+	m.logs.q.close()
 	m.stdout.close()
 	m.stderr.close()
 }

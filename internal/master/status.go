@@ -26,7 +26,7 @@ func (m *Master) Status() wire.Status {
 		Name: m.cfg.Name, PID: m.pid, State: m.phase.String(), Operation: m.op, Listen: m.boundAddrs(),
 		Workers: len(m.workers), StartedAt: m.startedAt, RunDir: m.cfg.RunDir,
 		RSSBytes: m.self.rss, CPUPercent: m.self.cpuPercent,
-		DroppedOutputLines: m.stdout.Dropped() + m.stderr.Dropped(),
+		DroppedOutputLines: m.stdout.Dropped() + m.stderr.Dropped() + m.logs.q.dropped.Load(),
 	}
 	row := func(s *slot, c *child) wire.Process {
 		p := wire.Process{Role: wire.RoleName(s.role), ID: s.id, Restarts: s.restarts,
