@@ -34,6 +34,7 @@ type childSpec struct {
 	conn      net.Conn
 	listeners []net.Listener
 	single    bool
+	metrics   bool // the master serves /metrics: answer gathers, send the last one at exit
 }
 
 // childFromEnv reads (and removes) the contract variables and opens the
@@ -61,6 +62,7 @@ func childFromEnv(cfg *Config) (childSpec, error) {
 		return cs, fmt.Errorf("brood: the master speaks IPC protocol %q, this binary speaks %d", v, ipc.Version)
 	}
 	get(wire.EnvMasterPID)
+	cs.metrics = get(wire.EnvMetrics) == "1"
 	if v := os.Getenv(wire.EnvName); v != "" {
 		cfg.Name = v
 	}
@@ -172,6 +174,9 @@ func runChild(ctx context.Context, cfg Config, cs childSpec) error {
 
 	// brood's own handlers, registered before the user's code runs.
 	installLogReopen(p)
+	if cs.metrics {
+		installMetrics(p)
+	}
 	var setupErr error
 	switch cs.role {
 	case Worker:
@@ -215,6 +220,9 @@ func runChild(ctx context.Context, cfg Config, cs childSpec) error {
 			_ = w.Append(header(ipc.KindFatal), "", []byte(msg))
 		}
 		m.close(max(time.Until(deadline), 0))
+		if cs.metrics {
+			sendFinalMetrics(p) // after the handlers: all they counted is in
+		}
 		w.Close(time.Now().Add(time.Second))
 		cs.conn.Close()
 		<-readDone

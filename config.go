@@ -112,6 +112,16 @@ type Config struct {
 	// Workers is ignored. (`run --single` on the command line.)
 	Single bool
 
+	// Admin, if set, is the address of the master's admin listener ("127.0.0.1:9090",
+	// ":9090", "unix:///run/app-admin.sock"; `--admin`, BROOD_ADMIN): /metrics
+	// (the master's metrics and every process's prometheus.DefaultGatherer,
+	// merged), /livez, /readyz, /events and a live dashboard at /. Workers never
+	// serve it. Empty (the default) turns it off.
+	Admin string
+
+	// Metrics says how /metrics merges the application's own metrics.
+	Metrics Metrics
+
 	// RunDir holds the control socket and pid file. Defaults to
 	// $XDG_RUNTIME_DIR/brood/<name>, or /tmp/brood-<uid>/<name>.
 	RunDir string
@@ -162,6 +172,7 @@ func (c Config) master() master.Config {
 		MaxFrame: c.MaxFrame, MaxPending: c.MaxPending, MaxPendingBytes: c.MaxPendingBytes,
 		Schedules: len(c.Schedules) > 0, LogRotation: c.LogRotation.enabled(),
 		RunDir: c.RunDir, Logger: c.userLogger(),
+		Admin: c.Admin, Metrics: c.Metrics.policies(),
 	}
 }
 

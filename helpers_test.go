@@ -25,6 +25,7 @@ func registerHelpers() {
 	helperproc.Register("sched", schedMain)
 	helperproc.Register("logs", logsMain)
 	helperproc.Register("churn", churnMain)
+	helperproc.Register("metrics", metricsMain)
 }
 
 // helloConfig is a small HTTP cluster that records what it does in the events

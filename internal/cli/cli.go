@@ -34,6 +34,7 @@ type Options struct {
 	RunDir      string
 	StopTimeout time.Duration
 	Single      bool
+	Admin       string
 }
 
 // App is what package brood plugs into the command tree.
@@ -103,6 +104,7 @@ func newRoot(ctx context.Context, app *App) *cobra.Command {
 	pf.StringSliceVarP(&opts.Listen, "listen", "l", opts.Listen, "listen address, repeatable or comma-separated: :7001, tcp://127.0.0.1:0, unix:///run/app.sock (env BROOD_LISTEN)")
 	pf.StringVar(&opts.RunDir, "run-dir", opts.RunDir, "directory for the control socket and pid file (env BROOD_RUN_DIR)")
 	pf.DurationVar(&opts.StopTimeout, "stop-timeout", opts.StopTimeout, "time a process gets to drain before SIGKILL (env BROOD_STOP_TIMEOUT)")
+	pf.StringVar(&opts.Admin, "admin", opts.Admin, "admin listener of the master: /metrics, /livez, /readyz, /events and a dashboard at /; 127.0.0.1:9090, :9090 or unix:///run/app-admin.sock; empty = off (env BROOD_ADMIN)")
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
 		return applyEnv(cmd.Flags(), &opts)
 	}
@@ -152,6 +154,7 @@ func applyEnv(fs *pflag.FlagSet, opts *Options) error {
 		env("listen", "BROOD_LISTEN", func(v string) error { opts.Listen = strings.Split(v, ","); return nil }),
 		env("run-dir", "BROOD_RUN_DIR", func(v string) error { opts.RunDir = v; return nil }),
 		env("stop-timeout", "BROOD_STOP_TIMEOUT", func(v string) (err error) { opts.StopTimeout, err = time.ParseDuration(v); return }),
+		env("admin", "BROOD_ADMIN", func(v string) error { opts.Admin = v; return nil }),
 		env("single", "BROOD_SINGLE", func(v string) (err error) { opts.Single, err = strconv.ParseBool(v); return }),
 	)
 }

@@ -114,6 +114,9 @@ func daemonArgs(app *App, opts *Options) []string {
 	if opts.Single {
 		args = append(args, "--single")
 	}
+	if opts.Admin != "" {
+		args = append(args, "--admin", opts.Admin)
+	}
 	return args
 }
 

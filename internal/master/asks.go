@@ -33,17 +33,26 @@ func (m *Master) askAgent(ctx context.Context, action string, data, out any) err
 	if err != nil {
 		return err
 	}
+	b, err := m.ask(ctx, c, action, payload)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(b, out)
+}
+
+// ask sends a request to child c and waits for its reply's payload.
+func (m *Master) ask(ctx context.Context, c *child, action string, payload []byte) ([]byte, error) {
 	id := m.askID.Add(1)
 	reply := m.asks.Add(id, uint32(c.pid))
 	defer m.asks.Remove(id)
 	m.router.Request(c.ep, id, action, payload)
 	select {
 	case b := <-reply:
-		return json.Unmarshal(b, out)
+		return b, nil
 	case <-c.exited:
-		return fmt.Errorf("%s: the agent (pid %d) exited before answering", action, c.pid)
+		return nil, fmt.Errorf("%s: %s exited before answering", action, c)
 	case <-ctx.Done():
-		return fmt.Errorf("%s: no answer from the agent (pid %d): %w", action, c.pid, ctx.Err())
+		return nil, fmt.Errorf("%s: no answer from %s: %w", action, c, ctx.Err())
 	}
 }
 
@@ -63,7 +72,11 @@ func (m *Master) onMasterMessage(from *relay.Endpoint, f ipc.Frame) {
 		if run.Err != "" {
 			ev.Result = "failed"
 		}
+		m.metrics.scheduleRuns.WithLabelValues(run.Task, ev.Result).Inc()
+		m.metrics.scheduleTime.WithLabelValues(run.Task).Observe(run.Duration)
 		m.events.publish(ev)
+	case wire.ActMetricsFinal:
+		m.onFinalMetrics(from.PID, f.Payload)
 	default:
 		m.log.Warn("unknown message to the master", "action", string(f.Action), "from_pid", from.PID)
 	}

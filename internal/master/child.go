@@ -41,6 +41,8 @@ type child struct {
 	ep        *relay.Endpoint
 	startedAt time.Time
 	lastSeen  atomic.Int64 // unix nanos of the last frame received
+	pingAt    atomic.Int64 // unix nanos the last heartbeat ping was sent
+	pingSeq   atomic.Uint64
 
 	// Guarded by Master.mu.
 	state      childState
@@ -123,6 +125,7 @@ func (m *Master) readLoop(c *child) {
 		case ipc.KindMessage, ipc.KindReply, ipc.KindAck:
 			m.router.Handle(c.ep, f)
 		case ipc.KindPong:
+			m.observePong(c, f.ID)
 		case ipc.KindHello:
 			if v := string(f.Payload); v != strconv.Itoa(ipc.Version) {
 				m.setFatal(c, fmt.Sprintf("child speaks IPC protocol %s, master speaks %d", v, ipc.Version))

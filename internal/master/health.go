@@ -24,6 +24,7 @@ func (m *Master) heartbeatLoop() {
 		}
 		seq++
 		now := time.Now()
+		m.lastBeat.Store(now.UnixNano())
 		m.mu.Lock()
 		var hung, heavy []*child
 		for _, c := range m.children {
@@ -31,6 +32,8 @@ func (m *Master) heartbeatLoop() {
 				continue
 			}
 			h := ipc.Header{Kind: ipc.KindPing, Role: ipc.RoleMaster, From: uint32(m.pid), ID: seq}
+			c.pingSeq.Store(seq)
+			c.pingAt.Store(now.UnixNano())
 			_ = c.ep.Writer().Append(&h, "", nil)
 			if silent := now.Sub(time.Unix(0, c.lastSeen.Load())); silent > m.cfg.HeartbeatTimeout && c.killDetail == "" {
 				hung = append(hung, c)

@@ -71,6 +71,7 @@ func childEnv(cfg Config, s *slot, masterPID, listeners, workers int) []string {
 		wire.EnvProtocol+"="+strconv.Itoa(ipc.Version),
 		wire.EnvName+"="+cfg.Name,
 		wire.EnvStopTimeout+"="+cfg.StopTimeout.String(),
+		wire.EnvMetrics+"="+map[bool]string{true: "1", false: "0"}[cfg.Admin != ""],
 	)
 }
 

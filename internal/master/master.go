@@ -28,6 +28,7 @@ import (
 
 	"github.com/brood-go/brood/internal/ipc"
 	"github.com/brood-go/brood/internal/listener"
+	"github.com/brood-go/brood/internal/metrics"
 	"github.com/brood-go/brood/internal/relay"
 	"github.com/brood-go/brood/internal/wire"
 )
@@ -55,6 +56,12 @@ type Config struct {
 	MaxFrame          int
 	MaxPending        int
 	MaxPendingBytes   int
+
+	// Admin is the admin listener's address ("" = off); Metrics how children's
+	// gauges merge; ScrapeTimeout bounds gathering them (default 1s).
+	Admin         string
+	Metrics       metrics.Options
+	ScrapeTimeout time.Duration
 
 	Schedules   bool // the agent has a schedule table (status asks for it)
 	LogRotation bool // the agent rotates log files (rotate-logs asks it)
@@ -108,19 +115,26 @@ func (p phase) String() string {
 
 // Master runs one cluster: it owns the sockets, the router and every child.
 type Master struct {
-	cfg    Config
-	log    *slog.Logger
-	stdout *output
-	stderr *output
-	logs   *asyncHandler // the master's log records, written off its lock
-	exe    string
-	pid    int
-	socks  []*listener.Socket
-	router *relay.Router
-	forker *forker
-	events *eventLog
-	asks   ipc.Pending[[]byte] // the master's own requests to children, awaiting replies
-	askID  atomic.Uint64
+	cfg       Config
+	log       *slog.Logger
+	stdout    *output
+	stderr    *output
+	logs      *asyncHandler // the master's log records, written off its lock
+	exe       string
+	pid       int
+	socks     []*listener.Socket
+	router    *relay.Router
+	forker    *forker
+	events    *eventLog
+	asks      ipc.Pending[[]byte] // the master's own requests to children, awaiting replies
+	metrics   *supervisorMetrics
+	merged    *metrics.Cluster // the children's metrics
+	scrapeMu  sync.Mutex       // one gather of the children at a time
+	lastBeat  atomic.Int64     // unix nanos of the heartbeat loop's last round
+	runCtx    context.Context  // Run's context: done = a stop was asked for
+	done      chan struct{}    // closed when Run returns
+	adminAddr string           // the admin listener as bound
+	askID     atomic.Uint64
 
 	mu       sync.Mutex
 	phase    phase
@@ -170,7 +184,19 @@ func New(cfg Config) (*Master, error) {
 		workers:  make(map[int]*slot),
 		children: make(map[int]*child),
 		stopReq:  make(chan struct{}),
+		done:     make(chan struct{}),
+		runCtx:   context.Background(),
 	}
+	if cfg.ScrapeTimeout <= 0 {
+		m.cfg.ScrapeTimeout = time.Second
+	}
+	if cfg.Admin != "" {
+		if _, err := listener.Parse(cfg.Admin); err != nil {
+			return nil, fmt.Errorf("brood: admin listener: %w", err)
+		}
+	}
+	m.metrics = newSupervisorMetrics(m)
+	m.merged = metrics.New(cfg.Metrics)
 	var inner slog.Handler
 	if cfg.Logger != nil {
 		inner = cfg.Logger.Handler()
@@ -199,6 +225,8 @@ func (m *Master) Logger() *slog.Logger { return m.log }
 // on force (a second Ctrl-C) kills what is left of a stop. It returns the
 // error that aborted the start, or nil after a clean stop.
 func (m *Master) Run(ctx context.Context, force <-chan struct{}) (err error) {
+	m.runCtx = ctx
+	defer close(m.done)
 	defer m.closeOutputs()
 	if m.forker != nil {
 		defer m.forker.close() // after every child is gone
@@ -218,6 +246,13 @@ func (m *Master) Run(ctx context.Context, force <-chan struct{}) (err error) {
 		m.log.Info("listening", "addr", s.Bound.String(), "requested", s.Requested.String())
 	}
 	defer listener.CloseAll(m.socks)
+	if m.cfg.Admin != "" {
+		stopAdmin, err := m.serveAdmin(ctx)
+		if err != nil {
+			return err
+		}
+		defer stopAdmin()
+	}
 
 	m.wg.Add(1)
 	go m.heartbeatLoop()

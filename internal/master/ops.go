@@ -85,6 +85,7 @@ func (m *Master) Reload() (wire.ReloadResult, error) {
 	if err != nil {
 		ev.Result, ev.Detail = "failed", err.Error()
 	}
+	m.metrics.reloads.WithLabelValues(ev.Result).Inc()
 	m.events.publish(ev)
 	return res, err
 }

@@ -79,6 +79,7 @@ func (m *Master) addSlot(role ipc.Role, id int) *slot {
 // count, the typed reason and its detail, and (for a crash) the crash-loop
 // count that sets the backoff, which a process that stayed up ResetAfter resets.
 func (s *slot) noteRestartLocked(reason wire.Reason, detail string, crash bool, uptime time.Duration) {
+	s.m.metrics.restarts.WithLabelValues(wire.RoleName(s.role), strconv.Itoa(s.id), reason.String()).Inc()
 	s.restarts++
 	s.lastReason, s.lastDetail = reason, detail
 	if !crash {
@@ -287,6 +288,7 @@ func (s *slot) recordExit(c *child, how string, code int, signaled bool) {
 		ev.Result, ev.Restarts = "crashed", s.restarts
 	}
 	close(c.exited)
+	m.merged.Retire(metricsKey(c)) // what it counted stays in the cluster's totals
 	m.events.publish(ev)
 	m.sendMembersLocked()
 	if wasReady {

@@ -34,7 +34,7 @@ func (m *Master) Status() wire.Status {
 		if c != nil {
 			p.PID, p.State, p.StartedAt = c.pid, c.state.String(), c.startedAt
 			p.Uptime = now.Sub(c.startedAt).Seconds()
-			p.RSSBytes, p.CPUPercent = c.usage.rss, c.usage.cpuPercent
+			p.RSSBytes, p.CPUPercent, p.CPUSeconds = c.usage.rss, c.usage.cpuPercent, c.usage.cpu.Seconds()
 		}
 		return p
 	}

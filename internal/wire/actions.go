@@ -15,14 +15,16 @@ const (
 
 // Internal actions between the master and its children.
 const (
-	ActLogsReopen   = "brood:logs-reopen"   // master -> everyone: reopen your files
-	ActLogsRotated  = "brood:logs-rotated"  // agent -> master: I renamed files ([]string)
-	ActLogsRotate   = "brood:logs-rotate"   // master -> agent (request): rotate what is due now
-	ActScheduleTick = "brood:schedule-tick" // agent -> worker: run this tick
-	ActScheduleDone = "brood:schedule-done" // worker -> agent: the outcome
-	ActScheduleRun  = "brood:schedule-run"  // -> agent (request): run a task now
-	ActScheduleList = "brood:schedule-list" // -> agent (request): the task table
-	ActScheduleRan  = "brood:schedule-ran"  // agent -> master: a run finished (ScheduleRun)
+	ActLogsReopen    = "brood:logs-reopen"    // master -> everyone: reopen your files
+	ActLogsRotated   = "brood:logs-rotated"   // agent -> master: I renamed files ([]string)
+	ActLogsRotate    = "brood:logs-rotate"    // master -> agent (request): rotate what is due now
+	ActScheduleTick  = "brood:schedule-tick"  // agent -> worker: run this tick
+	ActScheduleDone  = "brood:schedule-done"  // worker -> agent: the outcome
+	ActScheduleRun   = "brood:schedule-run"   // -> agent (request): run a task now
+	ActScheduleList  = "brood:schedule-list"  // -> agent (request): the task table
+	ActScheduleRan   = "brood:schedule-ran"   // agent -> master: a run finished (ScheduleRun)
+	ActMetricsGather = "brood:metrics-gather" // master -> child (request): your metrics (encoded by internal/metrics)
+	ActMetricsFinal  = "brood:metrics-final"  // child -> master: my metrics, as I stop gracefully
 )
 
 // ReservedPrefix starts every action name brood reserves for itself.

@@ -14,6 +14,7 @@ const (
 	EnvProtocol    = "BROOD_PROTOCOL"     // ipc.Version the master speaks
 	EnvName        = "BROOD_NAME"         // Config.Name as the master resolved it (also the --name flag's variable)
 	EnvStopTimeout = "BROOD_STOP_TIMEOUT" // Config.StopTimeout as the master resolved it
+	EnvMetrics     = "BROOD_METRICS"      // "1" when the master serves /metrics: send final metrics when stopping
 )
 
 // The daemon handshake: `start --daemon` starts the master with the write end
@@ -28,7 +29,7 @@ const EnvLogFiles = "BROOD_LOG_FILES"
 
 // childOnlyEnv are the variables a master never passes on from its own
 // environment: the child contract, and the master's own markers.
-var childOnlyEnv = []string{EnvRole, EnvID, EnvIPCFD, EnvListenFDs, EnvMasterPID, EnvProtocol, EnvNotifyFD}
+var childOnlyEnv = []string{EnvRole, EnvID, EnvIPCFD, EnvListenFDs, EnvMasterPID, EnvProtocol, EnvNotifyFD, EnvMetrics}
 
 // IsChildOnly reports whether kv ("KEY=value") is a variable the master must not
 // pass on to a child from its own environment.

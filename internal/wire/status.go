@@ -39,6 +39,7 @@ type Process struct {
 	LastKind   Reason    `json:"last_restart_kind,omitempty"`   // the typed reason alone
 	RSSBytes   uint64    `json:"rss_bytes"`
 	CPUPercent float64   `json:"cpu_percent"`
+	CPUSeconds float64   `json:"cpu_seconds"` // user + system since it started
 	StartedAt  time.Time `json:"started_at"`
 	Uptime     float64   `json:"uptime_seconds"`
 }

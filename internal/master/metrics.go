@@ -1,0 +1,216 @@
+package master
+
+import (
+	"context"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/brood-go/brood/internal/ipc"
+	"github.com/brood-go/brood/internal/metrics"
+	"github.com/brood-go/brood/internal/wire"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	dto "github.com/prometheus/client_model/go"
+)
+
+// maxGather bounds one child's encoded metrics.
+const maxGather = 64 << 20
+
+// supervisorMetrics are the master's own metrics (DESIGN §10's names), in a
+// registry of their own: the process table and the relay are read at scrape
+// time; restarts, reloads, schedule runs, scrape errors and heartbeat round
+// trips are counted as they happen.
+type supervisorMetrics struct {
+	reg          *prometheus.Registry
+	restarts     *prometheus.CounterVec
+	reloads      *prometheus.CounterVec
+	scheduleRuns *prometheus.CounterVec
+	scheduleTime *prometheus.HistogramVec
+	scrapeErrors *prometheus.CounterVec
+	heartbeatRTT prometheus.Histogram
+}
+
+func newSupervisorMetrics(m *Master) *supervisorMetrics {
+	s := &supervisorMetrics{
+		reg: prometheus.NewRegistry(),
+		restarts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "brood_restarts_total", Help: "Restarts and replacements of a slot's process, by typed reason.",
+		}, []string{"role", "slot", "reason"}),
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "brood_reloads_total", Help: "Rolling reloads, by result (ok, failed).",
+		}, []string{"result"}),
+		scheduleRuns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "brood_schedule_runs_total", Help: "Runs of scheduled tasks, by task and result (ok, failed).",
+		}, []string{"name", "result"}),
+		scheduleTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "brood_schedule_run_duration_seconds", Help: "How long runs of scheduled tasks took.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
+		}, []string{"name"}),
+		scrapeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "brood_scrape_errors_total", Help: "Gathers of a process's metrics that failed or missed the scrape's deadline; its last copy was served.",
+		}, []string{"role", "slot"}),
+		heartbeatRTT: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "brood_heartbeat_rtt_seconds", Help: "Round trip of the master's heartbeat pings to its children.",
+			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 14),
+		}),
+	}
+	s.reg.MustRegister(s.restarts, s.reloads, s.scheduleRuns, s.scheduleTime, s.scrapeErrors, s.heartbeatRTT, clusterCollector{m})
+	// The master's own runtime, labelled as one process of the cluster so that
+	// the children's (per slot) sit beside it in the same families.
+	own := prometheus.WrapRegistererWith(prometheus.Labels{"role": "master", "slot": "0"}, s.reg)
+	own.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return s
+}
+
+// clusterCollector reads the process table and the relay's counters at
+// scrape time.
+type clusterCollector struct{ m *Master }
+
+var (
+	descProcesses   = prometheus.NewDesc("brood_processes", "Processes of the cluster by role and state (restarting: a slot waiting for its process).", []string{"role", "state"}, nil)
+	descRSS         = prometheus.NewDesc("brood_process_resident_memory_bytes", "Resident memory of each process.", []string{"role", "slot"}, nil)
+	descCPU         = prometheus.NewDesc("brood_process_cpu_seconds_total", "CPU time (user and system) of each process.", []string{"role", "slot"}, nil)
+	descRelayed     = prometheus.NewDesc("brood_messages_relayed_total", "Messages the master wrote to a receiver.", nil, nil)
+	descHeld        = prometheus.NewDesc("brood_messages_held", "Messages the master holds now for processes that are not ready.", nil, nil)
+	descHeldTotal   = prometheus.NewDesc("brood_messages_held_total", "Messages that had to wait for their receiver to be ready.", nil, nil)
+	descRefused     = prometheus.NewDesc("brood_messages_refused_total", "Messages refused (a bound hit, an unknown pid): each one was reported to its sender.", nil, nil)
+	descRedelivered = prometheus.NewDesc("brood_messages_redelivered_total", "Messages delivered again after their receiver died.", nil, nil)
+	descDropped     = prometheus.NewDesc("brood_output_dropped_lines_total", "Log and output lines dropped because the master's output did not keep up.", nil, nil)
+)
+
+func (c clusterCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descProcesses, descRSS, descCPU, descRelayed, descHeld, descHeldTotal, descRefused, descRedelivered, descDropped} {
+		ch <- d
+	}
+}
+
+func (c clusterCollector) Collect(ch chan<- prometheus.Metric) {
+	m := c.m
+	st := m.Status()
+	counts := map[[2]string]int{}
+	for _, role := range []string{"agent", "worker"} {
+		for _, state := range []string{"starting", "ready", "stopping", "restarting"} {
+			counts[[2]string{role, state}] = 0
+		}
+	}
+	if !m.cfg.Agent {
+		for _, state := range []string{"starting", "ready", "stopping", "restarting"} {
+			delete(counts, [2]string{"agent", state})
+		}
+	}
+	for _, p := range st.Processes {
+		counts[[2]string{p.Role, p.State}]++
+		if p.PID == 0 {
+			continue
+		}
+		slot := strconv.Itoa(p.ID)
+		ch <- prometheus.MustNewConstMetric(descRSS, prometheus.GaugeValue, float64(p.RSSBytes), p.Role, slot)
+		ch <- prometheus.MustNewConstMetric(descCPU, prometheus.CounterValue, p.CPUSeconds, p.Role, slot)
+	}
+	for k, n := range counts {
+		ch <- prometheus.MustNewConstMetric(descProcesses, prometheus.GaugeValue, float64(n), k[0], k[1])
+	}
+	rs := m.router.Stats()
+	ch <- prometheus.MustNewConstMetric(descRelayed, prometheus.CounterValue, float64(rs.Relayed))
+	ch <- prometheus.MustNewConstMetric(descHeld, prometheus.GaugeValue, float64(m.heldNow()))
+	ch <- prometheus.MustNewConstMetric(descHeldTotal, prometheus.CounterValue, float64(rs.Held))
+	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(rs.Dropped))
+	ch <- prometheus.MustNewConstMetric(descRedelivered, prometheus.CounterValue, float64(rs.Redelivered))
+	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(st.DroppedOutputLines))
+}
+
+// heldNow counts the messages queued for processes that are not ready yet.
+func (m *Master) heldNow() int {
+	m.mu.Lock()
+	eps := make([]*child, 0, len(m.children))
+	for _, c := range m.children {
+		eps = append(eps, c)
+	}
+	m.mu.Unlock()
+	n := 0
+	for _, c := range eps {
+		q, _ := m.router.Pending(c.ep)
+		n += q
+	}
+	return n
+}
+
+// Gatherer is the cluster's /metrics: the master's own metrics and, merged,
+// every child's prometheus.DefaultGatherer, gathered now.
+func (m *Master) Gatherer() prometheus.Gatherer {
+	// Children first: the scrape errors they count are in this scrape's copy
+	// of the master's registry.
+	return prometheus.Gatherers{prometheus.GathererFunc(m.gatherChildren), m.metrics.reg}
+}
+
+// metricsKey names a child's copy in the merger.
+func metricsKey(c *child) metrics.Key {
+	return metrics.Key{Role: wire.RoleName(c.slot.role), Slot: c.slot.id, PID: c.pid}
+}
+
+// gatherChildren asks every child for its metrics in parallel, within
+// ScrapeTimeout, and returns the merged view. A child that fails or misses the
+// deadline is served from its last copy and counted in
+// brood_scrape_errors_total. In single-process mode every role shares this
+// process's DefaultGatherer, which is served as it is.
+func (m *Master) gatherChildren() ([]*dto.MetricFamily, error) {
+	if m.cfg.Single {
+		return prometheus.DefaultGatherer.Gather()
+	}
+	m.scrapeMu.Lock()
+	defer m.scrapeMu.Unlock()
+	m.mu.Lock()
+	var targets []*child
+	for _, c := range m.children {
+		if c.state == childReady || c.state == childStopping {
+			targets = append(targets, c)
+		}
+	}
+	m.mu.Unlock()
+	ctx, cancel := context.WithTimeout(m.life, m.cfg.ScrapeTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, c := range targets {
+		wg.Go(func() {
+			b, err := m.ask(ctx, c, wire.ActMetricsGather, nil)
+			var fams []*dto.MetricFamily
+			if err == nil && len(b) > 0 {
+				fams, err = metrics.Decode(b, maxGather)
+			}
+			if err != nil {
+				m.metrics.scrapeErrors.WithLabelValues(wire.RoleName(c.slot.role), strconv.Itoa(c.slot.id)).Inc()
+				m.log.Debug("gather metrics", "child_pid", c.pid, "err", err)
+				return
+			}
+			m.merged.Update(metricsKey(c), fams)
+		})
+	}
+	wg.Wait()
+	return m.merged.Families(), nil
+}
+
+// onFinalMetrics takes the metrics a child sent as it stops gracefully.
+func (m *Master) onFinalMetrics(pid uint32, payload []byte) {
+	m.mu.Lock()
+	c := m.children[int(pid)]
+	m.mu.Unlock()
+	if c == nil {
+		return
+	}
+	fams, err := metrics.Decode(payload, maxGather)
+	if err != nil {
+		m.log.Warn("bad final metrics from a child", "child_pid", pid, "err", err)
+		return
+	}
+	m.merged.Update(metricsKey(c), fams)
+}
+
+// observePong records a heartbeat's round trip.
+func (m *Master) observePong(c *child, seq uint64) {
+	if sent := c.pingAt.Load(); sent != 0 && c.pingSeq.Load() == seq {
+		m.metrics.heartbeatRTT.Observe(time.Since(time.Unix(0, sent)).Seconds())
+	}
+}
+
+var _ = ipc.KindPong

@@ -1,0 +1,322 @@
+package brood_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/brood-go/brood"
+	"github.com/brood-go/brood/internal/helperproc"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+// metricsMain is an HTTP cluster with an admin listener whose workers count
+// their requests with a promauto counter (no other metrics code).
+// GET /block blocks this worker's message handlers until GET /unblock.
+func metricsMain() {
+	requests := promauto.NewCounter(prometheus.CounterOpts{Name: "app_requests_total", Help: "Requests served."})
+	inflight := promauto.NewGauge(prometheus.GaugeOpts{Name: "app_pool_size", Help: "A pool, summed over the cluster."})
+	brood.Main(brood.Config{
+		Name:    "metrics-test",
+		Workers: 2,
+		Listen:  []string{"127.0.0.1:0"},
+		Admin:   "127.0.0.1:0",
+		Logger:  helperproc.Logger(),
+		Metrics: brood.Metrics{Gauges: map[string]brood.GaugeMerge{"app_pool_size": brood.GaugeSum}},
+		Worker: func(ctx context.Context, p *brood.Process) error {
+			inflight.Set(10)
+			var unblock chan struct{}
+			var mu sync.Mutex
+			p.Messenger().On("block", func(brood.Message) {
+				mu.Lock()
+				ch := unblock
+				mu.Unlock()
+				<-ch
+			})
+			mux := http.NewServeMux()
+			mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+				requests.Inc()
+				fmt.Fprintf(w, "worker %d pid %d\n", p.ID(), os.Getpid())
+			})
+			mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
+				helperproc.Event("slow-start %d", os.Getpid())
+				time.Sleep(2 * time.Second) // the slow request's work
+				fmt.Fprintf(w, "slow done by pid %d\n", os.Getpid())
+			})
+			mux.HandleFunc("/block", func(w http.ResponseWriter, r *http.Request) {
+				mu.Lock()
+				unblock = make(chan struct{})
+				mu.Unlock()
+				p.Messenger().SendTo(p.PID(), "block", nil)
+				fmt.Fprintf(w, "blocked pid %d\n", os.Getpid())
+			})
+			mux.HandleFunc("/unblock", func(w http.ResponseWriter, r *http.Request) {
+				mu.Lock()
+				close(unblock)
+				mu.Unlock()
+			})
+			return brood.ServeHTTP(ctx, p, &http.Server{Handler: mux})
+		},
+	})
+}
+
+func startMetrics(t *testing.T) (c *helperproc.Cluster, addr, admin string) {
+	t.Helper()
+	c = helperproc.Start(t, "metrics", nil)
+	addr = c.WaitReady(startTimeout)
+	admin = c.WaitFor(5*time.Second, "the admin listener", helperproc.MasterMsg("admin listener")).Str("addr")
+	return c, addr, trimTCP(admin)
+}
+
+func trimTCP(a string) string {
+	if len(a) > 6 && a[:6] == "tcp://" {
+		return a[6:]
+	}
+	return a
+}
+
+// scrape gets /metrics and parses it; it fails the test unless the scrape
+// answered 200 with text exposition that parses.
+func scrape(t *testing.T, admin string) (map[string]*dto.MetricFamily, []byte) {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatalf("scrape: %v", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("scrape: %d %v\n%s", resp.StatusCode, err, b)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(bytes.NewReader(b))
+	if err != nil {
+		t.Fatalf("scrape: parse: %v\n%s", err, b)
+	}
+	return fams, b
+}
+
+// value sums the family's samples whose labels include all of want.
+func value(fams map[string]*dto.MetricFamily, name string, want map[string]string) (float64, bool) {
+	f, ok := fams[name]
+	if !ok {
+		return 0, false
+	}
+	sum, found := 0.0, false
+	for _, m := range f.Metric {
+		labels := map[string]string{}
+		for _, l := range m.Label {
+			labels[l.GetName()] = l.GetValue()
+		}
+		match := true
+		for k, v := range want {
+			if labels[k] != v {
+				match = false
+			}
+		}
+		if !match {
+			continue
+		}
+		found = true
+		switch {
+		case m.Counter != nil:
+			sum += m.Counter.GetValue()
+		case m.Gauge != nil:
+			sum += m.Gauge.GetValue()
+		case m.Untyped != nil:
+			sum += m.Untyped.GetValue()
+		}
+	}
+	return sum, found
+}
+
+func TestMetricsCountEveryRequestOnce(t *testing.T) {
+	c, addr, admin := startMetrics(t)
+	const n = 200
+	pids := map[string]bool{}
+	for range n {
+		pids[get(t, newConnClient(), "http://"+addr+"/")] = true
+	}
+	fams, text := scrape(t, admin)
+	if got, _ := value(fams, "app_requests_total", nil); got != n {
+		t.Fatalf("app_requests_total = %v over %d workers, want %d", got, len(pids), n)
+	}
+	if got, _ := value(fams, "app_pool_size", nil); got != 20 {
+		t.Errorf("app_pool_size (GaugeSum) = %v, want 20 (10 per worker)", got)
+	}
+	for _, name := range []string{"brood_processes", "brood_process_resident_memory_bytes", "brood_process_cpu_seconds_total",
+		"brood_messages_relayed_total", "brood_messages_held", "brood_messages_refused_total", "go_goroutines"} {
+		if _, ok := fams[name]; !ok {
+			t.Errorf("/metrics lacks %s", name)
+		}
+	}
+	if ready, _ := value(fams, "brood_processes", map[string]string{"role": "worker", "state": "ready"}); ready != 2 {
+		t.Errorf("brood_processes{role=worker,state=ready} = %v, want 2", ready)
+	}
+	promtoolCheck(t, text)
+	stopCluster(t, c)
+}
+
+// promtoolCheck runs `promtool check metrics` on an exposition, if promtool is
+// installed (Debian's prometheus package; .ci/run installs it).
+func promtoolCheck(t *testing.T, text []byte) {
+	t.Helper()
+	path, err := exec.LookPath("promtool")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("promtool is not installed; .ci/run installs it")
+		}
+		t.Log("promtool not installed: exposition not linted")
+		return
+	}
+	cmd := exec.Command(path, "check", "metrics")
+	cmd.Stdin = bytes.NewReader(text)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("promtool check metrics: %v\n%s", err, out)
+	}
+}
+
+// Over 120 scrapes under load, with a worker SIGKILLed every 20, no counter of
+// the cluster ever decreases, and the kills are counted by reason.
+func TestMetricsNeverDecreaseAcrossKills(t *testing.T) {
+	c, addr, admin := startMetrics(t)
+	ctx, stopLoad := context.WithCancel(t.Context())
+	var served atomic.Int64
+	var load sync.WaitGroup
+	for range 4 {
+		load.Go(func() {
+			client := newConnClient()
+			for ctx.Err() == nil {
+				if resp, err := client.Get("http://" + addr + "/"); err == nil {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					served.Add(1)
+				}
+			}
+		})
+	}
+	last := map[string]float64{}
+	kills := 0
+	for i := range 120 {
+		if i%20 == 10 {
+			pid := c.ChildPIDs("worker")[kills%2]
+			syscall.Kill(pid, syscall.SIGKILL)
+			kills++
+		}
+		fams, _ := scrape(t, admin)
+		for name, f := range fams {
+			if f.GetType() != dto.MetricType_COUNTER {
+				continue
+			}
+			for _, m := range f.Metric {
+				key := name + labelKey(m)
+				v := m.Counter.GetValue()
+				if prev, ok := last[key]; ok && v < prev {
+					t.Fatalf("scrape %d: %s went down from %v to %v", i, key, prev, v)
+				}
+				last[key] = v
+			}
+		}
+	}
+	stopLoad()
+	load.Wait()
+	fams, _ := scrape(t, admin)
+	if got, _ := value(fams, "brood_restarts_total", map[string]string{"reason": "signal"}); got != float64(kills) {
+		t.Errorf("brood_restarts_total{reason=signal} = %v, want %d", got, kills)
+	}
+	if got, _ := value(fams, "app_requests_total", nil); got <= 0 || got > float64(served.Load()) {
+		t.Errorf("app_requests_total = %v after %d served (some lost with the killed workers, never more)", got, served.Load())
+	}
+	stopCluster(t, c)
+}
+
+func labelKey(m *dto.Metric) string {
+	var b bytes.Buffer
+	for _, l := range m.Label {
+		fmt.Fprintf(&b, ",%s=%s", l.GetName(), l.GetValue())
+	}
+	return "{" + b.String() + "}"
+}
+
+// A worker stuck in a message handler does not answer the gather: the scrape
+// still answers, with its last copy, and counts the miss.
+func TestStuckChildDoesNotFailTheScrape(t *testing.T) {
+	c, addr, admin := startMetrics(t)
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxConnsPerHost: 1}}
+	for range 10 {
+		get(t, client, "http://"+addr+"/")
+	}
+	scrape(t, admin) // a copy of every worker
+	body := get(t, client, "http://"+addr+"/block")
+	var pid int
+	fmt.Sscanf(body, "blocked pid %d", &pid)
+	start := time.Now()
+	fams, _ := scrape(t, admin)
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("the scrape took %v with a stuck worker", took)
+	}
+	if got, _ := value(fams, "app_requests_total", nil); got != 10 {
+		t.Errorf("app_requests_total = %v, want 10 (the stuck worker served from its last copy)", got)
+	}
+	if got, _ := value(fams, "brood_scrape_errors_total", map[string]string{"role": "worker"}); got < 1 {
+		t.Errorf("brood_scrape_errors_total{role=worker} = %v, want the stuck worker counted", got)
+	}
+	get(t, client, "http://"+addr+"/unblock")
+	stopCluster(t, c)
+	_ = pid
+}
+
+// /livez and /readyz; /readyz turns 503 at the first instant of a stop, while
+// the workers still drain.
+func TestHealthEndpoints(t *testing.T) {
+	c, addr, admin := startMetrics(t)
+	status := func(path string) int {
+		t.Helper()
+		resp, err := http.Get("http://" + admin + path)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if l, r := status("/livez"), status("/readyz"); l != 200 || r != 200 {
+		t.Fatalf("running: /livez %d /readyz %d, want 200 and 200", l, r)
+	}
+	slow := make(chan error, 1)
+	go func() {
+		resp, err := newConnClient().Get("http://" + addr + "/slow")
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		slow <- err
+	}()
+	c.WaitEvents(5*time.Second, "the slow request", 1, hasPrefix("slow-start "))
+	c.Signal(syscall.SIGTERM)
+	c.WaitFor(5*time.Second, "the stop", helperproc.MasterMsg("stopping"))
+	if r := status("/readyz"); r != http.StatusServiceUnavailable {
+		t.Errorf("stopping: /readyz %d, want 503", r)
+	}
+	if err := <-slow; err != nil {
+		t.Errorf("the request in flight during the stop: %v", err)
+	}
+	if code := c.Wait(10 * time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+}
+
+var _ = strconv.Itoa
