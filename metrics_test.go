@@ -319,4 +319,32 @@ func TestHealthEndpoints(t *testing.T) {
 	}
 }
 
+// A reload replaces every process gracefully: each sends its metrics one last
+// time as it stops, so a counter loses nothing even with no scrape between the
+// requests and the reload.
+func TestMetricsSurviveReload(t *testing.T) {
+	c, addr, admin := startMetrics(t)
+	const n = 100
+	for range n {
+		get(t, newConnClient(), "http://"+addr+"/")
+	}
+	before := c.ChildPIDs("worker")
+	c.Signal(syscall.SIGHUP)
+	c.WaitFor(30*time.Second, "the reload", helperproc.MasterMsg("reload done"))
+	for _, pid := range before {
+		waitMaster(t, c, "exited", pid)
+	}
+	fams, _ := scrape(t, admin)
+	if got, _ := value(fams, "app_requests_total", nil); got != n {
+		t.Fatalf("app_requests_total = %v after a reload, want %d", got, n)
+	}
+	if got, _ := value(fams, "brood_reloads_total", map[string]string{"result": "ok"}); got != 1 {
+		t.Errorf("brood_reloads_total{result=ok} = %v, want 1", got)
+	}
+	if got, _ := value(fams, "brood_restarts_total", map[string]string{"reason": "reload"}); got != 2 {
+		t.Errorf("brood_restarts_total{reason=reload} = %v, want 2 (the workers; this cluster has no agent)", got)
+	}
+	stopCluster(t, c)
+}
+
 var _ = strconv.Itoa
