@@ -41,7 +41,9 @@ func newFakeSource() *fakeSource {
 func (f *fakeSource) Status() wire.Status {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.status
+	s := f.status
+	s.Processes = append([]wire.Process(nil), s.Processes...)
+	return s
 }
 
 func (f *fakeSource) SetStatus(s wire.Status) {

@@ -97,6 +97,15 @@
   function fmtClock(d) {
     return pad(d.getHours()) + ':' + pad(d.getMinutes()) + ':' + pad(d.getSeconds());
   }
+  // fmtStamp: the clock time, with the date when it is not today.
+  function fmtStamp(d) {
+    var now = new Date();
+    var day = d.getFullYear() === now.getFullYear() && d.getMonth() === now.getMonth() && d.getDate() === now.getDate();
+    return (day ? '' : d.getFullYear() + '-' + pad(d.getMonth() + 1) + '-' + pad(d.getDate()) + ' ') + fmtClock(d);
+  }
+  function fmtWindow(ms) {
+    return ms % 60000 === 0 ? ms / 60000 + ' min' : Math.round(ms / 1000) + ' s';
+  }
   function validTime(t) {
     if (!t) return null;
     var d = new Date(t);
@@ -164,8 +173,10 @@
 
   // ---- sparklines ----
   function record(h, t, pid, rss, cpu) {
-    if (h.pid && pid !== h.pid) h.marks.push(t);   // the slot's process changed: a restart
-    if (pid) h.pid = pid;
+    // The slot's process went away or changed: a restart. One mark for
+    // old -> new and for old -> (none) -> new alike.
+    if (h.pid && pid !== h.pid) h.marks.push(t);
+    h.pid = pid;
     h.samples.push({ t: t, pid: pid, rss: pid ? rss : null, cpu: pid ? cpu : null });
     var cut = t - WINDOW;
     while (h.samples.length && h.samples[0].t < cut) h.samples.shift();
@@ -195,7 +206,7 @@
     var title = svg('title', {});
     title.textContent = vals.length
       ? (kind === 'cpu' ? 'CPU ' : 'RSS ') + unit(Math.min.apply(null, vals)) + ' – ' + unit(Math.max.apply(null, vals)) +
-        ' over the last ' + fmtDur(WINDOW / 1000) + (h.marks.length ? ' · ' + h.marks.length + ' restart(s)' : '')
+        ' over the last ' + fmtWindow(WINDOW) + (h.marks.length ? ' · ' + h.marks.length + ' restart(s)' : '')
       : 'no samples yet';
     root.appendChild(title);
     root.appendChild(svg('line', { class: 'base', x1: 0, x2: W, y1: H - 1.5, y2: H - 1.5 }));
@@ -229,6 +240,10 @@
     }
     box.replaceChildren(root);
     setData(box, 'samples', h.samples.length);
+    setData(box, 'span', h.samples.length ? Math.round(now - h.samples[0].t) : 0);
+    var gap = 0;
+    for (var i = h.samples.length - 1; i >= 0 && h.samples[i][key] == null; i--) gap++;
+    setData(box, 'gap', gap); // samples since the slot last had a process
   }
 
   // ---- status ----
@@ -266,7 +281,7 @@
     setText($('m-pid'), st.pid || '–');
     var started = validTime(st.started_at);
     setText($('m-uptime'), started ? fmtDur((now - started.getTime()) / 1000) : '–');
-    setText($('m-started'), started ? 'since ' + started.toLocaleString() : '');
+    setText($('m-started'), started ? 'since ' + fmtStamp(started) : '');
     var procs = Array.isArray(st.processes) ? st.processes.slice() : [];
     var workers = procs.filter(function (p) { return p.role === 'worker'; });
     var readyW = workers.filter(function (p) { return p.state === 'ready'; }).length;
@@ -300,7 +315,7 @@
     renderProcs(procs, now);
     renderSchedules(st.schedules);
     setText($('foot-text'), 'brood admin · status at ' + fmtClock(new Date(now)) + ' · polling every ' +
-      (POLL >= 1000 ? POLL / 1000 + ' s' : POLL + ' ms') + ' · sparklines cover ' + fmtDur(WINDOW / 1000) +
+      (POLL >= 1000 ? POLL / 1000 + ' s' : POLL + ' ms') + ' · sparklines cover ' + fmtWindow(WINDOW) +
       (st.run_dir ? ' · run dir ' + st.run_dir : ''));
   }
 
@@ -512,7 +527,7 @@
     if (e.result) tr.setAttribute('data-result', e.result);
 
     var d = validTime(e.time);
-    var time = el('td', 'time', d ? fmtClock(d) : '–');
+    var time = el('td', 'time', d ? fmtStamp(d) : '–');
     if (d) time.title = d.toLocaleString() + ' · #' + e.seq;
     tr.appendChild(time);
     var type = el('td');
@@ -557,6 +572,8 @@
     setData(document.body, 'stale', state.statusOK === false ? '1' : '');
   }
 
+  document.body.setAttribute('data-window', WINDOW);
+  Array.prototype.forEach.call(document.querySelectorAll('.window'), function (n) { n.textContent = fmtWindow(WINDOW); });
   connect();
   poll();
 })();
