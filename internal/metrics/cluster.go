@@ -209,6 +209,10 @@ func (c *Cluster) Update(k Key, fams []*dto.MetricFamily) {
 		if mf == nil || mf.GetName() == "" {
 			continue
 		}
+		if _, ok := dto.MetricType_name[int32(mf.GetType())]; !ok {
+			c.conflicts++ // no encoder could write it
+			continue
+		}
 		f := c.family(mf)
 		if f == nil || f.upd == c.upd {
 			c.conflicts++

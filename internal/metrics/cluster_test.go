@@ -364,3 +364,32 @@ func TestRetireMonotonicProperty(t *testing.T) {
 		}
 	}
 }
+
+func TestConcurrentUse(t *testing.T) {
+	c := New(Options{Gauges: map[string]Policy{"g": Max}})
+	done := make(chan struct{})
+	for w := range 4 {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for i := range 200 {
+				k := Key{"worker", w + 1, 1000*w + i/50}
+				c.Update(k, []*dto.MetricFamily{fam("x_total", C, cnt(float64(i))), fam("g", G, gau(float64(i)))})
+				if i%50 == 49 {
+					c.Retire(k)
+				}
+			}
+		}()
+	}
+	go func() {
+		defer func() { done <- struct{}{} }()
+		for range 200 {
+			c.Families()
+			c.Conflicts()
+		}
+	}()
+	for range 5 {
+		<-done
+	}
+	// Each worker retires four pids, last at 49, 99, 149, 199: 4 × 496.
+	equalMaps(t, flat(c.Families()), map[string]string{"x_total{}": "1984"})
+}

@@ -53,7 +53,7 @@ func Decode(b []byte, limit int) ([]*dto.MetricFamily, error) {
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(b), limit)
 	}
 	var fams []*dto.MetricFamily
-	opts := proto.UnmarshalOptions{DiscardUnknown: true}
+	d := wireDecoder{s: string(b)}
 	for off := 0; off < len(b); {
 		n, k := protowire.ConsumeVarint(b[off:])
 		if k < 0 {
@@ -63,8 +63,8 @@ func Decode(b []byte, limit int) ([]*dto.MetricFamily, error) {
 		if n > uint64(len(b)-off) {
 			return nil, fmt.Errorf("metrics: family %d at byte %d: length %d past the end of the %d-byte payload", len(fams), off, n, len(b))
 		}
-		mf := new(dto.MetricFamily)
-		if err := opts.Unmarshal(b[off:off+int(n)], mf); err != nil {
+		mf := d.fams.new()
+		if err := d.family(b, off, off+int(n), mf); err != nil {
 			return nil, fmt.Errorf("metrics: family %d at byte %d: %w", len(fams), off, err)
 		}
 		off += int(n)
@@ -81,8 +81,8 @@ func validate(mf *dto.MetricFamily) error {
 	if name == "" || !utf8.ValidString(name) {
 		return fmt.Errorf("invalid metric name %q", name)
 	}
-	if !utf8.ValidString(mf.GetHelp()) {
-		return fmt.Errorf("family %q: invalid help text", name)
+	if !utf8.ValidString(mf.GetHelp()) || !utf8.ValidString(mf.GetUnit()) {
+		return fmt.Errorf("family %q: invalid help text or unit", name)
 	}
 	if _, ok := dto.MetricType_name[int32(mf.GetType())]; !ok {
 		return fmt.Errorf("family %q: unknown type %d", name, mf.GetType())

@@ -13,6 +13,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // realGather registers one of each kind in a fresh registry (classic and
@@ -179,4 +180,63 @@ func TestPromtool(t *testing.T) {
 	if err != nil {
 		t.Fatalf("promtool check metrics: %v\n%s\n---\n%s", err, out, text)
 	}
+}
+
+// richFamilies has every field the wire decoder handles set at least once.
+func richFamilies(t testing.TB) []*dto.MetricFamily {
+	fams := realGather(t, 2)
+	ex := &dto.Exemplar{Label: labels("trace_id", "abc"), Value: new(1.5), Timestamp: timestamppb.New(testTime)}
+	c := cnt(3, "a", "b")
+	c.Counter.Exemplar = ex
+	c.TimestampMs = new(int64(-5))
+	h := nativeH(-2, 0.5, 3, map[int32]int64{-3: 2, 1: 1, 5: 4}, map[int32]int64{0: 1, 2: 7})
+	h.Histogram.Exemplars = []*dto.Exemplar{ex}
+	h.Histogram.CreatedTimestamp = timestamppb.New(testTime)
+	hf := &dto.Metric{Histogram: &dto.Histogram{SampleCountFloat: new(1.5), ZeroCountFloat: new(0.5), Schema: new(int32(2)),
+		PositiveSpan: []*dto.BucketSpan{{Offset: new(int32(-1)), Length: new(uint32(1))}}, PositiveCount: []float64{1},
+		NegativeSpan: []*dto.BucketSpan{{Offset: new(int32(3)), Length: new(uint32(1))}}, NegativeCount: []float64{0.25},
+		Bucket: []*dto.Bucket{{UpperBound: new(1.0), CumulativeCountFloat: new(1.25), Exemplar: ex}}}}
+	u := untyped(7, "x", "y")
+	mf := fam("rich", C, c)
+	mf.Unit = new("seconds")
+	return append(fams, mf, fam("rich_h", H, h, hf), fam("rich_u", U, u))
+}
+
+func TestWireMatchesProto(t *testing.T) {
+	fams := richFamilies(t)
+	b, err := Encode(fams)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Decode(b, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range fams {
+		if !proto.Equal(got[i], fams[i]) {
+			t.Errorf("family %s differs:\n%v\n%v", fams[i].GetName(), got[i], fams[i])
+		}
+	}
+}
+
+// FuzzWireMatchesProto holds the hand-written decoder to proto.Unmarshal on
+// any one MetricFamily message.
+func FuzzWireMatchesProto(f *testing.F) {
+	for _, mf := range richFamilies(f) {
+		b, _ := proto.Marshal(mf)
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var want dto.MetricFamily
+		errP := proto.UnmarshalOptions{DiscardUnknown: true}.Unmarshal(b, &want)
+		d := wireDecoder{s: string(b)}
+		var got dto.MetricFamily
+		errW := d.family(b, 0, len(b), &got)
+		if (errP == nil) != (errW == nil) {
+			t.Fatalf("proto: %v, wire: %v", errP, errW)
+		}
+		if errP == nil && !proto.Equal(&got, &want) {
+			t.Fatalf("differ:\nwire  %v\nproto %v", &got, &want)
+		}
+	})
 }
