@@ -100,3 +100,27 @@ func BenchmarkDecode(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkScrapeDecoded is the master's whole share of a scrape, serially:
+// Decode eight 10k-series payloads, Update, Families.
+func BenchmarkScrapeDecoded(b *testing.B) {
+	const children = 8
+	var payloads [children][]byte
+	keys := make([]Key, children)
+	for i := range children {
+		payloads[i], _ = Encode(benchGather(10000, i))
+		keys[i] = Key{"worker", i + 1, 1000 + i}
+	}
+	c := New(Options{})
+	b.ReportAllocs()
+	for b.Loop() {
+		for i := range children {
+			fams, err := Decode(payloads[i], 16<<20)
+			if err != nil {
+				b.Fatal(err)
+			}
+			c.Update(keys[i], fams)
+		}
+		c.Families()
+	}
+}

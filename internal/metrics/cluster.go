@@ -654,12 +654,16 @@ func (c *Cluster) perSlot(f *family, gen uint64) *dto.MetricFamily {
 	for taken(roleName) || taken(slotName) {
 		roleName, slotName = "brood_"+roleName, "brood_"+slotName
 	}
-	total := 0
+	total, nlabels := 0, 0
 	for _, mb := range f.members {
 		total += len(mb.cf.src.Metric)
+		for _, m := range mb.cf.src.Metric {
+			nlabels += len(m.GetLabel()) + 2
+		}
 	}
 	mf := newFamily(f, total)
 	ms := make([]dto.Metric, total)
+	lbuf := make([]*dto.LabelPair, 0, nlabels) // carved into each metric's labels
 	n := 0
 	var prev *child
 	for _, mb := range f.members {
@@ -674,7 +678,7 @@ func (c *Cluster) perSlot(f *family, gen uint64) *dto.MetricFamily {
 			}
 			m := &ms[n]
 			n++
-			m.Label = withLabels(src.Label, pair)
+			m.Label, lbuf = withLabels(lbuf, src.Label, pair)
 			m.Gauge, m.Summary, m.Untyped, m.Histogram = src.Gauge, src.Summary, src.Untyped, src.Histogram
 			m.Counter, m.TimestampMs = src.Counter, src.TimestampMs
 			mf.Metric = append(mf.Metric, m)
@@ -704,20 +708,22 @@ func (ch *child) pairs(roleName, slotName string) *[2]*dto.LabelPair {
 	return p
 }
 
-// withLabels returns lps with the two pairs inserted, keeping the order by
-// name when lps is in that order.
-func withLabels(lps []*dto.LabelPair, add *[2]*dto.LabelPair) []*dto.LabelPair {
-	out := make([]*dto.LabelPair, 0, len(lps)+2)
+// withLabels appends lps with the two pairs inserted (keeping the order by
+// name when lps is in that order) to buf, and returns them as a slice of
+// their own capacity, and buf.
+func withLabels(buf, lps []*dto.LabelPair, add *[2]*dto.LabelPair) ([]*dto.LabelPair, []*dto.LabelPair) {
+	start := len(buf)
 	a := add[:]
 	if a[1].GetName() < a[0].GetName() {
 		a = []*dto.LabelPair{a[1], a[0]}
 	}
 	for _, lp := range lps {
 		for len(a) > 0 && a[0].GetName() < lp.GetName() {
-			out = append(out, a[0])
+			buf = append(buf, a[0])
 			a = a[1:]
 		}
-		out = append(out, lp)
+		buf = append(buf, lp)
 	}
-	return append(out, a...)
+	buf = append(buf, a...)
+	return buf[start:len(buf):len(buf)], buf
 }

@@ -79,6 +79,28 @@ type wireDecoder struct {
 	mptrs  ptrs[dto.Metric]
 	lptrs  ptrs[dto.LabelPair]
 	bptrs  ptrs[dto.Bucket]
+
+	// Pointers collected while a message is decoded, then copied into a
+	// slice carved to their number (no second pass to count them).
+	mscratch []*dto.Metric
+	lscratch []*dto.LabelPair
+	bscratch []*dto.Bucket
+}
+
+// carve appends scratch[from:] to dst, through a slice from p sized to fit
+// when dst is empty, and truncates scratch back to from.
+func carve[T any](p *ptrs[T], dst []*T, scratch *[]*T, from int) []*T {
+	n := len(*scratch) - from
+	if n == 0 {
+		return dst
+	}
+	if dst == nil {
+		dst = p.take(n)
+	}
+	dst = append(dst, (*scratch)[from:]...)
+	clear((*scratch)[from:])
+	*scratch = (*scratch)[:from]
+	return dst
 }
 
 // field is one decoded field: its number and wire type, and its value — v
@@ -128,22 +150,6 @@ func next(b []byte, off int) (field, int, error) {
 	return f, off + n, nil
 }
 
-// count returns how many fields numbered num b[start:end] holds.
-func count(b []byte, start, end int, num protowire.Number) (int, error) {
-	n := 0
-	for off := start; off < end; {
-		f, o, err := next(b[:end], off)
-		if err != nil {
-			return 0, err
-		}
-		if f.num == num && f.typ == protowire.BytesType {
-			n++
-		}
-		off = o
-	}
-	return n, nil
-}
-
 func (d *wireDecoder) str(f field) *string {
 	p := d.strs.new()
 	*p = d.s[f.start:f.end]
@@ -164,13 +170,8 @@ func (d *wireDecoder) u64(f field) *uint64 {
 
 // family decodes one MetricFamily from b[start:end] into mf.
 func (d *wireDecoder) family(b []byte, start, end int, mf *dto.MetricFamily) error {
-	n, err := count(b, start, end, 4)
-	if err != nil {
-		return err
-	}
-	if n > 0 {
-		mf.Metric = d.mptrs.take(n)
-	}
+	from := len(d.mscratch)
+	defer func() { mf.Metric = carve(&d.mptrs, mf.Metric, &d.mscratch, from) }()
 	b = b[:end]
 	for off := start; off < end; {
 		f, o, err := next(b, off)
@@ -195,20 +196,15 @@ func (d *wireDecoder) family(b []byte, start, end int, mf *dto.MetricFamily) err
 			if err := d.metric(b, f.start, f.end, m); err != nil {
 				return err
 			}
-			mf.Metric = append(mf.Metric, m)
+			d.mscratch = append(d.mscratch, m)
 		}
 	}
 	return nil
 }
 
 func (d *wireDecoder) metric(b []byte, start, end int, m *dto.Metric) error {
-	n, err := count(b, start, end, 1)
-	if err != nil {
-		return err
-	}
-	if n > 0 {
-		m.Label = d.lptrs.take(n)
-	}
+	from := len(d.lscratch)
+	defer func() { m.Label = carve(&d.lptrs, m.Label, &d.lscratch, from) }()
 	b = b[:end]
 	for off := start; off < end; {
 		f, o, err := next(b, off)
@@ -231,7 +227,7 @@ func (d *wireDecoder) metric(b []byte, start, end int, m *dto.Metric) error {
 			if err := d.labelPair(b, f.start, f.end, lp); err != nil {
 				return err
 			}
-			m.Label = append(m.Label, lp)
+			d.lscratch = append(d.lscratch, lp)
 		case 2:
 			if m.Gauge == nil {
 				m.Gauge = d.gs.new()
@@ -385,13 +381,8 @@ func (d *wireDecoder) summary(b []byte, start, end int, s *dto.Summary) error {
 }
 
 func (d *wireDecoder) histogram(b []byte, start, end int, h *dto.Histogram) error {
-	n, err := count(b, start, end, 3)
-	if err != nil {
-		return err
-	}
-	if n > 0 && h.Bucket == nil {
-		h.Bucket = d.bptrs.take(n)
-	}
+	from := len(d.bscratch)
+	defer func() { h.Bucket = carve(&d.bptrs, h.Bucket, &d.bscratch, from) }()
 	b = b[:end]
 	for off := start; off < end; {
 		f, o, err := next(b, off)
@@ -436,7 +427,7 @@ func (d *wireDecoder) histogram(b []byte, start, end int, h *dto.Histogram) erro
 			case 3:
 				bk := d.bs.new()
 				err = d.bucket(b, f.start, f.end, bk)
-				h.Bucket = append(h.Bucket, bk)
+				d.bscratch = append(d.bscratch, bk)
 			case 9:
 				h.NegativeSpan, err = d.span(b, f.start, f.end, h.NegativeSpan)
 			case 12:
