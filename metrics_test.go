@@ -210,11 +210,16 @@ func TestMetricsNeverDecreaseAcrossKills(t *testing.T) {
 		})
 	}
 	last := map[string]float64{}
-	kills := 0
+	kills, victim := 0, 0
 	for i := range 120 {
 		if i%20 == 10 {
-			pid := c.ChildPIDs("worker")[kills%2]
-			syscall.Kill(pid, syscall.SIGKILL)
+			if kills > 0 { // the last victim's slot is back before the next kill
+				c.WaitFor(10*time.Second, "the restart", func(l helperproc.Line) bool {
+					return helperproc.MasterMsg("restarted")(l) && l.Int("old_pid") == victim
+				})
+			}
+			victim = c.ChildPIDs("worker")[kills%2]
+			syscall.Kill(victim, syscall.SIGKILL)
 			kills++
 		}
 		fams, _ := scrape(t, admin)
