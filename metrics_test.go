@@ -41,10 +41,12 @@ func metricsMain() {
 			inflight.Set(10)
 			var unblock chan struct{}
 			var mu sync.Mutex
+			blocking := make(chan struct{}, 1)
 			p.Messenger().On("block", func(brood.Message) {
 				mu.Lock()
 				ch := unblock
 				mu.Unlock()
+				blocking <- struct{}{}
 				<-ch
 			})
 			mux := http.NewServeMux()
@@ -62,6 +64,12 @@ func metricsMain() {
 				unblock = make(chan struct{})
 				mu.Unlock()
 				p.Messenger().SendTo(p.PID(), "block", nil)
+				select { // answer once the handlers are stuck
+				case <-blocking:
+				case <-time.After(10 * time.Second):
+					http.Error(w, "the block handler did not run", 500)
+					return
+				}
 				fmt.Fprintf(w, "blocked pid %d\n", os.Getpid())
 			})
 			mux.HandleFunc("/unblock", func(w http.ResponseWriter, r *http.Request) {
