@@ -186,7 +186,8 @@ func (m *Master) gatherChildren() ([]*dto.MetricFamily, error) {
 		}
 	}
 	m.mu.Unlock()
-	ctx, cancel := context.WithTimeout(m.life, m.cfg.ScrapeTimeout)
+	// Not m.life: while the cluster stops, its draining processes still answer.
+	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.ScrapeTimeout)
 	defer cancel()
 	var wg sync.WaitGroup
 	for _, c := range targets {
