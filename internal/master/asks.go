@@ -56,7 +56,9 @@ func (m *Master) ask(ctx context.Context, c *child, action string, payload []byt
 	}
 }
 
-// onMasterMessage handles brood's messages to the master.
+// onMasterMessage handles brood's messages to the master. The router calls
+// it with its lock held: it must not take m.mu (recordExit holds m.mu while it
+// calls the router), so it works only through goOwned and leaf locks.
 func (m *Master) onMasterMessage(from *relay.Endpoint, f ipc.Frame) {
 	switch string(f.Action) {
 	case wire.ActLogsRotated:
@@ -76,7 +78,7 @@ func (m *Master) onMasterMessage(from *relay.Endpoint, f ipc.Frame) {
 		m.metrics.scheduleTime.WithLabelValues(run.Task).Observe(run.Duration)
 		m.events.publish(ev)
 	case wire.ActMetricsFinal:
-		m.onFinalMetrics(from.PID, f.Payload)
+		m.onFinalMetrics(from, f.Payload)
 	default:
 		m.log.Warn("unknown message to the master", "action", string(f.Action), "from_pid", from.PID)
 	}

@@ -149,6 +149,9 @@ type Master struct {
 	endLife context.CancelFunc
 	wg      sync.WaitGroup // goroutines owned by the master (restarts, replacements, heartbeat)
 
+	ownMu     sync.Mutex // guards ownClosed, for goOwned
+	ownClosed bool       // stopAll began: goOwned starts nothing more
+
 	singleSeq atomic.Int32 // virtual pids handed out in single-process mode
 	startedAt time.Time
 	stopReq   chan struct{}
@@ -495,14 +498,17 @@ func (m *Master) childrenOfLocked(s *slot) []*child {
 
 // goOwned runs f on a goroutine the master waits for when it stops, unless it
 // is stopping already (then f does not run and goOwned reports false). The
-// check and the Add happen under m.mu, and stopAll marks the phase stopping
-// under m.mu before it waits, so no Add can race with that Wait. A panic in f
-// is logged with its stack instead of ending the master: whatever a child, a
-// client or a signal does, the master keeps supervising.
+// check and the Add happen under ownMu, and stopAll sets ownClosed under
+// ownMu before it waits, so no Add can race with that Wait. goOwned takes no
+// other lock, so it may be called from anywhere, a router callback included
+// (the router calls back with its own lock held, and m.mu is taken before the
+// router's elsewhere). A panic in f is logged with its stack instead of ending
+// the master: whatever a child, a client or a signal does, the master keeps
+// supervising.
 func (m *Master) goOwned(what string, f func()) bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.phase >= phaseStopping {
+	m.ownMu.Lock()
+	defer m.ownMu.Unlock()
+	if m.ownClosed {
 		return false
 	}
 	m.wg.Add(1)
@@ -528,6 +534,9 @@ func (m *Master) stopAll(force <-chan struct{}, why string) {
 	}
 	m.phase = phaseStopping
 	m.mu.Unlock()
+	m.ownMu.Lock()
+	m.ownClosed = true
+	m.ownMu.Unlock()
 	m.endLife()
 	m.events.publish(wire.Event{Type: wire.EventStopping, Detail: why})
 

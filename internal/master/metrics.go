@@ -8,6 +8,7 @@ import (
 
 	"github.com/brood-go/brood/internal/ipc"
 	"github.com/brood-go/brood/internal/metrics"
+	"github.com/brood-go/brood/internal/relay"
 	"github.com/brood-go/brood/internal/wire"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -209,20 +210,18 @@ func (m *Master) gatherChildren() ([]*dto.MetricFamily, error) {
 	return m.merged.Families(), nil
 }
 
-// onFinalMetrics takes the metrics a child sent as it stops gracefully.
-func (m *Master) onFinalMetrics(pid uint32, payload []byte) {
-	m.mu.Lock()
-	c := m.children[int(pid)]
-	m.mu.Unlock()
-	if c == nil {
-		return
-	}
+// onFinalMetrics takes the metrics a child sent as it stops gracefully. It
+// runs on the child's reader, inside the router's callback (with the router's
+// lock held), so it must not take m.mu: the key comes from the endpoint, and
+// the merger's lock is a leaf. Being on the reader, it is done before the
+// child's exit is recorded (and its copy retired).
+func (m *Master) onFinalMetrics(from *relay.Endpoint, payload []byte) {
 	fams, err := metrics.Decode(payload, maxGather)
 	if err != nil {
-		m.log.Warn("bad final metrics from a child", "child_pid", pid, "err", err)
+		m.log.Warn("bad final metrics from a child", "child_pid", from.PID, "err", err)
 		return
 	}
-	m.merged.Update(metricsKey(c), fams)
+	m.merged.Update(metrics.Key{Role: wire.RoleName(from.Role), Slot: from.Slot().ID, PID: int(from.PID)}, fams)
 }
 
 // observePong records a heartbeat's round trip.
