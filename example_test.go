@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/brood-go/brood"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 )
 
 // The agent tells every worker something once the cluster is up. Single-process
@@ -118,6 +120,30 @@ func ExampleSchedule() {
 			p.Ready()
 			<-ctx.Done()
 			return nil
+		},
+	})
+}
+
+// The application's own metrics, with no code beyond promauto: the master
+// serves them on the admin listener, summed over the workers (requests_total),
+// or merged as the program says (pool_connections, summed here instead of one
+// series per worker).
+func ExampleMetrics() {
+	requests := promauto.NewCounter(prometheus.CounterOpts{Name: "requests_total", Help: "Requests served."})
+	pool := promauto.NewGauge(prometheus.GaugeOpts{Name: "pool_connections", Help: "Open connections of this worker's pool."})
+	brood.Main(brood.Config{
+		Name:    "web",
+		Listen:  []string{":8080"},
+		Admin:   "127.0.0.1:9090", // GET /metrics, /livez, /readyz, /events, and a dashboard at /
+		Metrics: brood.Metrics{Gauges: map[string]brood.GaugeMerge{"pool_connections": brood.GaugeSum}},
+		Worker: func(ctx context.Context, p *brood.Process) error {
+			pool.Set(4)
+			mux := http.NewServeMux()
+			mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+				requests.Inc()
+				fmt.Fprintf(w, "hello from worker %d\n", p.ID())
+			})
+			return brood.ServeHTTP(ctx, p, &http.Server{Handler: mux})
 		},
 	})
 }

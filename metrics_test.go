@@ -41,10 +41,12 @@ func metricsMain() {
 			inflight.Set(10)
 			var unblock chan struct{}
 			var mu sync.Mutex
+			blocking := make(chan struct{}, 1)
 			p.Messenger().On("block", func(brood.Message) {
 				mu.Lock()
 				ch := unblock
 				mu.Unlock()
+				blocking <- struct{}{}
 				<-ch
 			})
 			mux := http.NewServeMux()
@@ -62,6 +64,12 @@ func metricsMain() {
 				unblock = make(chan struct{})
 				mu.Unlock()
 				p.Messenger().SendTo(p.PID(), "block", nil)
+				select { // answer once the handlers are stuck
+				case <-blocking:
+				case <-time.After(10 * time.Second):
+					http.Error(w, "the block handler did not run", 500)
+					return
+				}
 				fmt.Fprintf(w, "blocked pid %d\n", os.Getpid())
 			})
 			mux.HandleFunc("/unblock", func(w http.ResponseWriter, r *http.Request) {
@@ -210,11 +218,16 @@ func TestMetricsNeverDecreaseAcrossKills(t *testing.T) {
 		})
 	}
 	last := map[string]float64{}
-	kills := 0
+	kills, victim := 0, 0
 	for i := range 120 {
 		if i%20 == 10 {
-			pid := c.ChildPIDs("worker")[kills%2]
-			syscall.Kill(pid, syscall.SIGKILL)
+			if kills > 0 { // the last victim's slot is back before the next kill
+				c.WaitFor(10*time.Second, "the restart", func(l helperproc.Line) bool {
+					return helperproc.MasterMsg("restarted")(l) && l.Int("old_pid") == victim
+				})
+			}
+			victim = c.ChildPIDs("worker")[kills%2]
+			syscall.Kill(victim, syscall.SIGKILL)
 			kills++
 		}
 		fams, _ := scrape(t, admin)
@@ -317,6 +330,34 @@ func TestHealthEndpoints(t *testing.T) {
 	if code := c.Wait(10 * time.Second); code != 0 {
 		t.Fatalf("exit code %d", code)
 	}
+}
+
+// A reload replaces every process gracefully: each sends its metrics one last
+// time as it stops, so a counter loses nothing even with no scrape between the
+// requests and the reload.
+func TestMetricsSurviveReload(t *testing.T) {
+	c, addr, admin := startMetrics(t)
+	const n = 100
+	for range n {
+		get(t, newConnClient(), "http://"+addr+"/")
+	}
+	before := c.ChildPIDs("worker")
+	c.Signal(syscall.SIGHUP)
+	c.WaitFor(30*time.Second, "the reload", helperproc.MasterMsg("reload done"))
+	for _, pid := range before {
+		waitMaster(t, c, "exited", pid)
+	}
+	fams, _ := scrape(t, admin)
+	if got, _ := value(fams, "app_requests_total", nil); got != n {
+		t.Fatalf("app_requests_total = %v after a reload, want %d", got, n)
+	}
+	if got, _ := value(fams, "brood_reloads_total", map[string]string{"result": "ok"}); got != 1 {
+		t.Errorf("brood_reloads_total{result=ok} = %v, want 1", got)
+	}
+	if got, _ := value(fams, "brood_restarts_total", map[string]string{"reason": "reload"}); got != 2 {
+		t.Errorf("brood_restarts_total{reason=reload} = %v, want 2 (the workers; this cluster has no agent)", got)
+	}
+	stopCluster(t, c)
 }
 
 var _ = strconv.Itoa

@@ -69,8 +69,8 @@ type clusterCollector struct{ m *Master }
 
 var (
 	descProcesses   = prometheus.NewDesc("brood_processes", "Processes of the cluster by role and state (restarting: a slot waiting for its process).", []string{"role", "state"}, nil)
-	descRSS         = prometheus.NewDesc("brood_process_resident_memory_bytes", "Resident memory of each process.", []string{"role", "slot"}, nil)
-	descCPU         = prometheus.NewDesc("brood_process_cpu_seconds_total", "CPU time (user and system) of each process.", []string{"role", "slot"}, nil)
+	descRSS         = prometheus.NewDesc("brood_process_resident_memory_bytes", "Resident memory of each slot's process (both, while a replacement overlaps).", []string{"role", "slot"}, nil)
+	descCPU         = prometheus.NewDesc("brood_process_cpu_seconds_total", "CPU time (user and system) of each slot's processes, the exited ones included.", []string{"role", "slot"}, nil)
 	descRelayed     = prometheus.NewDesc("brood_messages_relayed_total", "Messages the master wrote to a receiver.", nil, nil)
 	descHeld        = prometheus.NewDesc("brood_messages_held", "Messages the master holds now for processes that are not ready.", nil, nil)
 	descHeldTotal   = prometheus.NewDesc("brood_messages_held_total", "Messages that had to wait for their receiver to be ready.", nil, nil)
@@ -99,14 +99,32 @@ func (c clusterCollector) Collect(ch chan<- prometheus.Metric) {
 			delete(counts, [2]string{"agent", state})
 		}
 	}
+	// CPU time is per slot and counts the slot's exited processes too, so it
+	// never goes down when a process is replaced.
+	type slotKey struct {
+		role string
+		id   int
+	}
+	cpu := map[slotKey]float64{}
+	rss := map[slotKey]float64{}
+	m.mu.Lock()
+	for _, s := range m.slotsLocked() {
+		cpu[slotKey{wire.RoleName(s.role), s.id}] = s.cpuRetired
+	}
+	m.mu.Unlock()
 	for _, p := range st.Processes {
 		counts[[2]string{p.Role, p.State}]++
 		if p.PID == 0 {
 			continue
 		}
-		slot := strconv.Itoa(p.ID)
-		ch <- prometheus.MustNewConstMetric(descRSS, prometheus.GaugeValue, float64(p.RSSBytes), p.Role, slot)
-		ch <- prometheus.MustNewConstMetric(descCPU, prometheus.CounterValue, p.CPUSeconds, p.Role, slot)
+		k := slotKey{p.Role, p.ID}
+		cpu[k] += p.CPUSeconds
+		rss[k] += float64(p.RSSBytes)
+	}
+	for k, v := range cpu {
+		slot := strconv.Itoa(k.id)
+		ch <- prometheus.MustNewConstMetric(descCPU, prometheus.CounterValue, v, k.role, slot)
+		ch <- prometheus.MustNewConstMetric(descRSS, prometheus.GaugeValue, rss[k], k.role, slot)
 	}
 	for k, n := range counts {
 		ch <- prometheus.MustNewConstMetric(descProcesses, prometheus.GaugeValue, float64(n), k[0], k[1])
@@ -168,7 +186,8 @@ func (m *Master) gatherChildren() ([]*dto.MetricFamily, error) {
 		}
 	}
 	m.mu.Unlock()
-	ctx, cancel := context.WithTimeout(m.life, m.cfg.ScrapeTimeout)
+	// Not m.life: while the cluster stops, its draining processes still answer.
+	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.ScrapeTimeout)
 	defer cancel()
 	var wg sync.WaitGroup
 	for _, c := range targets {

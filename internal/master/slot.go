@@ -37,6 +37,7 @@ type slot struct {
 	crashes    int  // consecutive crashes, for backoff
 	restarting bool // a restart loop owns this slot
 	removed    bool
+	cpuRetired float64 // CPU seconds of the slot's processes that exited
 }
 
 // Errors of slot operations that callers branch on.
@@ -289,6 +290,7 @@ func (s *slot) recordExit(c *child, how string, code int, signaled bool) {
 	}
 	close(c.exited)
 	m.merged.Retire(metricsKey(c)) // what it counted stays in the cluster's totals
+	s.cpuRetired += c.usage.cpu.Seconds()
 	m.events.publish(ev)
 	m.sendMembersLocked()
 	if wasReady {
