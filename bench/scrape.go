@@ -175,15 +175,19 @@ func (b *bench) figScrape() []row {
 	fail := func(err error) []row { return []row{errorRow(names[0], err), errorRow(names[1], err)} }
 	var p50, p99, f50, f99 []float64
 	var size, fsize, series, fseries []float64
+	var o50, o99, osize []float64 // the reference: one process with one worker's 10k series
 	for run := range b.runs {
-		var cs, fs scrapeStats
+		var cs, fs, one scrapeStats
 		var err error
-		// Alternate who goes first, so a noisy minute weighs on both.
-		for k := range 2 {
-			if (k+run)%2 == 0 {
-				fs, err = b.scrapeFloorOnce()
-			} else {
+		// Rotate who goes first, so a noisy minute weighs on all.
+		for k := range 3 {
+			switch (k + run) % 3 {
+			case 0:
+				fs, err = b.scrapeFloorOnce(scrapeWorkers)
+			case 1:
 				cs, err = b.scrapeClusterOnce()
+			default:
+				one, err = b.scrapeFloorOnce(1)
 			}
 			if err != nil {
 				return fail(err)
@@ -193,6 +197,7 @@ func (b *bench) figScrape() []row {
 		f50, f99 = append(f50, fs.pct(0.50)), append(f99, fs.pct(0.99))
 		size, fsize = append(size, float64(cs.bytes)), append(fsize, float64(fs.bytes))
 		series, fseries = append(series, float64(cs.series)), append(fseries, float64(fs.series))
+		o50, o99, osize = append(o50, one.pct(0.50)), append(o99, one.pct(0.99)), append(osize, float64(one.bytes))
 	}
 	r50 := ratioRow(names[0], "ms", p50, f50, true, 0)
 	r50.goal, r50.pass = "—", "info"
@@ -200,20 +205,21 @@ func (b *bench) figScrape() []row {
 	r99.goal, r99.pass = "≤ 150 ms", passFail(median(p99) <= 150)
 	r50.note = fmt.Sprintf("%d timed scrapes per run after %d warm ones, back to back on one keep-alive connection, Accept %s, no compression; "+
 		"bench/cluster with %d workers, each registering %d series of its own with promauto (fixture.RegisterSeries: 40%% counters with 3 labels, 52%% histograms of 10 buckets, the rest gauges; the same names and labels in every worker, as one program's workers have), gathered by the master over IPC and merged. "+
-		"Served: %.0f series, %.0f KiB (medians). Floor: one process (bench/floor metrics) with the same %d×%d series as distinct series (label shard), plain promhttp.Handler: %.0f series, %.0f KiB.",
+		"Served: %.0f series, %.0f KiB (medians). Floor: one process (bench/floor metrics) with the same %d×%d series as distinct series (label shard), plain promhttp.Handler: %.0f series, %.0f KiB. "+
+		"Reference: the same floor with one worker's %d series only (what the same program pays unclustered, one process): p50 %.1f ms, p99 %.1f ms, %.0f KiB.",
 		b.scrapeN, b.scrapeWarm, scrapeAccept, scrapeWorkers, scrapeSeries, median(series), median(size)/1024,
-		scrapeWorkers, scrapeSeries, median(fseries), median(fsize)/1024)
+		scrapeWorkers, scrapeSeries, median(fseries), median(fsize)/1024, scrapeSeries, median(o50), median(o99), median(osize)/1024)
 	r99.note = "goal on the median of the runs' p99; ratio: to the floor's p99 in the same run." + hungNote()
 	return []row{r50, r99}
 }
 
-func (b *bench) scrapeFloorOnce() (scrapeStats, error) {
+func (b *bench) scrapeFloorOnce(copies int) (scrapeStats, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return scrapeStats{}, err
 	}
 	p, err := start(b.logDir, "floor-metrics", nil, b.exe("floor"), "metrics", "-listen", addr,
-		"-series", strconv.Itoa(scrapeSeries), "-copies", strconv.Itoa(scrapeWorkers))
+		"-series", strconv.Itoa(scrapeSeries), "-copies", strconv.Itoa(copies))
 	if err != nil {
 		return scrapeStats{}, err
 	}

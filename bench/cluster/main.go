@@ -31,7 +31,7 @@
 //
 // It uses brood.Run with its own flags (every process parses the same argv) so
 // that, with -cpuprofile DIR, every process (master included) writes a CPU
-// profile DIR/<role>-<pid>.prof when it exits.
+// profile DIR/<role>-<pid>.prof when it exits, or when it gets SIGUSR2.
 package main
 
 import (
@@ -86,6 +86,11 @@ func main() {
 		f, err := os.Create(filepath.Join(*profDir, fmt.Sprintf("%s-%d.prof", role, os.Getpid())))
 		if err == nil && pprof.StartCPUProfile(f) == nil {
 			defer func() { pprof.StopCPUProfile(); f.Close() }()
+			// SIGUSR2 ends the profile at once: a process that will not exit
+			// cleanly (killed after a stop timeout) still leaves one.
+			usr2 := make(chan os.Signal, 1)
+			signal.Notify(usr2, syscall.SIGUSR2)
+			go func() { <-usr2; pprof.StopCPUProfile(); f.Close() }()
 		}
 	}
 
