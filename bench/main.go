@@ -68,7 +68,8 @@
 //     time: p50 and p99 of 100 scrapes back to back (after 5 warm-up ones),
 //     text format, uncompressed; the note gives the payload. Floor: one process
 //     (bench/floor metrics) exposing the same 80,000 series, distinct, with
-//     plain promhttp. Goal p99 ≤ 150 ms.
+//     plain promhttp; the note gives one process with one worker's 10k series.
+//     At most 3 runs (the floor takes ~1 min a run). Goal p99 ≤ 150 ms.
 //   - rttscrape: the rtt figure's round trips on that cluster (8 workers × 10k
 //     series, admin listener on) while a client scrapes /metrics back to back.
 //     Floor: the same cluster, not scraped. Goal p99 ≤ 1.2× floor.
