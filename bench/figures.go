@@ -205,8 +205,7 @@ func (b *bench) runFloor(v any, args ...string) error {
 // runMessengerBench runs bench/cluster with one messenger bench (and extra
 // flags) and decodes the agent's result into v.
 func (b *bench) runMessengerBench(v any, mode string, n int, extra ...string) error {
-	out := filepath.Join(b.logDir, fmt.Sprintf("msg-%s-%d.json", mode, time.Now().UnixNano()))
-	c, err := b.startBenchCluster(append([]string{"-msg", mode, "-n", strconv.Itoa(n), "-out", out}, extra...)...)
+	c, out, err := b.startMessengerBench(mode, n, extra...)
 	if err != nil {
 		return err
 	}
@@ -214,6 +213,20 @@ func (b *bench) runMessengerBench(v any, mode string, n int, extra ...string) er
 	if _, err := c.ready(30 * time.Second); err != nil {
 		return err
 	}
+	return awaitMessengerResult(c, mode, out, v)
+}
+
+// startMessengerBench starts bench/cluster with one messenger bench; its
+// result will be in the file out.
+func (b *bench) startMessengerBench(mode string, n int, extra ...string) (c *cluster, out string, err error) {
+	out = filepath.Join(b.logDir, fmt.Sprintf("msg-%s-%d.json", mode, time.Now().UnixNano()))
+	c, err = b.startBenchCluster(append([]string{"-msg", mode, "-n", strconv.Itoa(n), "-out", out}, extra...)...)
+	return c, out, err
+}
+
+// awaitMessengerResult waits for the agent's "bench done" and decodes its
+// result from out into v.
+func awaitMessengerResult(c *cluster, mode, out string, v any) error {
 	_, line, err := c.log.wait(0, 2*time.Minute, `msg="bench `)
 	if err != nil {
 		return err

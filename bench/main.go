@@ -61,6 +61,18 @@
 //     message is handled or refused; and 10 s after. Floor: the same master
 //     idle before the flood. Goals: peak ≤ Config.MaxPendingBytes (64 MiB) +
 //     20 MiB; after ≤ 2× idle.
+//   - scrape: GET /metrics on the master's admin listener (Config.Admin) of
+//     bench/cluster with 8 workers, each registering 10,000 series of its own
+//     with promauto (counters with labels, histograms of 10 buckets, gauges;
+//     the same names in every worker), gathered over IPC and merged at scrape
+//     time: p50 and p99 of 100 scrapes back to back (after 5 warm-up ones),
+//     text format, uncompressed; the note gives the payload. Floor: one process
+//     (bench/floor metrics) exposing the same 80,000 series, distinct, with
+//     plain promhttp; the note gives one process with one worker's 10k series.
+//     At most 3 runs (the floor takes ~1 min a run). Goal p99 ≤ 150 ms.
+//   - rttscrape: the rtt figure's round trips on that cluster (8 workers × 10k
+//     series, admin listener on) while a client scrapes /metrics back to back.
+//     Floor: the same cluster, not scraped. Goal p99 ≤ 1.2× floor.
 //   - micro: go test -bench of internal/ipc and internal/relay; the relay path must
 //     not allocate (0 allocs/op).
 //
@@ -88,6 +100,8 @@ type bench struct {
 	httpDur           time.Duration
 	conns             int
 	rttN, onewayN     int
+	scrapeN           int // timed scrapes per run of the scrape figure
+	scrapeWarm        int // and warm-up ones before them
 	tool              string
 	profDir           string
 	loadBefore        string // 1-minute load average when the figures started
@@ -120,6 +134,8 @@ var figures = []figure{
 	{"stop", (*bench).figStop},
 	{"rss", (*bench).figRSS},
 	{"flood", (*bench).figFlood},
+	{"scrape", (*bench).figScrape},
+	{"rttscrape", (*bench).figRTTScrape},
 	{"micro", (*bench).figMicro},
 }
 
@@ -128,7 +144,7 @@ func main() { os.Exit(run()) }
 func run() int {
 	var b bench
 	quick := flag.Bool("quick", false, "2 runs, 2 s loads, fewer messages: a smoke test")
-	only := flag.String("only", "", "comma-separated figures to run: start, http, rtt, oneway, kill, reload, stop, rss, flood, micro")
+	only := flag.String("only", "", "comma-separated figures to run: start, http, rtt, oneway, kill, reload, stop, rss, flood, scrape, rttscrape, micro")
 	runs := flag.Int("runs", 0, "runs per figure (default 5, or 2 with -quick)")
 	flag.IntVar(&b.conns, "conns", 64, "HTTP load: connections")
 	dur := flag.Duration("duration", 0, "HTTP load: duration of one run (default 5s, or 2s with -quick)")
@@ -139,8 +155,10 @@ func run() int {
 	flag.Parse()
 
 	b.runs, b.httpDur, b.rttN, b.onewayN = 5, 5*time.Second, 20000, 1000000
+	b.scrapeN, b.scrapeWarm = 100, 5
 	if *quick {
 		b.runs, b.httpDur, b.rttN, b.onewayN = 2, 2*time.Second, 5000, 200000
+		b.scrapeN, b.scrapeWarm = 10, 2
 	}
 	if *runs > 0 {
 		b.runs = *runs

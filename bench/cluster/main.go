@@ -14,6 +14,13 @@
 //	                   ready (so the idle master can be measured first) and
 //	                   ends once every message is handled or refused; fixture.Flood
 //	-onecpu            every process on one CPU (a reference for the RTT figure)
+//	-admin ADDR        the master's admin listener (Config.Admin): GET /metrics
+//	-series N          every worker registers N application series of its own
+//	                   (fixture.RegisterSeries: promauto into
+//	                   prometheus.DefaultRegisterer, no brood code) before it
+//	                   is ready; the scrape figures
+//	-msg-delay D       the agent waits D after the cluster is ready before it
+//	                   runs the messenger bench (so a scrape loop is under way)
 //	-no-header-timeout no http.Server.ReadHeaderTimeout, as the floor (a
 //	                   reference for the HTTP figures)
 //
@@ -24,7 +31,7 @@
 //
 // It uses brood.Run with its own flags (every process parses the same argv) so
 // that, with -cpuprofile DIR, every process (master included) writes a CPU
-// profile DIR/<role>-<pid>.prof when it exits.
+// profile DIR/<role>-<pid>.prof when it exits, or when it gets SIGUSR2.
 package main
 
 import (
@@ -45,6 +52,7 @@ import (
 
 	"github.com/brood-go/brood"
 	"github.com/brood-go/brood/bench/internal/fixture"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 func main() {
@@ -57,6 +65,9 @@ func main() {
 	profDir := flag.String("cpuprofile", "", "directory for one CPU profile per process")
 	oneCPU := flag.Bool("onecpu", false, "pin the master, and so every child, to one CPU")
 	noHeaderTimeout := flag.Bool("no-header-timeout", false, "http.Server.ReadHeaderTimeout -1 (as the floor) instead of brood's default")
+	admin := flag.String("admin", "", "admin listener address (Config.Admin)")
+	series := flag.Int("series", 0, "application series each worker registers (prometheus.DefaultRegisterer)")
+	msgDelay := flag.Duration("msg-delay", 0, "wait this long after the cluster is ready before the messenger bench")
 	flag.Parse()
 	if *oneCPU {
 		if err := fixture.PinToOneCPU(); err != nil {
@@ -75,6 +86,11 @@ func main() {
 		f, err := os.Create(filepath.Join(*profDir, fmt.Sprintf("%s-%d.prof", role, os.Getpid())))
 		if err == nil && pprof.StartCPUProfile(f) == nil {
 			defer func() { pprof.StopCPUProfile(); f.Close() }()
+			// SIGUSR2 ends the profile at once: a process that will not exit
+			// cleanly (killed after a stop timeout) still leaves one.
+			usr2 := make(chan os.Signal, 1)
+			signal.Notify(usr2, syscall.SIGUSR2)
+			go func() { <-usr2; pprof.StopCPUProfile(); f.Close() }()
 		}
 	}
 
@@ -86,6 +102,7 @@ func main() {
 		Workers: *workers,
 		Listen:  []string{*listen},
 		RunDir:  *runDir,
+		Admin:   *admin,
 		Agent: func(ctx context.Context, p *brood.Process) error {
 			clusterUp := make(chan struct{})
 			p.Messenger().Once(brood.ActionReady, func(brood.Message) { close(clusterUp) })
@@ -98,6 +115,11 @@ func main() {
 				p.Go(func(ctx context.Context) {
 					select {
 					case <-clusterUp:
+					case <-ctx.Done():
+						return
+					}
+					select {
+					case <-time.After(*msgDelay):
 					case <-ctx.Done():
 						return
 					}
@@ -122,6 +144,9 @@ func main() {
 			return nil
 		},
 		Worker: func(ctx context.Context, p *brood.Process) error {
+			if *series > 0 {
+				fixture.RegisterSeries(prometheus.DefaultRegisterer, *series)
+			}
 			m := p.Messenger()
 			mono := fixture.NewMono()
 			m.On(fixture.ActionPing, func(msg brood.Message) {

@@ -17,6 +17,11 @@
 //	                                  brood's master costs
 //	floor pingpong ... -onecpu        any of the above with every process pinned
 //	                                  to one CPU (no cross-CPU wake-ups)
+//	floor metrics -listen ADDR -series N -copies K
+//	                                  one process serving K copies of the bench
+//	                                  cluster's N application series (label
+//	                                  shard=1..K, so K×N distinct series) with
+//	                                  plain promhttp on /metrics
 //	floor oneway -n N                 one process writes N frames to a socketpair,
 //	                                  one write(2) per frame, another reads them;
 //	                                  prints a fixture.Oneway as JSON
@@ -39,9 +44,12 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sys/unix"
 
 	"github.com/brood-go/brood/bench/internal/fixture"
@@ -59,6 +67,8 @@ func main() {
 	useNet := fs.Bool("net", false, "pingpong: use net.Conn (Go's netpoller) instead of blocking syscalls")
 	relay := fs.Bool("relay", false, "pingpong: through a relay process")
 	oneCPU := fs.Bool("onecpu", false, "pingpong: pin every process to one CPU")
+	series := fs.Int("series", 10000, "metrics: application series per copy")
+	copies := fs.Int("copies", 8, "metrics: copies of the series (label shard)")
 	fs.Parse(os.Args[2:])
 	if *oneCPU {
 		if err := fixture.PinToOneCPU(); err != nil {
@@ -70,6 +80,8 @@ func main() {
 	switch mode {
 	case "http":
 		err = serveHTTP(*listen)
+	case "metrics":
+		err = serveMetrics(*listen, *series, *copies)
 	case "pingpong":
 		err = pingpong(*n, *useNet, *relay)
 	case "relay-child":
@@ -89,14 +101,27 @@ func main() {
 	}
 }
 
-func serveHTTP(addr string) error {
+// serveMetrics is what a single Go program with the cluster's series pays:
+// promauto into prometheus.DefaultRegisterer, promhttp.Handler on /metrics.
+func serveMetrics(addr string, series, copies int) error {
+	for k := range copies {
+		fixture.RegisterSeries(prometheus.WrapRegistererWith(prometheus.Labels{"shard": strconv.Itoa(k + 1)}, prometheus.DefaultRegisterer), series)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.Handler())
+	return serve(addr, mux)
+}
+
+func serveHTTP(addr string) error { return serve(addr, fixture.Handler()) }
+
+func serve(addr string, h http.Handler) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: fixture.Handler()}
+	srv := &http.Server{Handler: h}
 	go func() {
 		<-ctx.Done()
 		srv.Close()
