@@ -193,6 +193,8 @@ type Messenger struct {
 	qwake   chan struct{}
 	qdone   chan struct{}
 	rseq    uint64 // messages received, the master's sequence for this process (guarded by qmu)
+	side        map[string]func(Message) // brood's handlers that run off the dispatcher (set before the first frame)
+	sideRunning sync.WaitGroup
 	handled uint64 // rseq of the last message handled (dispatcher only)
 
 	// The handler queue's bounds and contents: messages and frame bytes queued or
@@ -544,6 +546,14 @@ func (m *Messenger) enqueue(f ipc.Frame) {
 		return
 	}
 	m.rseq++
+	if h := m.side[string(f.Action)]; h != nil && f.Flags&ipc.FlagHeld == 0 {
+		// brood's own request that must not wait behind the handlers (a
+		// metrics gather would delay every Request queued after it): on a
+		// goroutine of its own, which close waits for.
+		msg := m.toMessage(f)
+		m.sideRunning.Go(func() { m.call(h, msg) })
+		return
+	}
 	bounded := f.Flags&ipc.FlagHeld == 0 && !strings.HasPrefix(string(f.Action), "brood:")
 	size := int64(len(f.Raw)) // counted as the master counts: whole frames
 	if n, b := m.qlen.Load(), m.qbytes.Load(); bounded && (n >= int64(m.maxQueue) || b+size > int64(m.maxQueueBytes)) {
@@ -702,6 +712,9 @@ func (m *Messenger) close(d time.Duration) {
 	case <-m.qdone:
 	case <-t.C:
 		m.log.Warn("a message handler is still running at exit", "waited", d)
+	}
+	if !waitTimeout(&m.sideRunning, time.Second) {
+		m.log.Warn("a metrics gather is still running at exit")
 	}
 }
 

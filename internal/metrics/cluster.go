@@ -152,6 +152,10 @@ type series struct {
 	gen uint64
 	cur float64
 	n   int // contributions this generation (gauges)
+	// shown is the value a summed counter was last served with: it is never
+	// served lower, so float rounding (the same values added in another order
+	// once a child retires) cannot look like a counter reset.
+	shown float64
 	h   *hacc
 }
 
@@ -602,6 +606,8 @@ func (f *family) merged(gen uint64) *dto.MetricFamily {
 			if live {
 				vals[n] = s.cur
 			}
+			vals[n] = max(vals[n], s.shown)
+			s.shown = vals[n]
 			counters[n].Value = &vals[n]
 			m.Counter = &counters[n]
 		case dto.MetricType_GAUGE:

@@ -215,12 +215,17 @@ func TestConflicts(t *testing.T) {
 	}
 }
 
-func TestCounterLowerTakenAsIs(t *testing.T) {
+// A summed counter is never served lower than it was (a child that went
+// back within one pid, or float sums added in another order): the cluster
+// view never shows a reset. It follows again once the sum passes it.
+func TestCounterNeverServedLower(t *testing.T) {
 	c := New(Options{})
 	c.Update(w1, []*dto.MetricFamily{fam("x_total", C, cnt(10))})
 	c.Families()
 	c.Update(w1, []*dto.MetricFamily{fam("x_total", C, cnt(4))})
-	equalMaps(t, flat(c.Families()), map[string]string{"x_total{}": "4"})
+	equalMaps(t, flat(c.Families()), map[string]string{"x_total{}": "10"})
+	c.Update(w1, []*dto.MetricFamily{fam("x_total", C, cnt(12))})
+	equalMaps(t, flat(c.Families()), map[string]string{"x_total{}": "12"})
 }
 
 func TestLateUpdateAfterRetireIgnored(t *testing.T) {

@@ -37,9 +37,12 @@
 //   - A Key once retired is remembered (the last 4096): an Update for it is a
 //     gather that crossed the child's exit, and is ignored. Keys carry the
 //     pid, so a restarted child is a new Key.
-//   - A child whose counter went down (a reset within one pid, e.g. a native
-//     histogram reset by client_golang) is taken as is; the merged value
-//     goes down by as much.
+//   - A summed counter is never served lower than it was last served: a
+//     child whose counter went down within one pid, or the same values added
+//     in another order once a child retires (float rounding), would otherwise
+//     show Prometheus a reset. The served value waits until the sum passes
+//     it. Histograms are taken as they come (a native histogram reset by
+//     client_golang within one pid makes the merged one go down by as much).
 //   - Native buckets are merged for the exponential schemas -4..8; other
 //     schemas leave the native part of that series out. A family in which
 //     some children expose native buckets and others classic ones only gets
