@@ -187,15 +187,15 @@ type Messenger struct {
 	closed   bool
 	welcomed chan struct{} // closed when the first member table arrives
 
-	qmu     sync.Mutex
-	qclosed bool
-	queue   []Message
-	qwake   chan struct{}
-	qdone   chan struct{}
-	rseq    uint64 // messages received, the master's sequence for this process (guarded by qmu)
+	qmu         sync.Mutex
+	qclosed     bool
+	queue       []Message
+	qwake       chan struct{}
+	qdone       chan struct{}
+	rseq        uint64                   // messages received, the master's sequence for this process (guarded by qmu)
 	side        map[string]func(Message) // brood's handlers that run off the dispatcher (set before the first frame)
 	sideRunning sync.WaitGroup
-	handled uint64 // rseq of the last message handled (dispatcher only)
+	handled     uint64 // rseq of the last message handled (dispatcher only)
 
 	// The handler queue's bounds and contents: messages and frame bytes queued or
 	// in the dispatcher's current batch.

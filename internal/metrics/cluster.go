@@ -156,7 +156,7 @@ type series struct {
 	// served lower, so float rounding (the same values added in another order
 	// once a child retires) cannot look like a counter reset.
 	shown float64
-	h   *hacc
+	h     *hacc
 }
 
 // New returns an empty Cluster.
