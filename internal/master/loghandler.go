@@ -3,9 +3,6 @@ package master
 import (
 	"context"
 	"log/slog"
-	"sync"
-	"sync/atomic"
-	"time"
 )
 
 // logQueueLen bounds the master's log records waiting to be written.
@@ -19,16 +16,7 @@ const logQueueLen = 4096
 // queue is full the record is dropped and counted.
 type asyncHandler struct {
 	inner slog.Handler
-	q     *logQueue
-}
-
-type logQueue struct {
-	mu      sync.Mutex
-	items   []queuedRecord
-	closed  bool
-	wake    chan struct{}
-	done    chan struct{}
-	dropped atomic.Uint64
+	q     *drainQueue[queuedRecord]
 }
 
 type queuedRecord struct {
@@ -37,8 +25,8 @@ type queuedRecord struct {
 }
 
 func newAsyncHandler(inner slog.Handler) *asyncHandler {
-	q := &logQueue{wake: make(chan struct{}, 1), done: make(chan struct{})}
-	go q.run()
+	q := newDrainQueue(logQueueLen, func(queuedRecord) int { return 1 },
+		func(it queuedRecord) { it.h.Handle(context.Background(), it.r) })
 	return &asyncHandler{inner: inner, q: q}
 }
 
@@ -47,23 +35,7 @@ func (h *asyncHandler) Enabled(ctx context.Context, l slog.Level) bool {
 }
 
 func (h *asyncHandler) Handle(_ context.Context, r slog.Record) error {
-	q := h.q
-	q.mu.Lock()
-	if q.closed {
-		q.mu.Unlock()
-		return h.inner.Handle(context.Background(), r) // after close: write through
-	}
-	if len(q.items) >= logQueueLen {
-		q.mu.Unlock()
-		q.dropped.Add(1)
-		return nil
-	}
-	q.items = append(q.items, queuedRecord{h.inner, r.Clone()})
-	q.mu.Unlock()
-	select {
-	case q.wake <- struct{}{}:
-	default:
-	}
+	h.q.push(queuedRecord{h.inner, r.Clone()})
 	return nil
 }
 
@@ -73,42 +45,4 @@ func (h *asyncHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
 
 func (h *asyncHandler) WithGroup(name string) slog.Handler {
 	return &asyncHandler{inner: h.inner.WithGroup(name), q: h.q}
-}
-
-func (q *logQueue) run() {
-	defer close(q.done)
-	var batch []queuedRecord
-	for range q.wake {
-		for {
-			q.mu.Lock()
-			batch, q.items = q.items, batch[:0]
-			q.mu.Unlock()
-			if len(batch) == 0 {
-				break
-			}
-			for i, it := range batch {
-				it.h.Handle(context.Background(), it.r)
-				batch[i] = queuedRecord{}
-			}
-		}
-	}
-}
-
-// close writes what is queued (waiting at most outputFlushGrace for a stalled
-// handler) and stops the goroutine; later records are written through.
-func (q *logQueue) close() {
-	q.mu.Lock()
-	if q.closed {
-		q.mu.Unlock()
-		return
-	}
-	q.closed = true
-	close(q.wake)
-	q.mu.Unlock()
-	t := time.NewTimer(outputFlushGrace)
-	defer t.Stop()
-	select {
-	case <-q.done:
-	case <-t.C:
-	}
 }

@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"io"
-	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -29,90 +27,27 @@ var truncatedMark = []byte(" [brood: line truncated]\n")
 // stalls keeps supervising, and what does not fit in outputBuffer is dropped
 // and counted (Dropped) instead.
 type output struct {
-	dst io.Writer
-
-	mu      sync.Mutex
-	queue   [][]byte
-	size    int
-	closed  bool
-	wake    chan struct{}
-	done    chan struct{}
-	dropped atomic.Uint64 // units (lines) dropped
+	q *drainQueue[[]byte]
 }
 
 func newOutput(dst io.Writer) *output {
-	o := &output{dst: dst, wake: make(chan struct{}, 1), done: make(chan struct{})}
-	go o.run()
-	return o
+	return &output{q: newDrainQueue(outputBuffer, func(b []byte) int { return len(b) }, func(b []byte) { dst.Write(b) })}
 }
 
 // Write queues a copy of p to be written as one unit. It reports success even
 // when p is dropped: the caller is a logger or a pump that could do nothing
 // else with an error.
 func (o *output) Write(p []byte) (int, error) {
-	o.mu.Lock()
-	if o.closed {
-		o.mu.Unlock()
-		return o.dst.Write(p) // after close: write through, nothing else writes now
-	}
-	if o.size+len(p) > outputBuffer {
-		o.mu.Unlock()
-		o.dropped.Add(1)
-		return len(p), nil
-	}
-	o.queue = append(o.queue, bytes.Clone(p))
-	o.size += len(p)
-	o.mu.Unlock()
-	select {
-	case o.wake <- struct{}{}:
-	default:
-	}
+	o.q.push(bytes.Clone(p))
 	return len(p), nil
 }
 
 // Dropped returns how many writes were dropped because the destination did not
 // keep up, or a line was truncated.
-func (o *output) Dropped() uint64 { return o.dropped.Load() }
+func (o *output) Dropped() uint64 { return o.q.dropped.Load() }
 
-func (o *output) run() {
-	defer close(o.done)
-	for range o.wake {
-		for {
-			o.mu.Lock()
-			batch := o.queue
-			o.queue = nil
-			o.mu.Unlock()
-			if len(batch) == 0 {
-				break
-			}
-			for _, b := range batch {
-				o.dst.Write(b)
-				o.mu.Lock()
-				o.size -= len(b)
-				o.mu.Unlock()
-			}
-		}
-	}
-}
-
-// close writes what is queued (waiting at most outputFlushGrace for the
-// destination) and stops the goroutine; later writes go straight through.
-func (o *output) close() {
-	o.mu.Lock()
-	if o.closed {
-		o.mu.Unlock()
-		return
-	}
-	o.closed = true
-	close(o.wake)
-	o.mu.Unlock()
-	t := time.NewTimer(outputFlushGrace)
-	defer t.Stop()
-	select {
-	case <-o.done:
-	case <-t.C: // the destination is stalled: leave its goroutine to finish the write
-	}
-}
+// close writes what is queued and stops the goroutine (see drainQueue.close).
+func (o *output) close() { o.q.close() }
 
 // pumpLines copies r to o, one whole line per Write, until r ends; each line
 // is passed to inspect first. A line longer than maxLine is cut there and
@@ -143,7 +78,7 @@ func pumpLines(r io.Reader, o *output, inspect func(line []byte)) {
 		}
 		if truncated {
 			line = append(bytes.TrimRight(line, "\n"), truncatedMark...)
-			o.dropped.Add(1)
+			o.q.dropped.Add(1)
 		}
 		if len(line) > 0 {
 			if inspect != nil {
