@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -368,5 +367,3 @@ func TestMetricsSurviveReload(t *testing.T) {
 	}
 	stopCluster(t, c)
 }
-
-var _ = strconv.Itoa

@@ -35,7 +35,6 @@ func (m *Master) serveAdmin(ctx context.Context) (stop func(), err error) {
 	srv := &http.Server{
 		Handler:           admin.Handler(m, admin.Options{Name: m.cfg.Name, Logger: m.log}),
 		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          nil,
 	}
 	served := make(chan struct{})
 	go func() {

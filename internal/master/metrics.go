@@ -6,7 +6,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/brood-go/brood/internal/ipc"
 	"github.com/brood-go/brood/internal/metrics"
 	"github.com/brood-go/brood/internal/relay"
 	"github.com/brood-go/brood/internal/wire"
@@ -230,5 +229,3 @@ func (m *Master) observePong(c *child, seq uint64) {
 		m.metrics.heartbeatRTT.Observe(time.Since(time.Unix(0, sent)).Seconds())
 	}
 }
-
-var _ = ipc.KindPong

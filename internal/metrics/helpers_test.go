@@ -2,7 +2,6 @@ package metrics
 
 import (
 	"fmt"
-	"math"
 	"sort"
 	"strings"
 	"testing"
@@ -140,16 +139,6 @@ func flat(fams []*dto.MetricFamily) map[string]string {
 	return out
 }
 
-func find(t *testing.T, fams []*dto.MetricFamily, name string) *dto.MetricFamily {
-	t.Helper()
-	for _, mf := range fams {
-		if mf.GetName() == name {
-			return mf
-		}
-	}
-	return nil
-}
-
 func equalMaps(t *testing.T, got, want map[string]string) {
 	t.Helper()
 	for k, w := range want {
@@ -166,4 +155,3 @@ func equalMaps(t *testing.T, got, want map[string]string) {
 	}
 }
 
-func approx(a, b float64) bool { return math.Abs(a-b) <= 1e-9*math.Max(1, math.Abs(b)) }
