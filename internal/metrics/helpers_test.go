@@ -154,4 +154,3 @@ func equalMaps(t *testing.T, got, want map[string]string) {
 		}
 	}
 }
-
