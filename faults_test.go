@@ -57,7 +57,17 @@ func faultsConfig() brood.Config {
 			}
 		}
 		if p.ID() == crashSlot {
+			// Crash 20 ms after the cluster is up (brood:ready also reaches a
+			// process started later, once it is ready), never during the first
+			// start: that would abort it, however slow the machine.
+			up := make(chan struct{})
+			p.Messenger().Once(brood.ActionReady, func(brood.Message) { close(up) })
 			p.Go(func(ctx context.Context) {
+				select {
+				case <-up:
+				case <-ctx.Done():
+					return
+				}
 				select {
 				case <-time.After(20 * time.Millisecond):
 					os.Exit(1)
@@ -103,7 +113,7 @@ func faultsConfig() brood.Config {
 		mux.HandleFunc("/alloc", func(w http.ResponseWriter, r *http.Request) {
 			mb, _ := strconv.Atoi(r.URL.Query().Get("mb"))
 			b := make([]byte, mb<<20)
-			for i := range b {
+			for i := 0; i < len(b); i += 4096 { // one write a page makes it resident
 				b[i] = 1
 			}
 			ballast = append(ballast, b)

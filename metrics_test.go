@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -286,6 +287,7 @@ func TestStuckChildDoesNotFailTheScrape(t *testing.T) {
 	victim := c.ChildPIDs("worker")[0]
 	syscall.Kill(victim, syscall.SIGSTOP)
 	defer syscall.Kill(victim, syscall.SIGCONT)
+	waitStopped(t, victim) // kill returns before the signal has stopped it
 	start := time.Now()
 	fams, _ = scrape(t, admin)
 	if took := time.Since(start); took > 5*time.Second {
@@ -299,6 +301,21 @@ func TestStuckChildDoesNotFailTheScrape(t *testing.T) {
 	}
 	syscall.Kill(victim, syscall.SIGCONT)
 	stopCluster(t, c)
+}
+
+// waitStopped waits until pid is in state T (stopped), as /proc says.
+func waitStopped(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+			if i := bytes.LastIndexByte(b, ')'); i > 0 && i+2 < len(b) && b[i+2] == 'T' {
+				return
+			}
+		}
+		runtime.Gosched()
+	}
+	t.Fatalf("pid %d did not stop within 10s of SIGSTOP", pid)
 }
 
 // /livez and /readyz; /readyz turns 503 at the first instant of a stop, while
