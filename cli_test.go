@@ -121,9 +121,7 @@ func TestDaemonStartStatusStop(t *testing.T) {
 	if _, text, _ := cli(t, runDir, "status"); !strings.Contains(text, "ROLE") || !strings.Contains(text, "worker  2") {
 		t.Errorf("status table:\n%s", text)
 	}
-	if b, err := os.ReadFile(filepath.Join(logDir, "master-stderr.log")); err != nil || !strings.Contains(string(b), "cluster ready") {
-		t.Errorf("master-stderr.log: %v\n%s", err, b)
-	}
+	waitFileContains(t, filepath.Join(logDir, "master-stderr.log"), "cluster ready", "master-stderr.log has no cluster-ready line")
 
 	// The event stream tells the start: every process started and ready, then the cluster.
 	code, out, _ = cli(t, runDir, "events", "--json")

@@ -149,6 +149,23 @@ func TestLogRotationAcrossProcesses(t *testing.T) {
 	}
 }
 
+// waitFileContains polls a file another process writes until it contains s,
+// for up to 10 seconds, and returns its content.
+func waitFileContains(t *testing.T, path, s, what string) []byte {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, err := os.ReadFile(path)
+		if err == nil && strings.Contains(string(b), s) {
+			return b
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s within 10s: %s holds:\n%s", what, path, b)
+		}
+		time.Sleep(10 * time.Millisecond) // polling a file another process writes, with a deadline
+	}
+}
+
 // An external logrotate renames the daemon's log and sends SIGUSR1: the master
 // reopens, and new lines go to the new file.
 func TestSIGUSR1ReopensDaemonLogs(t *testing.T) {
@@ -167,21 +184,15 @@ func TestSIGUSR1ReopensDaemonLogs(t *testing.T) {
 		t.Fatal(err)
 	}
 	syscall.Kill(pid, syscall.SIGUSR1)
-	deadline := time.Now().Add(10 * time.Second)
-	for { // the master creates the new file when it reopens
-		if b, err := os.ReadFile(logPath); err == nil && strings.Contains(string(b), "log files reopened") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no new master-stderr.log with the reopen line within 10s")
-		}
-		time.Sleep(10 * time.Millisecond) // polling a file another process writes, with a deadline
-	}
+	// The master creates the new file when it reopens.
+	waitFileContains(t, logPath, "log files reopened", "no new master-stderr.log with the reopen line")
 	if code, _, _ := cli(t, runDir, "scale", "2"); code != 0 {
 		t.Fatal("scale 2 failed")
 	}
-	b, _ := os.ReadFile(logPath)
-	if !strings.Contains(string(b), `"msg":"scaled"`) || !strings.Contains(string(b), `"child_id":2`) {
+	// The master writes its log lines from a goroutine of its own: they may
+	// follow the answer to scale by a moment.
+	b := waitFileContains(t, logPath, `"msg":"scaled"`, "lines after the reopen are not in the new file")
+	if !strings.Contains(string(b), `"child_id":2`) {
 		t.Errorf("lines after the reopen are not in the new file:\n%s", b)
 	}
 	old, _ := os.ReadFile(logPath + ".1")
