@@ -53,15 +53,15 @@ func TestFrameQueueBigFramesAreMappedAndUnmapped(t *testing.T) {
 			t.Fatalf("queue still maps %d bytes", n)
 		}
 	}
+	// Only what this test releases is checked against the global count:
+	// another test's dropped queue may be unmapped by its cleanup (after a GC)
+	// at any moment, so the count can fall while this test maps.
 	base := mapped.Load()
 
 	var q frameQueue
 	want, bufs := push(&q)
 	if got := q.mappedBytes(); got != want {
 		t.Fatalf("queue maps %d bytes, want %d", got, want)
-	}
-	if got := mapped.Load() - base; got < int64(want) {
-		t.Fatalf("%d bytes mapped, want at least %d", got, want)
 	}
 	for _, bb := range bufs {
 		if bb.mem == nil {
