@@ -51,7 +51,7 @@ func mainCode(ctx context.Context, cfg Config, args []string) int {
 		return childExitCode(runChildProcess(ctx, cfg))
 	}
 	app := cli.App{
-		Defaults: cli.Options{Name: cfg.Name, Workers: cfg.Workers, Listen: cfg.Listen, RunDir: cfg.RunDir, StopTimeout: cfg.StopTimeout, Single: cfg.Single, Admin: cfg.Admin},
+		Defaults: cli.Options{Name: cfg.Name, Workers: cfg.Workers, Listen: cfg.Listen, RunDir: cfg.RunDir, StopTimeout: cfg.StopTimeout, Single: cfg.Single, Admin: cfg.Admin, DrainDelay: cfg.DrainDelay},
 		Run: func(ctx context.Context, opts cli.Options) error {
 			return runWithSignals(ctx, cfg.withOptions(opts))
 		},
@@ -64,7 +64,7 @@ func mainCode(ctx context.Context, cfg Config, args []string) int {
 }
 
 func (c Config) withOptions(o cli.Options) Config {
-	c.Name, c.Workers, c.Listen, c.RunDir, c.StopTimeout, c.Single, c.Admin = o.Name, o.Workers, o.Listen, o.RunDir, o.StopTimeout, o.Single, o.Admin
+	c.Name, c.Workers, c.Listen, c.RunDir, c.StopTimeout, c.Single, c.Admin, c.DrainDelay = o.Name, o.Workers, o.Listen, o.RunDir, o.StopTimeout, o.Single, o.Admin, o.DrainDelay
 	return c
 }
 

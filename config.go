@@ -119,6 +119,20 @@ type Config struct {
 	// serve it. Empty (the default) turns it off.
 	Admin string
 
+	// DrainDelay is how long, on a graceful stop, the workers keep serving
+	// after /readyz has turned 503 and before they drain (`--drain-delay`,
+	// BROOD_DRAIN_DELAY): time for a load balancer (a Kubernetes endpoint
+	// controller) to stop sending traffic, without a preStop sleep. A forced
+	// stop (a second Ctrl-C) cuts it short. Default 0.
+	DrainDelay time.Duration
+
+	// Subreaper makes the master the reaper of orphans its children leave
+	// behind (PR_SET_CHILD_SUBREAPER): a grandchild whose parent, a worker,
+	// exits is reparented to the master, which reaps it, instead of to init.
+	// When the master is pid 1 (a container without an init) it reaps orphans
+	// whatever this says.
+	Subreaper bool
+
 	// Metrics says how /metrics merges the application's own metrics.
 	Metrics Metrics
 
@@ -173,6 +187,7 @@ func (c Config) master() master.Config {
 		Schedules: len(c.Schedules) > 0, LogRotation: c.LogRotation.enabled(),
 		RunDir: c.RunDir, Logger: c.userLogger(),
 		Admin: c.Admin, Metrics: c.Metrics.policies(),
+		DrainDelay: c.DrainDelay, Subreaper: c.Subreaper,
 	}
 }
 
@@ -197,6 +212,9 @@ func (c Config) withDefaults() (Config, error) {
 		c.Workers = runtime.NumCPU()
 	case c.Workers < 0 || c.Workers > wire.MaxWorkers:
 		return c, fmt.Errorf("brood: Config.Workers is %d; want 0 (one per CPU) to %d", c.Workers, wire.MaxWorkers)
+	}
+	if c.DrainDelay < 0 {
+		return c, fmt.Errorf("brood: Config.DrainDelay is %v; want 0 (none) or more", c.DrainDelay)
 	}
 	def := func(d *time.Duration, v time.Duration) {
 		if *d <= 0 {

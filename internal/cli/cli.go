@@ -35,6 +35,7 @@ type Options struct {
 	StopTimeout time.Duration
 	Single      bool
 	Admin       string
+	DrainDelay  time.Duration
 }
 
 // App is what package brood plugs into the command tree.
@@ -105,6 +106,7 @@ func newRoot(ctx context.Context, app *App) *cobra.Command {
 	pf.StringVar(&opts.RunDir, "run-dir", opts.RunDir, "directory for the control socket and pid file (env BROOD_RUN_DIR)")
 	pf.DurationVar(&opts.StopTimeout, "stop-timeout", opts.StopTimeout, "time a process gets to drain before SIGKILL (env BROOD_STOP_TIMEOUT)")
 	pf.StringVar(&opts.Admin, "admin", opts.Admin, "admin listener of the master: /metrics, /livez, /readyz, /events and a dashboard at /; 127.0.0.1:9090, :9090 or unix:///run/app-admin.sock; empty = off (env BROOD_ADMIN)")
+	pf.DurationVar(&opts.DrainDelay, "drain-delay", opts.DrainDelay, "on a stop, time workers keep serving after /readyz turns 503, before they drain (Kubernetes endpoint removal; env BROOD_DRAIN_DELAY)")
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
 		return applyEnv(cmd.Flags(), &opts)
 	}
@@ -154,6 +156,7 @@ func applyEnv(fs *pflag.FlagSet, opts *Options) error {
 		env("listen", "BROOD_LISTEN", func(v string) error { opts.Listen = strings.Split(v, ","); return nil }),
 		env("run-dir", "BROOD_RUN_DIR", func(v string) error { opts.RunDir = v; return nil }),
 		env("stop-timeout", "BROOD_STOP_TIMEOUT", func(v string) (err error) { opts.StopTimeout, err = time.ParseDuration(v); return }),
+		env("drain-delay", "BROOD_DRAIN_DELAY", func(v string) (err error) { opts.DrainDelay, err = time.ParseDuration(v); return }),
 		env("admin", "BROOD_ADMIN", func(v string) error { opts.Admin = v; return nil }),
 		env("single", "BROOD_SINGLE", func(v string) (err error) { opts.Single, err = strconv.ParseBool(v); return }),
 	)

@@ -117,6 +117,9 @@ func daemonArgs(app *App, opts *Options) []string {
 	if opts.Admin != "" {
 		args = append(args, "--admin", opts.Admin)
 	}
+	if opts.DrainDelay > 0 {
+		args = append(args, "--drain-delay", opts.DrainDelay.String())
+	}
 	return args
 }
 

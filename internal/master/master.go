@@ -63,6 +63,12 @@ type Config struct {
 	Metrics       metrics.Options
 	ScrapeTimeout time.Duration
 
+	// DrainDelay: on a graceful stop, workers keep serving this long after
+	// /readyz has turned 503, before they drain. Subreaper: reap orphans
+	// reparented to the master (always done when it is pid 1).
+	DrainDelay time.Duration
+	Subreaper  bool
+
 	Schedules   bool // the agent has a schedule table (status asks for it)
 	LogRotation bool // the agent rotates log files (rotate-logs asks it)
 
