@@ -31,16 +31,21 @@ type Address struct {
 	Addr    string // host:port, or a socket path
 }
 
-// String renders the address in URL form: tcp://host:port or unix:///path.
+// String renders the address in URL form: tcp://host:port, unix:///path or
+// fd://NAME.
 func (a Address) String() string {
-	if a.Network == "unix" {
+	switch a.Network {
+	case "unix":
 		return "unix://" + a.Addr
+	case "fd":
+		return FDPrefix + a.Addr
 	}
 	return a.Network + "://" + a.Addr
 }
 
 // Parse accepts "tcp://host:port", "tcp4://…", "tcp6://…", "host:port", ":port",
-// "unix:///path/to.sock", "unix:path" and absolute socket paths "/path/to.sock".
+// "unix:///path/to.sock", "unix:path", absolute socket paths "/path/to.sock",
+// and "fd://NAME" for a socket passed by the service manager (see Activated).
 func Parse(s string) (Address, error) {
 	switch {
 	case s == "":
@@ -55,6 +60,12 @@ func Parse(s string) (Address, error) {
 		return Parse("unix://" + strings.TrimPrefix(s, "unix:"))
 	case strings.HasPrefix(s, "/"):
 		return Address{Network: "unix", Addr: s}, nil
+	case strings.HasPrefix(s, FDPrefix):
+		name := strings.TrimPrefix(s, FDPrefix)
+		if name == "" || strings.ContainsAny(name, ":/") {
+			return Address{}, fmt.Errorf("listen address %q: want fd://NAME, NAME as in LISTEN_FDNAMES (a socket unit's FileDescriptorName=)", s)
+		}
+		return Address{Network: "fd", Addr: name}, nil
 	}
 	network, hostport := "tcp", s
 	if i := strings.Index(s, "://"); i >= 0 {
@@ -75,29 +86,109 @@ func Parse(s string) (Address, error) {
 type Socket struct {
 	Requested Address // as configured
 	Bound     Address // as bound: the real port for ":0"
-	fd        int     // nonblocking, close-on-exec; owned by the Socket
-	unlink    bool    // remove the socket file on Close
+	// Passed is set for a socket the service manager passed (socket
+	// activation or the fd store), with the name it was passed under.
+	Passed bool
+	Name   string
+	fd     int  // nonblocking, close-on-exec; owned by the Socket
+	unlink bool // remove the socket file on Close
 }
 
 // Open binds every address, in order. On any failure it closes what it opened and
 // returns an error naming the address. reusePort sets SO_REUSEPORT on TCP sockets.
 func Open(ctx context.Context, addrs []string, reusePort bool) ([]*Socket, error) {
-	var out []*Socket
+	socks, _, err := OpenWith(ctx, addrs, reusePort, nil)
+	return socks, err
+}
+
+// OpenWith is Open with the sockets passed by the service manager: an
+// address equal to a passed socket's bound address takes that socket instead
+// of binding (see Passed.matches), "fd://NAME" takes the first passed socket
+// named NAME, and with no addresses at all every passed socket is taken, in
+// order, except the ones whose names begin with StorePrefix (this program's
+// own, from the fd store). It returns the passed sockets nothing took, for
+// the caller to refuse or close; on an error the sockets it opened are
+// closed and the passed ones are left alone.
+func OpenWith(ctx context.Context, addrs []string, reusePort bool, passed []Passed) (socks []*Socket, unused []Passed, err error) {
+	taken := make([]bool, len(passed))
+	take := func(i int, a Address) *Socket {
+		taken[i] = true
+		p := passed[i]
+		return &Socket{Requested: a, Bound: p.Addr, Passed: true, Name: p.Name, fd: p.FD}
+	}
+	if len(addrs) == 0 {
+		for i, p := range passed {
+			if !strings.HasPrefix(p.Name, StorePrefix) {
+				socks = append(socks, take(i, p.Addr))
+			}
+		}
+	}
 	for _, s := range addrs {
 		a, err := Parse(s)
 		if err != nil {
-			CloseAll(out)
-			return nil, err
+			closeOpened(socks)
+			return nil, nil, err
 		}
-		sock, err := open(ctx, a, reusePort)
-		if err != nil {
-			CloseAll(out)
-			return nil, fmt.Errorf("listen on %s: %w", a, err)
+		var sock *Socket
+		for i, p := range passed {
+			if !taken[i] && (a.Network == "fd" && p.Name == a.Addr || a.Network != "fd" && p.matches(a)) {
+				sock = take(i, a)
+				break
+			}
 		}
-		out = append(out, sock)
+		if sock == nil && a.Network == "fd" {
+			closeOpened(socks)
+			return nil, nil, fmt.Errorf("listen on %s: no socket named %q was passed (%s)", a, a.Addr, describePassed(passed))
+		}
+		if sock == nil {
+			if sock, err = open(ctx, a, reusePort); err != nil {
+				closeOpened(socks)
+				return nil, nil, fmt.Errorf("listen on %s: %w", a, err)
+			}
+		}
+		socks = append(socks, sock)
 	}
-	return out, nil
+	for i, p := range passed {
+		if !taken[i] {
+			unused = append(unused, p)
+		}
+	}
+	return socks, unused, nil
 }
+
+// StorePrefix begins the names under which a master keeps the sockets it
+// bound itself in systemd's fd store.
+const StorePrefix = "brood-"
+
+// closeOpened closes the sockets OpenWith bound, not the passed ones: those
+// stay the caller's.
+func closeOpened(socks []*Socket) {
+	for _, s := range socks {
+		if !s.Passed {
+			s.Close()
+		}
+	}
+}
+
+// describePassed lists passed sockets for an error message.
+func describePassed(passed []Passed) string {
+	if len(passed) == 0 {
+		return "none were passed: LISTEN_FDS is unset or for another process"
+	}
+	parts := make([]string, len(passed))
+	for i, p := range passed {
+		parts[i] = p.String()
+	}
+	return "passed: " + strings.Join(parts, ", ")
+}
+
+// FD is the master's descriptor of the socket, for handing it to the
+// service manager's fd store. It stays owned by the Socket.
+func (s *Socket) FD() int { return s.fd }
+
+// KeepFile makes Close leave a unix socket's file in place: the socket lives
+// on in the fd store, and the next master serves the same path from it.
+func (s *Socket) KeepFile() { s.unlink = false }
 
 func open(ctx context.Context, a Address, reusePort bool) (*Socket, error) {
 	lc := net.ListenConfig{}
