@@ -32,6 +32,15 @@ func registerHelpers() {
 // file: agent:init, agent:ready, worker:N:init, worker:N:ready, and
 // <role>:<id>:brood-ready when the brood:ready event arrives.
 func helloConfig() brood.Config {
+	cfg := helloConfigBase()
+	if d, err := time.ParseDuration(os.Getenv("HELLO_HEARTBEAT")); err == nil {
+		// A hang is noticed at the second round after the child fell silent.
+		cfg.HeartbeatInterval, cfg.HeartbeatTimeout = d, d*3/2
+	}
+	return cfg
+}
+
+func helloConfigBase() brood.Config {
 	return brood.Config{
 		Name:   "hello-test",
 		Listen: []string{"127.0.0.1:0"},
@@ -52,6 +61,11 @@ func helloConfig() brood.Config {
 		},
 		Worker: func(ctx context.Context, p *brood.Process) error {
 			helperproc.Event("worker:%d:init", p.ID())
+			if f := os.Getenv("HELLO_FAIL_IF_EXISTS"); f != "" {
+				if _, err := os.Stat(f); err == nil {
+					return fmt.Errorf("worker %d refuses to start: %s exists", p.ID(), f)
+				}
+			}
 			if d, err := time.ParseDuration(os.Getenv("HELLO_WORKER_DELAY")); err == nil {
 				select { // a slow initialisation
 				case <-time.After(d):

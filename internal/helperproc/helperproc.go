@@ -200,7 +200,18 @@ type Options struct {
 	// SmallStderr gives the master's stderr a pipe of one page, so that
 	// Cluster.StallStderr fills it after a few lines.
 	SmallStderr bool
+	// ExtraFiles are passed from descriptor 3 on, as a service manager
+	// passes sockets.
+	ExtraFiles []*os.File
+	// Wrap runs the master through this command line, with the test binary
+	// and args appended: {"systemd-socket-activate", "-l", addr}, or
+	// ListenPIDWrap. The Cluster's pid is the wrapper's, which must exec.
+	Wrap []string
 }
+
+// ListenPIDWrap is a Wrap that sets LISTEN_PID to the master's own pid, as
+// systemd does after its fork: sh's pid, which exec keeps.
+var ListenPIDWrap = []string{"sh", "-c", `LISTEN_PID=$$ exec "$0" "$@"`}
 
 // Start runs helper as a master with args (brood command-line flags). The
 // cluster is killed (process group) when the test ends; on failure its stderr is
@@ -223,6 +234,10 @@ func Start(t testing.TB, helper string, args []string, opts ...Options) *Cluster
 		c.RunDir = ShortTempDir(t)
 	}
 	cmd := exec.Command(exe, args...)
+	if len(o.Wrap) > 0 {
+		cmd = exec.Command(o.Wrap[0], append(append(o.Wrap[1:len(o.Wrap):len(o.Wrap)], exe), args...)...)
+	}
+	cmd.ExtraFiles = o.ExtraFiles
 	// GORACE: the race runtime otherwise sleeps a second at every exit, which
 	// would hide how long stops really take.
 	cmd.Env = append(os.Environ(), envHelper+"="+helper, EnvEvents+"="+c.Events, "GORACE=atexit_sleep_ms=0", "BROOD_RUN_DIR="+c.RunDir)

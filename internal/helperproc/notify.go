@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -27,6 +28,7 @@ type NotifySocket struct {
 type Notification struct {
 	Lines []string
 	FDs   []int
+	At    time.Time // when the kernel received it (SO_TIMESTAMPNS), not when it was read
 }
 
 // Has reports whether the datagram carries the assignment kv ("READY=1").
@@ -65,6 +67,9 @@ func NewNotifySocket(t testing.TB) *NotifySocket {
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PASSCRED, 1); err != nil {
 		t.Fatal(err)
 	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1); err != nil {
+		t.Fatal(err)
+	}
 	s := &NotifySocket{Path: path, fd: fd, t: t}
 	t.Cleanup(func() { unix.Close(fd) })
 	return s
@@ -100,7 +105,7 @@ func (s *NotifySocket) next(timeout time.Duration) (Notification, int, error) {
 			continue
 		}
 		buf := make([]byte, 64<<10)
-		oob := make([]byte, unix.CmsgSpace(253*4)+unix.CmsgSpace(unix.SizeofUcred))
+		oob := make([]byte, unix.CmsgSpace(253*4)+unix.CmsgSpace(unix.SizeofUcred)+unix.CmsgSpace(16))
 		nb, noob, _, _, err := unix.Recvmsg(s.fd, buf, oob, unix.MSG_CMSG_CLOEXEC|unix.MSG_DONTWAIT)
 		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
 			continue
@@ -115,6 +120,11 @@ func (s *NotifySocket) next(timeout time.Duration) (Notification, int, error) {
 			return Notification{}, 0, err
 		}
 		for _, m := range msgs {
+			if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_TIMESTAMPNS && len(m.Data) >= 16 {
+				ts := (*unix.Timespec)(unsafe.Pointer(&m.Data[0]))
+				note.At = time.Unix(ts.Unix())
+				continue
+			}
 			if fds, err := unix.ParseUnixRights(&m); err == nil {
 				note.FDs = append(note.FDs, fds...)
 				continue

@@ -18,15 +18,12 @@ import (
 
 var _ admin.Source = (*Master)(nil)
 
-// serveAdmin opens the admin listener (an address in use is the same clear
-// error as for Listen) and serves it until the returned function is called,
-// at the very end of Run: /readyz answers 503 through the whole stop.
-func (m *Master) serveAdmin(ctx context.Context) (stop func(), err error) {
-	socks, err := listener.Open(ctx, []string{m.cfg.Admin}, false)
-	if err != nil {
-		return nil, fmt.Errorf("brood: admin listener: %w", err)
-	}
-	l, err := socks[0].Listener()
+// serveAdmin serves the admin listener on sock until the returned function
+// is called, at the very end of Run: /readyz answers 503 through the whole
+// stop.
+func (m *Master) serveAdmin(sock *listener.Socket) (stop func(), err error) {
+	socks := []*listener.Socket{sock}
+	l, err := sock.Listener()
 	if err != nil {
 		listener.CloseAll(socks)
 		return nil, fmt.Errorf("brood: admin listener: %w", err)

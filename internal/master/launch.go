@@ -14,6 +14,7 @@ import (
 
 	"github.com/brood-go/brood/internal/ipc"
 	"github.com/brood-go/brood/internal/proc"
+	"github.com/brood-go/brood/internal/sdnotify"
 	"github.com/brood-go/brood/internal/wire"
 )
 
@@ -46,7 +47,8 @@ func (m *Master) launch(s *slot, workers int) (launched, error) {
 }
 
 // childEnv is the environment of a child: the master's, minus any brood child
-// variables, plus the child's own (see doc.go of package brood for the contract).
+// variables and the service manager's (NOTIFY_SOCKET, WATCHDOG_*, LISTEN_*,
+// FDSTORE: they are the master's alone), plus the child's own (see doc.go of package brood for the contract).
 //
 // Workers get GOMAXPROCS = max(1, NumCPU/workers) unless GOMAXPROCS is set:
 // like Egg's single-threaded workers, N workers share the CPUs instead of each
@@ -55,7 +57,7 @@ func (m *Master) launch(s *slot, workers int) (launched, error) {
 func childEnv(cfg Config, s *slot, masterPID, listeners, workers int) []string {
 	env := make([]string, 0, len(os.Environ())+9)
 	for _, kv := range os.Environ() {
-		if !wire.IsChildOnly(kv) {
+		if !wire.IsChildOnly(kv) && !sdnotify.IsServiceEnv(kv) {
 			env = append(env, kv)
 		}
 	}

@@ -140,6 +140,7 @@ type Master struct {
 	runCtx    context.Context  // Run's context: done = a stop was asked for
 	done      chan struct{}    // closed when Run returns
 	adminAddr string           // the admin listener as bound
+	svc       *service         // the service manager (systemd), if any
 	askID     atomic.Uint64
 
 	mu       sync.Mutex
@@ -199,6 +200,9 @@ func New(cfg Config) (*Master, error) {
 	if cfg.ScrapeTimeout <= 0 {
 		m.cfg.ScrapeTimeout = time.Second
 	}
+	if m.svc, err = newService(); err != nil {
+		return nil, err
+	}
 	if cfg.Admin != "" {
 		if _, err := listener.Parse(cfg.Admin); err != nil {
 			return nil, fmt.Errorf("brood: admin listener: %w", err)
@@ -246,17 +250,19 @@ func (m *Master) Run(ctx context.Context, force <-chan struct{}) (err error) {
 		return err
 	}
 	defer release()
-	socks, err := listener.Open(ctx, m.cfg.Listen, m.cfg.ReusePort)
+	m.startService()
+	adminSock, socks, err := m.openSockets(ctx)
 	if err != nil {
-		return fmt.Errorf("brood: %w", err)
+		m.events.publish(wire.Event{Type: wire.EventStartFailed, Detail: err.Error()})
+		return err
 	}
 	m.socks = socks
 	for _, s := range socks {
-		m.log.Info("listening", "addr", s.Bound.String(), "requested", s.Requested.String())
+		m.log.Info("listening", "addr", s.Bound.String(), "requested", s.Requested.String(), "passed", s.Passed)
 	}
 	defer listener.CloseAll(m.socks)
-	if m.cfg.Admin != "" {
-		stopAdmin, err := m.serveAdmin(ctx)
+	if adminSock != nil {
+		stopAdmin, err := m.serveAdmin(adminSock)
 		if err != nil {
 			return err
 		}
@@ -307,6 +313,7 @@ func (m *Master) Run(ctx context.Context, force <-chan struct{}) (err error) {
 
 func (m *Master) closeOutputs() {
 	m.events.closeAll()
+	m.stopService() // after the event stream has ended: the last datagrams are sent
 	m.logs.q.close()
 	m.stdout.close()
 	m.stderr.close()
@@ -538,13 +545,27 @@ func (m *Master) stopAll(force <-chan struct{}, why string) {
 		m.mu.Unlock()
 		return
 	}
+	wasRunning := m.phase == phaseRunning
 	m.phase = phaseStopping
 	m.mu.Unlock()
+	m.events.publish(wire.Event{Type: wire.EventStopping, Detail: why})
+	if d := m.cfg.DrainDelay; d > 0 && wasRunning {
+		// /readyz has answered 503 since the stop was asked for; the workers
+		// keep serving while load balancers take this instance out. The
+		// heartbeats go on (a hung worker is still killed), but the stopping
+		// phase already refuses restarts and operations.
+		m.log.Info("drain delay: the workers keep serving before they drain", "for", d)
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-force:
+			t.Stop()
+		}
+	}
 	m.ownMu.Lock()
 	m.ownClosed = true
 	m.ownMu.Unlock()
 	m.endLife()
-	m.events.publish(wire.Event{Type: wire.EventStopping, Detail: why})
 
 	stopGroup := func(match func(*child) bool) {
 		m.mu.Lock()

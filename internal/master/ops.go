@@ -248,6 +248,7 @@ func (m *Master) ReloadInBackground(by string) {
 			var se *StateError
 			if errors.As(err, &se) {
 				m.log.Warn("reload refused", "by", by, "err", err)
+				m.notifyReloadRefused(err)
 				return
 			}
 			m.log.Error("reload failed", "by", by, "err", err)

@@ -151,4 +151,3 @@ func IsServiceEnv(kv string) bool {
 	}
 	return false
 }
-

@@ -23,6 +23,11 @@ const (
 // <message>" if the start failed (it then stops everything and exits non-zero).
 const EnvNotifyFD = "BROOD_NOTIFY_FD"
 
+// EnvFDStore ("1") makes a master run by systemd keep its listening sockets
+// in the fd store even where systemd does not announce one with $FDSTORE
+// (before systemd 254): set it when the unit has FileDescriptorStoreMax=.
+const EnvFDStore = "BROOD_FDSTORE"
+
 // EnvLogFiles tells a daemon master the paths of its stdout and stderr files
 // ("<stdout>,<stderr>"), so that it can reopen them after rotation.
 const EnvLogFiles = "BROOD_LOG_FILES"
