@@ -152,7 +152,7 @@ func TestWatchdogPausesForAHungChild(t *testing.T) {
 	// child that stops answering right after a round is killed at the second
 	// round after it, and from 900ms to 1200ms of its silence it is hung.
 	c := helperproc.Start(t, "hello", []string{"--workers", "2"}, helperproc.Options{
-		Env: []string{"NOTIFY_SOCKET=" + sock.Path, "WATCHDOG_USEC=100000", "WATCHDOG_PID=" + "0", "HELLO_HEARTBEAT=600ms"},
+		Env:  []string{"NOTIFY_SOCKET=" + sock.Path, "WATCHDOG_USEC=100000", "WATCHDOG_PID=" + "0", "HELLO_HEARTBEAT=600ms"},
 		Wrap: []string{"sh", "-c", `WATCHDOG_PID=$$ exec "$0" "$@"`},
 	})
 	_, pings := watchdogGaps(t, sock, func(n helperproc.Notification) bool { return n.Has("READY=1") })
