@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -341,4 +342,188 @@ func TestSystemdSocketActivate(t *testing.T) {
 			t.Fatalf("stderr does not name the unused socket:\n%s", s)
 		}
 	})
+}
+
+// boundAddr is the address a descriptor is bound to.
+func boundAddr(t *testing.T, fd int) string {
+	t.Helper()
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, ok := sa.(*unix.SockaddrInet4)
+	if !ok {
+		t.Fatalf("fd %d is bound to %T", fd, sa)
+	}
+	return fmt.Sprintf("%d.%d.%d.%d:%d", in.Addr[0], in.Addr[1], in.Addr[2], in.Addr[3], in.Port)
+}
+
+// load sends one request after another (a new connection each) until stop
+// is closed, and reports every failure.
+type load struct {
+	stop   chan struct{}
+	done   chan struct{}
+	mu     sync.Mutex
+	ok     int
+	okAt   []time.Time
+	errors []string
+}
+
+func startLoad(addr string) *load {
+	l := &load{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(l.done)
+		for {
+			select {
+			case <-l.stop:
+				return
+			default:
+			}
+			_, err := getClose(addr, "/")
+			l.mu.Lock()
+			if err != nil {
+				l.errors = append(l.errors, err.Error())
+			} else {
+				l.ok++
+				l.okAt = append(l.okAt, time.Now())
+			}
+			l.mu.Unlock()
+		}
+	}()
+	return l
+}
+
+func (l *load) end() (ok int, okAt []time.Time, errors []string) {
+	close(l.stop)
+	<-l.done
+	return l.ok, l.okAt, l.errors
+}
+
+func TestFDStoreRestartRefusesNoConnection(t *testing.T) {
+	sock := helperproc.NewNotifySocket(t)
+	env := []string{"NOTIFY_SOCKET=" + sock.Path, "FDSTORE=8"}
+	args := []string{"--workers", "2", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"}
+	first := helperproc.Start(t, "hello", args, helperproc.Options{Env: env})
+
+	// The master keeps the sockets it bound in the store, as systemd would.
+	stored := map[string]int{}
+	sock.WaitFor(20*time.Second, "READY=1", func(n helperproc.Notification) bool {
+		if n.Has("FDSTORE=1") {
+			if len(n.FDs) != 1 {
+				t.Fatalf("FDSTORE=1 with %d descriptors", len(n.FDs))
+			}
+			stored[n.Value("FDNAME")] = n.FDs[0]
+		}
+		return n.Has("READY=1")
+	})
+	addr := first.WaitReady(20 * time.Second)
+	admin := trimTCP(first.WaitFor(5*time.Second, "admin", helperproc.MasterMsg("admin listener")).Str("addr"))
+	if len(stored) != 2 || boundAddr(t, stored["brood-listen-0"]) != addr || boundAddr(t, stored["brood-admin"]) != admin {
+		t.Fatalf("stored %v; want brood-listen-0 on %s and brood-admin on %s", stored, addr, admin)
+	}
+
+	traffic := startLoad(addr)
+	first.Signal(syscall.SIGTERM)
+	if code := first.Wait(20 * time.Second); code != 0 {
+		t.Fatalf("first master: exit status %d", code)
+	}
+	// No master runs now: a connection waits in the stored socket's queue.
+	queued := make(chan error, 1)
+	go func() { _, err := getClose(addr, "/"); queued <- err }()
+
+	files := []*os.File{os.NewFile(uintptr(stored["brood-admin"]), "admin"), os.NewFile(uintptr(stored["brood-listen-0"]), "listen")}
+	second := helperproc.Start(t, "hello", args, helperproc.Options{
+		Env:        append(env, "LISTEN_FDS=2", "LISTEN_FDNAMES=brood-admin:brood-listen-0"),
+		ExtraFiles: files,
+		Wrap:       helperproc.ListenPIDWrap,
+	})
+	_, before := sock.WaitFor(20*time.Second, "READY=1 of the second master", func(n helperproc.Notification) bool { return n.Has("READY=1") })
+	for _, n := range before {
+		if n.Has("FDSTORE=1") {
+			t.Errorf("the second master stored a socket again: %q", n.Lines)
+		}
+	}
+	if got := second.WaitReady(20 * time.Second); got != addr {
+		t.Errorf("second master listens on %s, want the stored %s", got, addr)
+	}
+	if err := <-queued; err != nil {
+		t.Errorf("the connection queued while no master ran: %v", err)
+	}
+	if body, err := getClose(admin, "/readyz"); err != nil {
+		t.Errorf("admin listener after the restart: %q, %v", body, err)
+	}
+	// Traffic on the new workers, then the tally.
+	n0 := len(second.ChildPIDs("worker"))
+	for i := 0; i < 20; i++ {
+		if _, err := getClose(addr, "/"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ok, _, errs := traffic.end()
+	if len(errs) > 0 {
+		t.Errorf("%d of %d requests failed across the restart: %q", len(errs), ok+len(errs), errs)
+	}
+	port, _ := strconv.Atoi(addr[strings.LastIndex(addr, ":")+1:])
+	if n := listenersOn(t, port); n != 1 {
+		t.Errorf("%d listening sockets on port %d, want the stored one alone", n, port)
+	}
+	t.Logf("%d requests across the restart, none failed; %d workers", ok, n0)
+	for _, f := range files {
+		f.Close()
+	}
+}
+
+func TestDrainDelayKeepsServingAfterReadyzFails(t *testing.T) {
+	const delay = 1500 * time.Millisecond
+	c := helperproc.Start(t, "hello", []string{"--workers", "2", "--admin", "127.0.0.1:0", "--drain-delay", delay.String()})
+	addr := c.WaitReady(20 * time.Second)
+	admin := trimTCP(c.WaitFor(5*time.Second, "admin", helperproc.MasterMsg("admin listener")).Str("addr"))
+	if _, err := getClose(admin, "/readyz"); err != nil {
+		t.Fatalf("/readyz before the stop: %v", err)
+	}
+	traffic := startLoad(addr)
+	signalled := time.Now()
+	c.Signal(syscall.SIGTERM)
+	var unready time.Duration
+	for {
+		_, err := getClose(admin, "/readyz")
+		if err != nil && strings.Contains(err.Error(), "503") {
+			unready = time.Since(signalled)
+			break
+		}
+		if time.Since(signalled) > 5*time.Second {
+			t.Fatalf("/readyz still answers %v 5s after SIGTERM", err)
+		}
+	}
+	// Requests go on until shortly before the delay is over; none may fail.
+	for time.Since(signalled) < delay-300*time.Millisecond {
+		select {
+		case <-c.Done():
+			t.Fatal("the master exited during the drain delay")
+		case <-time.After(10 * time.Millisecond): // pacing the check, not synchronising
+		}
+	}
+	ok, okAt, errs := traffic.end()
+	if len(errs) > 0 {
+		t.Errorf("%d of %d requests failed during the drain delay: %q", len(errs), ok+len(errs), errs)
+	}
+	late := 0
+	for _, at := range okAt {
+		if at.Sub(signalled) > unready+delay/2 {
+			late++
+		}
+	}
+	if late == 0 {
+		t.Errorf("no request served in the second half of the drain delay (%d in all)", ok)
+	}
+	if code := c.Wait(20 * time.Second); code != 0 {
+		t.Fatalf("exit status %d", code)
+	}
+	if took := time.Since(signalled); took < delay {
+		t.Errorf("the stop took %v, less than the drain delay %v", took, delay)
+	}
+	t.Logf("/readyz 503 %v after SIGTERM; %d requests served during the delay, %d in its second half", unready, ok, late)
+	if unready > 250*time.Millisecond {
+		t.Errorf("/readyz turned 503 only %v after SIGTERM", unready)
+	}
 }

@@ -167,3 +167,31 @@ func (p Passed) matches(a Address) bool {
 	}
 	return want == ip && (a.Network == "tcp" || (a.Network == "tcp4") == ip.Is4())
 }
+
+// PreferStored returns "fd://"+name if a socket passed under name (one this
+// program stored itself) serves addr: its bound address matches addr, or
+// addr asks for any port (":0", "127.0.0.1:0") on the same host. Otherwise
+// it returns addr unchanged. So a listener on an ephemeral port keeps its
+// port across a restart through the fd store.
+func PreferStored(addr, name string, passed []Passed) string {
+	a, err := Parse(addr)
+	if err != nil || a.Network == "fd" {
+		return addr
+	}
+	for _, p := range passed {
+		if p.Name != name {
+			continue
+		}
+		if p.matches(a) {
+			return FDPrefix + name
+		}
+		host, port, err := net.SplitHostPort(a.Addr)
+		if a.Network != "unix" && err == nil && port == "0" {
+			_, bport, _ := net.SplitHostPort(p.Addr.Addr)
+			if p.matches(Address{Network: a.Network, Addr: net.JoinHostPort(host, bport)}) {
+				return FDPrefix + name
+			}
+		}
+	}
+	return addr
+}

@@ -229,3 +229,22 @@ func TestParseFDAddress(t *testing.T) {
 		}
 	}
 }
+
+func TestPreferStored(t *testing.T) {
+	stored := []Passed{
+		{Name: StorePrefix + "listen-0", Addr: Address{Network: "tcp", Addr: "127.0.0.1:41000"}},
+		{Name: "web", Addr: Address{Network: "tcp", Addr: "127.0.0.1:8080"}},
+	}
+	for _, tc := range []struct{ addr, name, want string }{
+		{"127.0.0.1:0", StorePrefix + "listen-0", "fd://" + StorePrefix + "listen-0"},
+		{"127.0.0.1:41000", StorePrefix + "listen-0", "fd://" + StorePrefix + "listen-0"},
+		{"127.0.0.1:41001", StorePrefix + "listen-0", "127.0.0.1:41001"}, // the configuration changed
+		{"127.0.0.2:0", StorePrefix + "listen-0", "127.0.0.2:0"},
+		{"127.0.0.1:0", StorePrefix + "listen-1", "127.0.0.1:0"},
+		{"fd://web", StorePrefix + "listen-0", "fd://web"},
+	} {
+		if got := PreferStored(tc.addr, tc.name, stored); got != tc.want {
+			t.Errorf("PreferStored(%q, %q) = %q, want %q", tc.addr, tc.name, got, tc.want)
+		}
+	}
+}

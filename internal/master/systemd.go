@@ -247,16 +247,21 @@ func (m *Master) openSockets(ctx context.Context) (admin *listener.Socket, socks
 			closeFD(p.FD)
 		}
 	}
+	// The master's own sockets from the fd store come back by name.
+	listen := make([]string, len(m.cfg.Listen))
+	for i, a := range m.cfg.Listen {
+		listen[i] = listener.PreferStored(a, storeListenName+strconv.Itoa(i), passed)
+	}
 	if m.cfg.Admin != "" {
 		var got []*listener.Socket
-		got, passed, err = listener.OpenWith(ctx, []string{m.cfg.Admin}, false, passed)
+		got, passed, err = listener.OpenWith(ctx, []string{listener.PreferStored(m.cfg.Admin, storeAdminName, passed)}, false, passed)
 		if err != nil {
 			closeAll()
 			return nil, nil, fmt.Errorf("brood: admin listener: %w", err)
 		}
 		admin = got[0]
 	}
-	socks, unused, err := listener.OpenWith(ctx, m.cfg.Listen, m.cfg.ReusePort, passed)
+	socks, unused, err := listener.OpenWith(ctx, listen, m.cfg.ReusePort, passed)
 	if err != nil {
 		closeAll()
 		if admin != nil {
