@@ -31,6 +31,18 @@ type Config struct {
 	// Listen lists the addresses the master opens and every worker inherits, in
 	// this order (Process.Listeners): "tcp://host:port", "host:port", ":7001",
 	// ":0" (a free port, logged and reported by status), "unix:///run/app.sock".
+	//
+	// Under socket activation (systemd, systemd-socket-activate: LISTEN_FDS
+	// and LISTEN_PID naming the master) a passed socket is used instead of
+	// binding: an address equal to a passed socket's bound address takes it
+	// (":8080" and "0.0.0.0:8080" match any socket bound to a wildcard
+	// address on 8080); "fd://NAME" takes the next socket passed under NAME
+	// (a socket unit's FileDescriptorName=); with Listen empty every passed
+	// socket is used, in order. A passed socket that nothing takes, or an
+	// fd://NAME that was not passed, is an error naming it. Sockets the master
+	// bound itself go to systemd's fd store when it offers one ($FDSTORE, or
+	// BROOD_FDSTORE=1 before systemd 254) and come back from it on the next
+	// start, so a `systemctl restart` refuses no connection.
 	Listen []string
 
 	// Agent, if set, runs in the single agent process: timers, schedules,

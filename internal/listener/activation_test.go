@@ -248,3 +248,21 @@ func TestPreferStored(t *testing.T) {
 		}
 	}
 }
+
+// FuzzActivated feeds arbitrary LISTEN_* values: a clear error or sockets,
+// never a panic, and never a descriptor outside the announced range.
+func FuzzActivated(f *testing.F) {
+	self := os.Getpid()
+	f.Add(strconv.Itoa(self), "1", "http")
+	f.Add(strconv.Itoa(self), "3", "a::b")
+	f.Add("", "1", "")
+	f.Add(strconv.Itoa(self), "-1", "")
+	f.Add(strconv.Itoa(self), "99999999999999999999", "x")
+	f.Fuzz(func(t *testing.T, pid, n, names string) {
+		const first = 900 // nothing is open there: every descriptor is refused
+		got, err := activated(pid, n, names, self, first)
+		if err == nil && len(got) > 0 {
+			t.Fatalf("accepted %v from descriptors that are not open", got)
+		}
+	})
+}

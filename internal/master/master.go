@@ -10,7 +10,8 @@
 // spawning, single-process children), health.go (heartbeats, resource
 // samples, recycling), ops.go (reload, scale, stop requests, in every state),
 // status.go, events.go, control.go (the control socket's handlers), logs.go,
-// signals.go (signals and the daemon handshake), output.go.
+// signals.go (signals and the daemon handshake), systemd.go (sd_notify,
+// the watchdog, socket activation and the fd store), output.go.
 package master
 
 import (
