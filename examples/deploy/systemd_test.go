@@ -158,3 +158,28 @@ func TestSystemdUnitsVerify(t *testing.T) {
 		t.Errorf("systemd %d complains about the Type=notify copy:\n%s", version, strings.Join(complaints, "\n"))
 	}
 }
+
+// The README's systemd section shows the command that printed hello.service
+// and lines of it: both must still be true.
+func TestReadmeShowsTheService(t *testing.T) {
+	readme := readFile(t, filepath.Join(moduleRoot(t), "README.md"))
+	_, section, ok := strings.Cut(readme, "\n### systemd\n")
+	if !ok {
+		t.Fatal("README.md has no ### systemd section")
+	}
+	section, _, _ = strings.Cut(section, "\n### ")
+	if cmd := "hello " + strings.Join(unitArgs, " "); !strings.Contains(section, "\n"+cmd+"\n") {
+		t.Errorf("the README's systemd section does not show %q", cmd)
+	}
+	_, block, ok := strings.Cut(section, "```ini\n")
+	if !ok {
+		t.Fatal("the README's systemd section shows no unit")
+	}
+	block, _, _ = strings.Cut(block, "```")
+	service := "\n" + readFile(t, "hello.service")
+	for _, l := range strings.Split(block, "\n") {
+		if l != "" && !strings.Contains(service, "\n"+l+"\n") {
+			t.Errorf("the README shows %q, which is not a line of hello.service", l)
+		}
+	}
+}
