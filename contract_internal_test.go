@@ -1,9 +1,11 @@
 package brood
 
 import (
+	"context"
 	"encoding/json"
 	"testing"
 
+	"github.com/brood-go/brood/internal/cli"
 	"github.com/brood-go/brood/internal/ipc"
 	"github.com/brood-go/brood/internal/schedule"
 	"github.com/brood-go/brood/internal/wire"
@@ -51,5 +53,18 @@ func TestMemberTableMatchesTheWire(t *testing.T) {
 	}
 	if want := (Member{PID: 42, Role: Worker, ID: 3, Ready: true}); len(out) != 1 || out[0] != want {
 		t.Fatalf("%s decoded as %+v, want %+v", b, out, want)
+	}
+}
+
+// `unit` writes cli.DefaultStopTimeout into the ExecStart of a program that
+// sets no StopTimeout, and computes TimeoutStopSec from it: it must be the
+// default the program would have used.
+func TestStopTimeoutDefaultIsTheCLIs(t *testing.T) {
+	cfg, err := Config{Worker: func(context.Context, *Process) error { return nil }}.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.StopTimeout != cli.DefaultStopTimeout {
+		t.Errorf("Config.StopTimeout defaults to %v, cli.DefaultStopTimeout is %v", cfg.StopTimeout, cli.DefaultStopTimeout)
 	}
 }

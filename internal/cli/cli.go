@@ -124,7 +124,7 @@ func newRoot(ctx context.Context, app *App) *cobra.Command {
 	root.Flags().AddFlagSet(runCmd.Flags())
 	root.RunE = runCmd.RunE
 	root.AddCommand(runCmd, newStartCmd(app, &opts), newStopCmd(app, &opts), newStatusCmd(app, &opts), newReloadCmd(app, &opts), newScaleCmd(app, &opts),
-		newScheduleCmd(app, &opts), newRotateLogsCmd(app, &opts), newEventsCmd(app, &opts))
+		newScheduleCmd(app, &opts), newRotateLogsCmd(app, &opts), newEventsCmd(app, &opts), newUnitCmd(app, &opts))
 	return root
 }
 

@@ -101,7 +101,14 @@ func makeLogDir(dir string, private bool) error {
 
 // daemonArgs are the flags that make the detached master run with opts.
 func daemonArgs(app *App, opts *Options) []string {
-	args := []string{"run", "--name", opts.Name, "--workers", strconv.Itoa(opts.Workers), "--run-dir", app.runDir(opts)}
+	return append(runArgs(opts), "--run-dir", app.runDir(opts))
+}
+
+// runArgs are the arguments of `run` that reproduce opts, but for the run
+// dir, which each caller names its own way: the detached master of `start
+// --daemon`, and the ExecStart of `unit`.
+func runArgs(opts *Options) []string {
+	args := []string{"run", "--name", opts.Name, "--workers", strconv.Itoa(opts.Workers)}
 	if opts.StopTimeout > 0 {
 		args = append(args, "--stop-timeout", opts.StopTimeout.String())
 	}
