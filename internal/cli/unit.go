@@ -229,6 +229,8 @@ func serviceUnit(s unitSpec) (string, error) {
 		line("# The listeners the master binds itself (%d here) wait in systemd's fd store while", stored)
 		line("# it restarts and come back to the next start: a restart refuses no connection.")
 		line("FileDescriptorStoreMax=%d", stored)
+		line("# systemd 254 and later announce the store ($FDSTORE); this says so to older ones.")
+		line("Environment=BROOD_FDSTORE=1")
 	}
 	line("# SIGTERM to the master only: it drains the workers, then stops the agent.")
 	line("# SIGKILL to every process still there after TimeoutStopSec.")

@@ -81,6 +81,7 @@ func TestUnitDirectives(t *testing.T) {
 		"Service.User":                   {"www"},
 		"Service.WatchdogSec":            {"60s"},
 		"Service.FileDescriptorStoreMax": {"1"}, // the admin listener; http comes from the socket unit
+		"Service.Environment":            {"BROOD_FDSTORE=1"},
 		"Service.KillMode":               {"mixed"},
 		"Service.TimeoutStopSec":         {"50s"}, // 5s + 2 × 20s + 5s
 		"Service.Restart":                {"on-failure"},
