@@ -190,6 +190,7 @@ type Cluster struct {
 	exited  bool
 	exitErr error
 	done    chan struct{}
+	wrapped bool // started under Options.Wrap
 }
 
 // Options adjust Start.
@@ -200,6 +201,11 @@ type Options struct {
 	// SmallStderr gives the master's stderr a pipe of one page, so that
 	// Cluster.StallStderr fills it after a few lines.
 	SmallStderr bool
+	// Wrap runs the master under a command: Wrap, then the test binary and
+	// args (unshare --pid --fork ...). Cluster.Cmd is then the wrapper's.
+	// The pids in the master's log may be those of another pid namespace,
+	// so the cleanup kills only the process group.
+	Wrap []string
 }
 
 // Start runs helper as a master with args (brood command-line flags). The
@@ -218,11 +224,14 @@ func Start(t testing.TB, helper string, args []string, opts ...Options) *Cluster
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &Cluster{t: t, Events: t.TempDir() + "/events", RunDir: o.RunDir, changed: make(chan struct{}), done: make(chan struct{})}
+	c := &Cluster{t: t, Events: t.TempDir() + "/events", RunDir: o.RunDir, changed: make(chan struct{}), done: make(chan struct{}), wrapped: len(o.Wrap) > 0}
 	if c.RunDir == "" {
 		c.RunDir = ShortTempDir(t)
 	}
 	cmd := exec.Command(exe, args...)
+	if c.wrapped {
+		cmd = exec.Command(o.Wrap[0], append(append(o.Wrap[1:len(o.Wrap):len(o.Wrap)], exe), args...)...)
+	}
 	// GORACE: the race runtime otherwise sleeps a second at every exit, which
 	// would hide how long stops really take.
 	cmd.Env = append(os.Environ(), envHelper+"="+helper, EnvEvents+"="+c.Events, "GORACE=atexit_sleep_ms=0", "BROOD_RUN_DIR="+c.RunDir)
@@ -277,7 +286,10 @@ func (c *Cluster) read(r interface{ Read([]byte) (int, error) }) {
 }
 
 func (c *Cluster) cleanup() {
-	pids := c.AllPIDs()
+	var pids []int
+	if !c.wrapped { // pids of this namespace
+		pids = c.AllPIDs()
+	}
 	_ = syscall.Kill(-c.Cmd.Process.Pid, syscall.SIGKILL)
 	for _, p := range pids {
 		_ = syscall.Kill(p, syscall.SIGKILL)

@@ -7,10 +7,11 @@
 // Files by concern: master.go (the type, start order and stop), slot.go (the
 // one owner of every process transition and its typed reason), child.go (one
 // process: its channel and exit), launch.go (the environment contract,
-// spawning, single-process children), health.go (heartbeats, resource
-// samples, recycling), ops.go (reload, scale, stop requests, in every state),
-// status.go, events.go, control.go (the control socket's handlers), logs.go,
-// signals.go (signals and the daemon handshake), output.go.
+// spawning, single-process children, orphan reaping), health.go (heartbeats,
+// resource samples, recycling), ops.go (reload, scale, stop requests, in
+// every state), status.go, events.go, control.go (the control socket's
+// handlers), logs.go, signals.go (signals and the daemon handshake),
+// output.go.
 package master
 
 import (
@@ -29,6 +30,7 @@ import (
 	"github.com/brood-go/brood/internal/ipc"
 	"github.com/brood-go/brood/internal/listener"
 	"github.com/brood-go/brood/internal/metrics"
+	"github.com/brood-go/brood/internal/reaper"
 	"github.com/brood-go/brood/internal/relay"
 	"github.com/brood-go/brood/internal/wire"
 )
@@ -64,8 +66,10 @@ type Config struct {
 	ScrapeTimeout time.Duration
 
 	// DrainDelay: on a graceful stop, workers keep serving this long after
-	// /readyz has turned 503, before they drain. Subreaper: reap orphans
-	// reparented to the master (always done when it is pid 1).
+	// /readyz has turned 503, before they drain. Subreaper: become the
+	// parent of the orphans the children leave and reap them (always done
+	// when the master is pid 1; never in single-process mode; see
+	// startReaper).
 	DrainDelay time.Duration
 	Subreaper  bool
 
@@ -131,6 +135,7 @@ type Master struct {
 	socks     []*listener.Socket
 	router    *relay.Router
 	forker    *forker
+	reaper    *reaper.Reaper // reaps orphans (pid 1, Subreaper); nil: off. Set by Run before any child starts.
 	events    *eventLog
 	asks      ipc.Pending[[]byte] // the master's own requests to children, awaiting replies
 	metrics   *supervisorMetrics
@@ -240,6 +245,7 @@ func (m *Master) Run(ctx context.Context, force <-chan struct{}) (err error) {
 	if m.forker != nil {
 		defer m.forker.close() // after every child is gone
 	}
+	defer m.startReaper()() // before any child starts; stopped after the last, before the logs close
 	m.startedAt = time.Now()
 	release, err := m.acquireRunDir()
 	if err != nil {
