@@ -168,6 +168,37 @@ type Master struct {
 	stopReq   chan struct{}
 	stopOnce  sync.Once
 	stopWhy   string
+
+	// How the final stop went (guarded by mu; see stopResult).
+	stopForced bool // a forced stop killed what was left
+	stopKilled int  // processes killed after StopTimeout while the cluster stopped
+}
+
+// StopError is how a stop that brought the whole cluster down was not clean:
+// a forced stop cut it short, or some process had to be killed after
+// StopTimeout. RunWithSignals returns it; the command line maps it to an exit
+// code (see internal/cli).
+type StopError struct {
+	Forced bool // a forced stop (a second SIGINT) killed what was left
+	Killed int  // processes killed because they did not stop within StopTimeout
+}
+
+func (e *StopError) Error() string {
+	if e.Forced {
+		return "brood: forced stop: the processes still draining were killed"
+	}
+	return fmt.Sprintf("brood: stopped, but %d process(es) did not stop within StopTimeout and were killed", e.Killed)
+}
+
+// stopResult is the outcome of the stop once Run has returned nil: nil if
+// every process stopped in time, a *StopError otherwise.
+func (m *Master) stopResult() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.stopForced && m.stopKilled == 0 {
+		return nil
+	}
+	return &StopError{Forced: m.stopForced, Killed: m.stopKilled}
 }
 
 // New prepares a master for cfg. It validates the listen addresses, so a bad
@@ -573,6 +604,9 @@ func (m *Master) stopAll(force <-chan struct{}, why string) {
 		select {
 		case <-done:
 		case <-force:
+			m.mu.Lock()
+			m.stopForced = true
+			m.mu.Unlock()
 			for _, c := range group {
 				c.slot.kill(c, wire.ReasonStop, "forced stop")
 			}
