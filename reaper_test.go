@@ -261,12 +261,19 @@ func TestPID1ReapsOrphans(t *testing.T) {
 	}
 	requireNoZombies(t, pid1, time.Second)
 
+	everyone := []int{pid1}
+	for p, st := range processes(t) {
+		if st.PPID == pid1 {
+			everyone = append(everyone, p)
+		}
+	}
 	if err := syscall.Kill(pid1, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	if code := c.Wait(20 * time.Second); code != 0 {
 		t.Fatalf("exit status %d (unshare passes on pid 1's), want 0", code)
 	}
+	requireAllGone(t, everyone, 2*time.Second)
 	for _, l := range c.Lines() {
 		if l.Str("role") == "master" && strings.Contains(l.Raw, "no child processes") {
 			t.Errorf("a wait of the master lost its child: %s", l.Raw)
