@@ -2,6 +2,7 @@ package brood
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 
@@ -35,8 +36,11 @@ func Run(ctx context.Context, cfg Config) error {
 
 // Main is the whole program for a brood application: it parses the command line
 // (run, the default; see the README for every command and flag), runs it, and
-// exits. In a child process it runs the child and exits with 0 after a clean
-// stop, 1 after an error and 2 after a panic.
+// exits. The master's exit code says why it ended: 0 after a graceful stop, 1
+// if the start failed, 2 for bad usage, 4 if a process had to be killed after
+// StopTimeout, 130 after a forced stop (the README's "Exit codes"). In a child
+// process it runs the child and exits with 0 after a clean stop, 1 after an
+// error and 2 after a panic.
 func Main(cfg Config) {
 	os.Exit(mainCode(context.Background(), cfg, os.Args[1:]))
 }
@@ -72,14 +76,24 @@ func (c Config) withOptions(o cli.Options) Config {
 // handling (see master.RunWithSignals): SIGTERM or SIGINT stops it gracefully,
 // a second SIGINT forces it, SIGHUP reloads every worker, SIGUSR1 rotates and
 // reopens log files. Started by `start --daemon`, it reports readiness (or the
-// start error) to the waiting `start`.
+// start error) to the waiting `start`. A stop that was forced, or had to kill
+// a process after StopTimeout, is an *cli.ExitError with its exit code.
 func runWithSignals(ctx context.Context, cfg Config) error {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return err
 	}
 	setProcessName(cfg.Name + " master")
-	return master.RunWithSignals(ctx, cfg.master())
+	err = master.RunWithSignals(ctx, cfg.master())
+	var se *master.StopError
+	if errors.As(err, &se) {
+		code := cli.ExitStopKilled
+		if se.Forced {
+			code = cli.ExitInterrupted
+		}
+		return &cli.ExitError{Code: code, Err: err}
+	}
+	return err
 }
 
 // setProcessName sets the process's name as `ps -e`, top and pgrep show it

@@ -293,7 +293,7 @@ func TestStopAfterRefork(t *testing.T) {
 
 // A second SIGINT forces the stop: a request that would hold the drain for 60s
 // (far above the bound, so a loaded machine's slow stop is not mistaken for a
-// drain) does not hold the master.
+// drain) does not hold the master, which exits 130.
 func TestSecondSIGINTForces(t *testing.T) {
 	c := helperproc.Start(t, "hello", []string{"--workers", "1", "--stop-timeout", "120s"})
 	addr := c.WaitReady(startTimeout)
@@ -304,9 +304,30 @@ func TestSecondSIGINTForces(t *testing.T) {
 	c.WaitFor(5*time.Second, "the graceful stop to begin", helperproc.MasterMsg("stopping"))
 	start := time.Now()
 	c.Signal(syscall.SIGINT)
-	c.Wait(30 * time.Second)
+	code := c.Wait(30 * time.Second)
 	if took := time.Since(start); took > 15*time.Second {
 		t.Fatalf("forced stop took %v", took)
+	}
+	if code != 130 {
+		t.Errorf("exit code %d after a forced stop, want 130", code)
+	}
+	requireAllGone(t, pids, 2*time.Second)
+}
+
+// A worker that does not stop is killed after StopTimeout, and the master's
+// exit code says the stop was not clean: 4, not 0.
+func TestStopTimeoutKillExitCode(t *testing.T) {
+	c := helperproc.Start(t, "hello", []string{"--workers", "1", "--stop-timeout", "1s"})
+	addr := c.WaitReady(startTimeout)
+	get(t, newConnClient(), "http://"+addr+"/ignore-sigterm")
+	pids := append(c.AllPIDs(), c.Cmd.Process.Pid)
+	c.Signal(syscall.SIGTERM)
+	if code := c.Wait(20 * time.Second); code != 4 {
+		t.Fatalf("exit code %d, want 4 (a process was killed after StopTimeout)", code)
+	}
+	c.WaitFor(time.Second, "the kill", helperproc.MasterMsg("did not stop in time; killing"))
+	if out := c.Stderr(); !strings.Contains(out, "Error: brood: stopped, but 1 process(es) did not stop within StopTimeout and were killed") {
+		t.Errorf("no line saying why the exit code is 4:\n%s", out)
 	}
 	requireAllGone(t, pids, 2*time.Second)
 }

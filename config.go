@@ -142,7 +142,12 @@ type Config struct {
 	// behind (PR_SET_CHILD_SUBREAPER): a grandchild whose parent, a worker,
 	// exits is reparented to the master, which reaps it, instead of to init.
 	// When the master is pid 1 (a container without an init) it reaps orphans
-	// whatever this says.
+	// whatever this says. Either way it waits only for processes it did not
+	// start itself, so its children's exit statuses (the restart reasons) are
+	// never lost; a process the program starts in the master process on its
+	// own (os/exec before or beside Run) would lose its status to it, though.
+	// Ignored in single-process mode, where the program's code runs in the
+	// master. Default false.
 	Subreaper bool
 
 	// Metrics says how /metrics merges the application's own metrics.

@@ -35,9 +35,12 @@
 //
 // Stop (SIGTERM, SIGINT, or the end of Run's context): the workers stop accepting
 // and drain in parallel (Config.StopTimeout, then SIGKILL), then the agent stops,
-// then the master closes the listeners and exits 0. A second SIGINT forces it.
+// then the master closes the listeners and exits 0. A second SIGINT forces it
+// (exit code 130); a stop that had to kill a process after StopTimeout exits 4.
 // Children die with the master: they have SIGTERM as parent-death signal and treat
-// the end of their IPC channel as a request to stop.
+// the end of their IPC channel as a request to stop. As pid 1 (a container
+// without an init), or with Config.Subreaper, the master also reaps the orphans
+// its children leave, never taking its own children's exit statuses.
 //
 // # Signals
 //

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/signal"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/brood-go/brood"
@@ -26,6 +28,7 @@ func registerHelpers() {
 	helperproc.Register("logs", logsMain)
 	helperproc.Register("churn", churnMain)
 	helperproc.Register("metrics", metricsMain)
+	helperproc.Register("orphans", orphansMain)
 }
 
 // helloConfig is a small HTTP cluster that records what it does in the events
@@ -83,6 +86,10 @@ func helloConfigBase() brood.Config {
 				helperproc.Event("slow:start:%d", os.Getpid())
 				time.Sleep(time.Duration(ms) * time.Millisecond) // the work a slow request does
 				fmt.Fprintf(w, "slow done by pid %d\n", os.Getpid())
+			})
+			mux.HandleFunc("/ignore-sigterm", func(w http.ResponseWriter, r *http.Request) {
+				signal.Ignore(syscall.SIGTERM) // a worker that will not stop
+				fmt.Fprintf(w, "pid %d ignores SIGTERM\n", os.Getpid())
 			})
 			helperproc.Event("worker:%d:ready", p.ID())
 			return brood.ServeHTTP(ctx, p, &http.Server{Handler: mux})

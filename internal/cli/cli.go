@@ -16,12 +16,25 @@ import (
 	"github.com/spf13/pflag"
 )
 
-// Exit codes.
+// Exit codes, defined here once (the README lists them). The foreground
+// master's (`run`, the default: a systemd unit's or a container's main
+// process, pid 1 or not) says why it ended:
+//
+//	0    stopped gracefully (SIGTERM, SIGINT, `stop`): every process stopped in time
+//	1    the start failed, or was interrupted by a stop, and nothing is left running
+//	2    bad flags or arguments
+//	4    stopped, but some process did not stop within StopTimeout and was killed
+//	130  a forced stop (a second SIGINT) killed what was still draining
+//
+// The other commands exit 0, 1 when they fail, 2 on bad usage, and 3 when no
+// instance is running (status, events, schedule list). A forced stop that
+// also had processes killed after StopTimeout is 130.
 const (
 	ExitOK          = 0
 	ExitFailure     = 1 // the command failed; a start that fails is not worth retrying blindly
 	ExitUsage       = 2 // bad flags or arguments
 	ExitNotRunning  = 3 // status: no instance is running (LSB)
+	ExitStopKilled  = 4 // run: the cluster stopped, but a process had to be killed after StopTimeout
 	ExitInterrupted = 130
 )
 
@@ -41,7 +54,8 @@ type Options struct {
 // App is what package brood plugs into the command tree.
 type App struct {
 	Defaults Options
-	// Run runs the cluster in the foreground until ctx is done.
+	// Run runs the cluster in the foreground until ctx is done. An
+	// *ExitError it returns sets the exit code; any other error exits 1.
 	Run func(ctx context.Context, opts Options) error
 	// DefaultRunDir is the run dir of a cluster named name when --run-dir is unset.
 	DefaultRunDir func(name string) string
@@ -128,11 +142,14 @@ func newRoot(ctx context.Context, app *App) *cobra.Command {
 	return root
 }
 
+// runForeground runs the cluster. An *ExitError from app.Run keeps its code
+// (how a stop went); any other error is a failed start.
 func runForeground(ctx context.Context, app *App, opts Options) error {
-	if err := app.Run(ctx, opts); err != nil {
-		return &ExitError{Code: ExitFailure, Err: err}
+	err := app.Run(ctx, opts)
+	if err == nil || errors.As(err, new(*ExitError)) {
+		return err
 	}
-	return nil
+	return &ExitError{Code: ExitFailure, Err: err}
 }
 
 // applyEnv fills options whose flags were not given from BROOD_* variables.

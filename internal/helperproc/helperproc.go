@@ -190,6 +190,7 @@ type Cluster struct {
 	exited  bool
 	exitErr error
 	done    chan struct{}
+	wrapped bool // started under Options.Wrap
 }
 
 // Options adjust Start.
@@ -203,9 +204,12 @@ type Options struct {
 	// ExtraFiles are passed from descriptor 3 on, as a service manager
 	// passes sockets.
 	ExtraFiles []*os.File
-	// Wrap runs the master through this command line, with the test binary
-	// and args appended: {"systemd-socket-activate", "-l", addr}, or
-	// ListenPIDWrap. The Cluster's pid is the wrapper's, which must exec.
+	// Wrap runs the master under a command: Wrap, then the test binary and
+	// args ({"unshare", "--pid", "--fork", ...}, {"systemd-socket-activate",
+	// "-l", addr}, ListenPIDWrap). Cluster.Cmd is then the wrapper's, which
+	// must fork the master or exec it. The pids in the master's log may be
+	// those of another pid namespace, so the cleanup kills only the process
+	// group.
 	Wrap []string
 }
 
@@ -229,12 +233,12 @@ func Start(t testing.TB, helper string, args []string, opts ...Options) *Cluster
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &Cluster{t: t, Events: t.TempDir() + "/events", RunDir: o.RunDir, changed: make(chan struct{}), done: make(chan struct{})}
+	c := &Cluster{t: t, Events: t.TempDir() + "/events", RunDir: o.RunDir, changed: make(chan struct{}), done: make(chan struct{}), wrapped: len(o.Wrap) > 0}
 	if c.RunDir == "" {
 		c.RunDir = ShortTempDir(t)
 	}
 	cmd := exec.Command(exe, args...)
-	if len(o.Wrap) > 0 {
+	if c.wrapped {
 		cmd = exec.Command(o.Wrap[0], append(append(o.Wrap[1:len(o.Wrap):len(o.Wrap)], exe), args...)...)
 	}
 	cmd.ExtraFiles = o.ExtraFiles
@@ -292,7 +296,10 @@ func (c *Cluster) read(r interface{ Read([]byte) (int, error) }) {
 }
 
 func (c *Cluster) cleanup() {
-	pids := c.AllPIDs()
+	var pids []int
+	if !c.wrapped { // pids of this namespace
+		pids = c.AllPIDs()
+	}
 	_ = syscall.Kill(-c.Cmd.Process.Pid, syscall.SIGKILL)
 	for _, p := range pids {
 		_ = syscall.Kill(p, syscall.SIGKILL)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/brood-go/brood/internal/ipc"
 	"github.com/brood-go/brood/internal/proc"
+	"github.com/brood-go/brood/internal/reaper"
 	"github.com/brood-go/brood/internal/sdnotify"
 	"github.com/brood-go/brood/internal/wire"
 )
@@ -124,13 +125,19 @@ func (m *Master) launchProcess(s *slot, workers int) (launched, error) {
 		Stderr:      errW,
 		SysProcAttr: &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM},
 	}
-	if err := m.forker.start(cmd); err != nil {
+	err = m.reaper.Own(func() (int, error) {
+		if err := m.forker.start(cmd); err != nil {
+			return 0, err
+		}
+		return cmd.Process.Pid, nil
+	})
+	if err != nil {
 		outR.Close()
 		errR.Close()
 		conn.Close()
 		return launched{}, fmt.Errorf("exec %s: %w", m.exe, err)
 	}
-	return launched{proc: &osProc{cmd: cmd}, conn: conn, stdout: outR, stderr: errR}, nil
+	return launched{proc: &osProc{cmd: cmd, reaper: m.reaper}, conn: conn, stdout: outR, stderr: errR}, nil
 }
 
 // forker starts every child process from one OS thread that lives as long as
@@ -192,12 +199,44 @@ func (f *forker) close() {
 	<-f.done
 }
 
-type osProc struct{ cmd *exec.Cmd }
+// startReaper starts reaping orphans when the master is pid 1, the parent
+// of every orphan in its pid namespace, or when Config.Subreaper makes it
+// the parent of its descendants' orphans (PR_SET_CHILD_SUBREAPER). Every
+// child goes through m.reaper.Own and Forget (launchProcess, osProc.Wait),
+// so the reaper never takes a child's exit status from its slot. Not in
+// single-process mode: the user's code runs in the master then, and a
+// process it starts could not be told from an orphan. A reaper that cannot
+// start (a /proc of another pid namespace, prctl refused) is a warning, not
+// a failed start: the cluster serves without it.
+func (m *Master) startReaper() (stop func()) {
+	pid1 := m.pid == 1
+	if !pid1 && !m.cfg.Subreaper {
+		return func() {}
+	}
+	if m.cfg.Single {
+		m.log.Warn("orphans are not reaped in single-process mode (the program's own code runs in the master); use an init such as tini as pid 1", "pid1", pid1, "subreaper", m.cfg.Subreaper)
+		return func() {}
+	}
+	r, err := reaper.Start(reaper.Options{Subreaper: !pid1, Logger: m.log})
+	if err != nil {
+		m.log.Warn("orphans will not be reaped", "err", err)
+		return func() {}
+	}
+	m.log.Info("reaping orphans", "as", map[bool]string{true: "pid 1", false: "subreaper"}[pid1])
+	m.reaper = r
+	return r.Stop
+}
+
+type osProc struct {
+	cmd    *exec.Cmd
+	reaper *reaper.Reaper // owns the pid until Wait has returned (nil: reaping off)
+}
 
 func (p *osProc) PID() int                        { return p.cmd.Process.Pid }
 func (p *osProc) Signal(sig syscall.Signal) error { return p.cmd.Process.Signal(sig) }
 func (p *osProc) Wait() (string, int, bool) {
 	err := p.cmd.Wait()
+	p.reaper.Forget(p.cmd.Process.Pid)
 	if err != nil && !errors.As(err, new(*exec.ExitError)) {
 		return "wait: " + err.Error(), -1, false
 	}

@@ -7,11 +7,12 @@
 // Files by concern: master.go (the type, start order and stop), slot.go (the
 // one owner of every process transition and its typed reason), child.go (one
 // process: its channel and exit), launch.go (the environment contract,
-// spawning, single-process children), health.go (heartbeats, resource
-// samples, recycling), ops.go (reload, scale, stop requests, in every state),
-// status.go, events.go, control.go (the control socket's handlers), logs.go,
-// signals.go (signals and the daemon handshake), systemd.go (sd_notify,
-// the watchdog, socket activation and the fd store), output.go.
+// spawning, single-process children, orphan reaping), health.go (heartbeats,
+// resource samples, recycling), ops.go (reload, scale, stop requests, in
+// every state), status.go, events.go, control.go (the control socket's
+// handlers), logs.go, signals.go (signals and the daemon handshake),
+// systemd.go (sd_notify, the watchdog, socket activation and the fd store),
+// output.go.
 package master
 
 import (
@@ -30,6 +31,7 @@ import (
 	"github.com/brood-go/brood/internal/ipc"
 	"github.com/brood-go/brood/internal/listener"
 	"github.com/brood-go/brood/internal/metrics"
+	"github.com/brood-go/brood/internal/reaper"
 	"github.com/brood-go/brood/internal/relay"
 	"github.com/brood-go/brood/internal/wire"
 )
@@ -65,8 +67,10 @@ type Config struct {
 	ScrapeTimeout time.Duration
 
 	// DrainDelay: on a graceful stop, workers keep serving this long after
-	// /readyz has turned 503, before they drain. Subreaper: reap orphans
-	// reparented to the master (always done when it is pid 1).
+	// /readyz has turned 503, before they drain. Subreaper: become the
+	// parent of the orphans the children leave and reap them (always done
+	// when the master is pid 1; never in single-process mode; see
+	// startReaper).
 	DrainDelay time.Duration
 	Subreaper  bool
 
@@ -132,6 +136,7 @@ type Master struct {
 	socks     []*listener.Socket
 	router    *relay.Router
 	forker    *forker
+	reaper    *reaper.Reaper // reaps orphans (pid 1, Subreaper); nil: off. Set by Run before any child starts.
 	events    *eventLog
 	asks      ipc.Pending[[]byte] // the master's own requests to children, awaiting replies
 	metrics   *supervisorMetrics
@@ -165,6 +170,37 @@ type Master struct {
 	stopReq   chan struct{}
 	stopOnce  sync.Once
 	stopWhy   string
+
+	// How the final stop went (guarded by mu; see stopResult).
+	stopForced bool // a forced stop killed what was left
+	stopKilled int  // processes killed after StopTimeout while the cluster stopped
+}
+
+// StopError is how a stop that brought the whole cluster down was not clean:
+// a forced stop cut it short, or some process had to be killed after
+// StopTimeout. RunWithSignals returns it; the command line maps it to an exit
+// code (see internal/cli).
+type StopError struct {
+	Forced bool // a forced stop (a second SIGINT) killed what was left
+	Killed int  // processes killed because they did not stop within StopTimeout
+}
+
+func (e *StopError) Error() string {
+	if e.Forced {
+		return "brood: forced stop: the processes still draining were killed"
+	}
+	return fmt.Sprintf("brood: stopped, but %d process(es) did not stop within StopTimeout and were killed", e.Killed)
+}
+
+// stopResult is the outcome of the stop once Run has returned nil: nil if
+// every process stopped in time, a *StopError otherwise.
+func (m *Master) stopResult() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.stopForced && m.stopKilled == 0 {
+		return nil
+	}
+	return &StopError{Forced: m.stopForced, Killed: m.stopKilled}
 }
 
 // New prepares a master for cfg. It validates the listen addresses, so a bad
@@ -245,6 +281,7 @@ func (m *Master) Run(ctx context.Context, force <-chan struct{}) (err error) {
 	if m.forker != nil {
 		defer m.forker.close() // after every child is gone
 	}
+	defer m.startReaper()() // before any child starts; stopped after the last, before the logs close
 	m.startedAt = time.Now()
 	release, err := m.acquireRunDir()
 	if err != nil {
@@ -589,6 +626,9 @@ func (m *Master) stopAll(force <-chan struct{}, why string) {
 		select {
 		case <-done:
 		case <-force:
+			m.mu.Lock()
+			m.stopForced = true
+			m.mu.Unlock()
 			for _, c := range group {
 				c.slot.kill(c, wire.ReasonStop, "forced stop")
 			}

@@ -18,7 +18,9 @@ import (
 // it gracefully, a second SIGINT forces it, SIGHUP reloads every worker,
 // SIGUSR1 rotates and reopens log files. Started by `start --daemon`, it
 // reports readiness (or the start error) on the pipe named by
-// wire.EnvNotifyFD.
+// wire.EnvNotifyFD. It returns Run's error if the start failed, a *StopError
+// if the stop was forced or had to kill a process after StopTimeout, and nil
+// after a clean stop.
 func RunWithSignals(ctx context.Context, cfg Config) error {
 	notify := notifyPipe()
 	onReady := cfg.OnReady
@@ -69,11 +71,11 @@ func RunWithSignals(ctx context.Context, cfg Config) error {
 			}
 		}
 	})
-	err = m.Run(ctx, force)
-	if err != nil {
+	if err := m.Run(ctx, force); err != nil {
 		notify.failed(err)
+		return err
 	}
-	return err
+	return m.stopResult()
 }
 
 // notifier is the write end of `start --daemon`'s readiness pipe, or nothing.

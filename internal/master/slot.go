@@ -475,6 +475,11 @@ func (s *slot) stopChild(c *child, why wire.Reason) {
 	select {
 	case <-c.exited:
 	case <-t.C:
+		m.mu.Lock()
+		if m.phase >= phaseStopping {
+			m.stopKilled++ // the cluster's stop was not clean: its exit code says so
+		}
+		m.mu.Unlock()
 		m.log.Warn("did not stop in time; killing", "child_pid", c.pid, "slot", s.String(), "stop_timeout", m.cfg.StopTimeout)
 		s.kill(c, wire.ReasonNone, fmt.Sprintf("did not stop within %v (StopTimeout)", m.cfg.StopTimeout))
 		<-c.exited

@@ -56,13 +56,21 @@ func DescribeExit(ps *os.ProcessState) string {
 		return "unknown exit"
 	}
 	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return DescribeStatus(ws)
+	}
+	return fmt.Sprintf("exit status %d", ps.ExitCode())
+}
+
+// DescribeStatus is DescribeExit for a status from wait4.
+func DescribeStatus(ws syscall.WaitStatus) string {
+	if ws.Signaled() {
 		s := "signal: " + ws.Signal().String()
 		if ws.CoreDump() {
 			s += " (core dumped)"
 		}
 		return s
 	}
-	return fmt.Sprintf("exit status %d", ps.ExitCode())
+	return fmt.Sprintf("exit status %d", ws.ExitStatus())
 }
 
 // Sample is a resource reading of one process.
@@ -199,23 +207,50 @@ func OpenChild(pid int, parent *Pidfd) (*Pidfd, error) {
 
 // ParentPID returns the parent pid of process pid, from /proc/<pid>/stat.
 func ParentPID(pid int) (int, error) {
-	path := "/proc/" + strconv.Itoa(pid) + "/stat"
-	b, err := os.ReadFile(path)
+	st, err := ReadStat(pid)
 	if err != nil {
 		return 0, fmt.Errorf("parent of pid %d: %w", pid, err)
 	}
-	// pid (comm) state ppid ...; comm may hold spaces and parentheses.
-	s := string(b)
+	return st.PPID, nil
+}
+
+// Stat is what the supervisor needs of /proc/<pid>/stat.
+type Stat struct {
+	State byte // 'R', 'S', 'D', 'Z' (a zombie: exited, not yet waited for), ...
+	PPID  int
+}
+
+// ReadStat reads /proc/<pid>/stat.
+func ReadStat(pid int) (Stat, error) {
+	path := "/proc/" + strconv.Itoa(pid) + "/stat"
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Stat{}, err
+	}
+	st, err := ParseStat(string(b))
+	if err != nil {
+		return Stat{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return st, nil
+}
+
+// ParseStat parses the text of a /proc/<pid>/stat file: "pid (comm) state
+// ppid ...". comm is whatever the process named itself, spaces and
+// parentheses included, so the fields are read after the last ')'.
+func ParseStat(s string) (Stat, error) {
 	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return Stat{}, fmt.Errorf("cannot parse stat %q", s)
+	}
 	f := strings.Fields(s[i+1:])
-	if i < 0 || len(f) < 2 {
-		return 0, fmt.Errorf("parent of pid %d: cannot parse %s: %q", pid, path, s)
+	if len(f) < 2 || len(f[0]) != 1 {
+		return Stat{}, fmt.Errorf("cannot parse stat %q", s)
 	}
 	ppid, err := strconv.Atoi(f[1])
 	if err != nil {
-		return 0, fmt.Errorf("parent of pid %d: cannot parse %s: %w", pid, path, err)
+		return Stat{}, fmt.Errorf("cannot parse stat %q: %w", s, err)
 	}
-	return ppid, nil
+	return Stat{State: f[0][0], PPID: ppid}, nil
 }
 
 // PID returns the pid the pidfd was opened for.

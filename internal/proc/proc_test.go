@@ -137,3 +137,28 @@ func TestParentPID(t *testing.T) {
 		t.Errorf("ParentPID of no process: got nil error")
 	}
 }
+
+// comm is the process's own choice of name: spaces and parentheses included,
+// even a fake state and ppid.
+func TestParseStat(t *testing.T) {
+	for _, tc := range []struct {
+		in    string
+		state byte
+		ppid  int
+	}{
+		{"42 (sh) S 1 42 42 0 -1", 'S', 1},
+		{"42 (a b) Z 7 0 0", 'Z', 7},
+		{"42 (x) R 9 (y) Z 1 0) Z 123 1 1", 'Z', 123},
+		{"42 ()) S 5 1", 'S', 5},
+	} {
+		st, err := ParseStat(tc.in)
+		if err != nil || st.State != tc.state || st.PPID != tc.ppid {
+			t.Errorf("ParseStat(%q): got %c %d %v, want %c %d", tc.in, st.State, st.PPID, err, tc.state, tc.ppid)
+		}
+	}
+	for _, bad := range []string{"", "42 sh S 1", "42 (sh)", "42 (sh) S", "42 (sh) S x", "42 (sh) SS 1"} {
+		if _, err := ParseStat(bad); err == nil {
+			t.Errorf("ParseStat(%q): got nil error", bad)
+		}
+	}
+}
