@@ -323,6 +323,7 @@ func TestSystemdSocketActivate(t *testing.T) {
 			if n := listenersOn(t, port); n != 1 {
 				t.Errorf("%d listening sockets on port %d, want the passed one alone", n, port)
 			}
+			noServiceEnv(t, c.ChildPIDs(""))
 			c.Signal(syscall.SIGTERM)
 			if code := c.Wait(20 * time.Second); code != 0 {
 				t.Fatalf("exit status %d", code)
@@ -446,6 +447,7 @@ func TestFDStoreRestartRefusesNoConnection(t *testing.T) {
 	if got := second.WaitReady(20 * time.Second); got != addr {
 		t.Errorf("second master listens on %s, want the stored %s", got, addr)
 	}
+	noServiceEnv(t, second.ChildPIDs(""))
 	if err := <-queued; err != nil {
 		t.Errorf("the connection queued while no master ran: %v", err)
 	}
