@@ -26,6 +26,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/brood-go/brood/internal/fleet"
 	"github.com/brood-go/brood/internal/ipc"
 	"github.com/brood-go/brood/internal/listener"
 	"github.com/brood-go/brood/internal/metrics"
@@ -81,6 +82,10 @@ type Config struct {
 	// Stdout and Stderr receive the children's output (default os.Stdout and
 	// os.Stderr), through buffers that never block the master.
 	Stdout, Stderr *os.File
+
+	// Fleet joins the cluster to a fleet of clusters of the same Name over
+	// NATS (URLs empty: no fleet).
+	Fleet FleetConfig
 
 	// OnReady is called once the first start has completed, with the status.
 	OnReady func(wire.Status)
@@ -142,6 +147,10 @@ type Master struct {
 	adminAddr string           // the admin listener as bound
 	svc       *service         // the service manager (systemd), if any
 	askID     atomic.Uint64
+
+	fleet        atomic.Pointer[fleet.Conn] // the fleet connection, if in a fleet
+	fleetAsks    ipc.Pending[fleetAnswer]   // requests from the fleet awaiting a worker's reply
+	readyWorkers atomic.Int64               // as last counted under m.mu
 
 	mu       sync.Mutex
 	phase    phase
@@ -219,10 +228,15 @@ func New(cfg Config) (*Master, error) {
 	m.logs = newAsyncHandler(inner)
 	m.log = slog.New(m.logs).With("role", "master", "id", 0, "pid", pid)
 	m.events = newEventLog(func(ev wire.Event) { logEvent(m.log, ev) })
-	m.router = relay.New(relay.Options{
+	ro := relay.Options{
 		MasterPID: uint32(pid), MaxPending: cfg.MaxPending, MaxPendingBytes: cfg.MaxPendingBytes, Logger: m.log,
-		MasterReply: m.onMasterReply, MasterMessage: m.onMasterMessage,
-	})
+		MasterReply: m.onMasterReply, MasterMessage: m.onMasterMessage, MaxFrame: cfg.MaxFrame,
+	}
+	if cfg.Fleet.URLs != "" {
+		// Until the connection exists (Run), fleet messages are refused.
+		ro.FleetMessage = m.onFleetMessage
+	}
+	m.router = relay.New(ro)
 	m.life, m.endLife = context.WithCancel(context.Background())
 	if !cfg.Single {
 		m.forker = newForker()
@@ -250,6 +264,15 @@ func (m *Master) Run(ctx context.Context, force <-chan struct{}) (err error) {
 		return err
 	}
 	defer release()
+	if m.cfg.Fleet.URLs != "" {
+		fc, err := m.connectFleet()
+		if err != nil {
+			m.events.publish(wire.Event{Type: wire.EventStartFailed, Detail: err.Error()})
+			return fmt.Errorf("brood: %w", err)
+		}
+		m.fleet.Store(fc)
+		defer fc.Close() // after every child is gone
+	}
 	m.startService()
 	adminSock, socks, err := m.openSockets(ctx)
 	if err != nil {
@@ -465,6 +488,7 @@ func (m *Master) sendMembersLocked() {
 		}
 		return a.PID - b.PID
 	})
+	m.setReadyWorkersLocked()
 	b, _ := json.Marshal(list)
 	h := ipc.Header{Kind: ipc.KindMembers, Role: ipc.RoleMaster, From: uint32(m.pid)}
 	for _, c := range m.children {
@@ -547,6 +571,7 @@ func (m *Master) stopAll(force <-chan struct{}, why string) {
 	}
 	wasRunning := m.phase == phaseRunning
 	m.phase = phaseStopping
+	m.setReadyWorkersLocked() // out of the fleet's queue groups before the drain
 	m.mu.Unlock()
 	m.events.publish(wire.Event{Type: wire.EventStopping, Detail: why})
 	if d := m.cfg.DrainDelay; d > 0 && wasRunning {
