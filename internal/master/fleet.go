@@ -12,6 +12,7 @@ import (
 	"github.com/brood-go/brood/internal/ipc"
 	"github.com/brood-go/brood/internal/relay"
 	"github.com/brood-go/brood/internal/wire"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // FleetConfig joins the cluster to a fleet over NATS (see package fleet).
@@ -19,10 +20,13 @@ import (
 type FleetConfig struct {
 	URLs     string // comma-separated NATS URLs
 	Node     string // this member's id
-	Auth     fleet.Auth
+	Auth     FleetAuth
 	Optional bool          // start even if no server is reachable
 	LeaseTTL time.Duration // for leader and singleton leases (the next step)
 }
+
+// FleetAuth are the NATS credentials (see fleet.Auth).
+type FleetAuth = fleet.Auth
 
 // fleetAnswer is a worker's reply to a request from the fleet.
 type fleetAnswer struct {
@@ -233,4 +237,56 @@ func (m *Master) fleetStatus() *wire.FleetStatus {
 		})
 	}
 	return st
+}
+
+// fleetNode is the node id children are told ("" when not in a fleet).
+func fleetNode(cfg Config) string {
+	if cfg.Fleet.URLs == "" {
+		return ""
+	}
+	return cfg.Fleet.Node
+}
+
+// fleetCollector reads the fleet's counters at scrape time.
+type fleetCollector struct{ m *Master }
+
+var (
+	descFleetMessages   = prometheus.NewDesc("brood_fleet_messages_total", "Fleet messages and requests by direction (out: published by this member; in: from the fleet to this member's processes) and result (ok, error).", []string{"direction", "result"}, nil)
+	descFleetRequests   = prometheus.NewDesc("brood_fleet_requests_total", "Fleet requests by direction (out: this member's processes asked; in: this member's workers took).", []string{"direction"}, nil)
+	descFleetConnected  = prometheus.NewDesc("brood_fleet_connected", "1 while the master is connected to the fleet's NATS server.", nil, nil)
+	descFleetReconnects = prometheus.NewDesc("brood_fleet_reconnects_total", "Reconnections to the fleet's NATS server.", nil, nil)
+	descFleetDisconnect = prometheus.NewDesc("brood_fleet_disconnects_total", "Losses of the connection to the fleet's NATS server.", nil, nil)
+	descFleetMembers    = prometheus.NewDesc("brood_fleet_members", "Members of the fleet heard from recently, this one included.", nil, nil)
+)
+
+func (fleetCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descFleetMessages, descFleetRequests, descFleetConnected, descFleetReconnects, descFleetDisconnect, descFleetMembers} {
+		ch <- d
+	}
+}
+
+func (c fleetCollector) Collect(ch chan<- prometheus.Metric) {
+	fc := c.m.fleet.Load()
+	var n wire.FleetCounters
+	connected, members := 0.0, 0.0
+	if fc != nil {
+		n = wire.FleetCounters(fc.Counters())
+		if fc.Connected() {
+			connected = 1
+		}
+		members = float64(len(fc.Members()))
+	}
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	counter(descFleetMessages, n.SentOK, "out", "ok")
+	counter(descFleetMessages, n.SendErrors, "out", "error")
+	counter(descFleetMessages, n.ReceivedOK, "in", "ok")
+	counter(descFleetMessages, n.RecvErrors, "in", "error")
+	counter(descFleetRequests, n.RequestsOut, "out")
+	counter(descFleetRequests, n.RequestsIn, "in")
+	counter(descFleetReconnects, n.Reconnects)
+	counter(descFleetDisconnect, n.Disconnects)
+	ch <- prometheus.MustNewConstMetric(descFleetConnected, prometheus.GaugeValue, connected)
+	ch <- prometheus.MustNewConstMetric(descFleetMembers, prometheus.GaugeValue, members)
 }

@@ -212,6 +212,14 @@ func New(cfg Config) (*Master, error) {
 	if m.svc, err = newService(); err != nil {
 		return nil, err
 	}
+	if cfg.Fleet.URLs != "" {
+		if err := fleet.ValidName(cfg.Name); err != nil {
+			return nil, fmt.Errorf("brood: %w", err)
+		}
+		if err := fleet.ValidNode(cfg.Fleet.Node); err != nil {
+			return nil, fmt.Errorf("brood: fleet: --node: %w", err)
+		}
+	}
 	if cfg.Admin != "" {
 		if _, err := listener.Parse(cfg.Admin); err != nil {
 			return nil, fmt.Errorf("brood: admin listener: %w", err)
