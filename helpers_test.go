@@ -26,6 +26,7 @@ func registerHelpers() {
 	helperproc.Register("logs", logsMain)
 	helperproc.Register("churn", churnMain)
 	helperproc.Register("metrics", metricsMain)
+	helperproc.Register("fleet", fleetMain)
 }
 
 // helloConfig is a small HTTP cluster that records what it does in the events

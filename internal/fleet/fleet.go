@@ -164,6 +164,7 @@ type Conn struct {
 	opts   Options
 	log    *slog.Logger
 	nc     *nats.Conn
+	closed chan struct{} // closed once nc's callbacks have all run, after Close
 	prefix string // "brood.<Name>."
 	start  time.Time
 
@@ -253,30 +254,45 @@ func Connect(opts Options) (*Conn, error) {
 		qwake: make(chan struct{}, 1), workersCh: make(chan struct{}, 1), members: make(map[string]memberSeen),
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
-	no, err := c.natsOptions()
-	if err != nil {
-		return nil, err
-	}
 	urls := RedactURLs(opts.URLs)
-	nc, err := nats.Connect(opts.URLs, no...)
+	// connect makes one attempt; the connection's callbacks have all run
+	// once closed is closed (nats.go runs them in order on a goroutine of
+	// its own, the closed handler last).
+	connect := func(extra ...nats.Option) (*nats.Conn, chan struct{}, error) {
+		closed := make(chan struct{})
+		var once sync.Once
+		no, err := c.natsOptions(func() { once.Do(func() { close(closed) }) })
+		if err != nil {
+			return nil, nil, err
+		}
+		nc, err := nats.Connect(opts.URLs, append(no, extra...)...)
+		if err != nil {
+			waitClosed(closed)
+			return nil, nil, fmt.Errorf("fleet: connect to %s: %w", urls, err)
+		}
+		return nc, closed, nil
+	}
+	nc, closed, err := connect()
 	if err != nil {
-		if !opts.Optional {
-			return nil, fmt.Errorf("fleet: connect to %s: %w", urls, err)
+		if !opts.Optional || errors.Is(err, errBadAuth) {
+			return nil, err
 		}
 		c.log.Warn("fleet: NATS server unreachable; starting anyway (--fleet-optional), retrying in the background", "urls", urls, "err", err)
-		if nc, err = nats.Connect(opts.URLs, append(no, nats.RetryOnFailedConnect(true))...); err != nil {
-			return nil, fmt.Errorf("fleet: connect to %s: %w", urls, err)
+		if nc, closed, err = connect(nats.RetryOnFailedConnect(true)); err != nil {
+			return nil, err
 		}
 	}
-	c.nc = nc
+	c.nc, c.closed = nc, closed
 	for _, k := range []Kind{KindAll, KindApp, KindAgent} {
 		if _, err := nc.Subscribe(c.Subject(k), c.onMessage(k)); err != nil {
 			nc.Close()
+			waitClosed(closed)
 			return nil, fmt.Errorf("fleet: subscribe %s: %w", c.Subject(k), err)
 		}
 	}
 	if _, err := nc.Subscribe(c.prefix+"members", c.onAnnouncement); err != nil {
 		nc.Close()
+		waitClosed(closed)
 		return nil, fmt.Errorf("fleet: subscribe %smembers: %w", c.prefix, err)
 	}
 	c.wg.Add(2)
@@ -288,7 +304,20 @@ func Connect(opts Options) (*Conn, error) {
 	return c, nil
 }
 
-func (c *Conn) natsOptions() ([]nats.Option, error) {
+// errBadAuth: the credentials options do not make sense together.
+var errBadAuth = errors.New("fleet: bad credentials")
+
+// waitClosed waits (a bounded time) for a connection's callbacks to end.
+func waitClosed(closed <-chan struct{}) {
+	t := time.NewTimer(2 * time.Second)
+	defer t.Stop()
+	select {
+	case <-closed:
+	case <-t.C:
+	}
+}
+
+func (c *Conn) natsOptions(onClosed func()) ([]nats.Option, error) {
 	a := c.opts.Auth
 	no := []nats.Option{
 		nats.Name("brood " + c.opts.Name + " " + c.opts.Node),
@@ -306,7 +335,7 @@ func (c *Conn) natsOptions() ([]nats.Option, error) {
 		nats.ConnectHandler(func(nc *nats.Conn) {
 			c.log.Info("fleet: connected", "server", nc.ConnectedUrlRedacted())
 		}),
-		nats.ClosedHandler(func(*nats.Conn) { c.log.Info("fleet: NATS connection closed") }),
+		nats.ClosedHandler(func(*nats.Conn) { onClosed() }),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
 			c.asyncErrors.Add(1)
 			subj := ""
@@ -330,13 +359,13 @@ func (c *Conn) natsOptions() ([]nats.Option, error) {
 		no = append(no, nats.UserCredentials(a.Creds))
 	}
 	if n > 1 {
-		return nil, errors.New("fleet: use one of user/password, token or a creds file")
+		return nil, fmt.Errorf("%w: use one of user/password, token or a creds file", errBadAuth)
 	}
 	if a.TLSCA != "" {
 		no = append(no, nats.RootCAs(a.TLSCA))
 	}
 	if (a.TLSCert == "") != (a.TLSKey == "") {
-		return nil, errors.New("fleet: a TLS client certificate needs both the cert and the key file")
+		return nil, fmt.Errorf("%w: a TLS client certificate needs both the cert and the key file", errBadAuth)
 	}
 	if a.TLSCert != "" {
 		no = append(no, nats.ClientCert(a.TLSCert, a.TLSKey))
@@ -768,4 +797,6 @@ func (c *Conn) Close() {
 		_ = c.nc.FlushTimeout(time.Second)
 	}
 	c.nc.Close()
+	waitClosed(c.closed)
+	c.log.Info("fleet: left the fleet; NATS connection closed")
 }
