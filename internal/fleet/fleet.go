@@ -165,7 +165,7 @@ type Conn struct {
 	log    *slog.Logger
 	nc     *nats.Conn
 	closed chan struct{} // closed once nc's callbacks have all run, after Close
-	prefix string // "brood.<Name>."
+	prefix string        // "brood.<Name>."
 	start  time.Time
 
 	ctx    context.Context
