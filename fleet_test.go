@@ -106,7 +106,12 @@ func fleetMain() { brood.Main(fleetConfig()) }
 // fleetMember starts one member of the fleet at url with node id node.
 func fleetMember(t *testing.T, url, node string, env ...string) *helperproc.Cluster {
 	t.Helper()
-	return helperproc.Start(t, "fleet", []string{"run", "--fleet", url, "--node", node}, helperproc.Options{Env: env})
+	return fleetMemberArgs(t, url, node, nil, env...)
+}
+
+func fleetMemberArgs(t *testing.T, url, node string, args []string, env ...string) *helperproc.Cluster {
+	t.Helper()
+	return helperproc.Start(t, "fleet", append([]string{"run", "--fleet", url, "--node", node}, args...), helperproc.Options{Env: env})
 }
 
 func httpGet(t *testing.T, url string) (int, string) {
@@ -190,12 +195,16 @@ func waitMembers(t *testing.T, c *helperproc.Cluster, n int) wire.Status {
 	}
 }
 
-// startFleet starts three members (m1, m2, m3) at url and waits until each
-// is ready and knows the other two.
+// startFleet starts three members (m1, m2, m3) at url, m1 with an admin
+// listener, and waits until each is ready and knows the other two.
 func startFleet(t *testing.T, url string) (cs []*helperproc.Cluster, addrs []string) {
 	t.Helper()
 	for i := 1; i <= 3; i++ {
-		cs = append(cs, fleetMember(t, url, "m"+strconv.Itoa(i)))
+		var args []string
+		if i == 1 {
+			args = []string{"--admin", "127.0.0.1:0"}
+		}
+		cs = append(cs, fleetMemberArgs(t, url, "m"+strconv.Itoa(i), args))
 	}
 	for _, c := range cs {
 		addrs = append(addrs, c.WaitReady(60*time.Second))
@@ -329,6 +338,22 @@ func TestFleetMessaging(t *testing.T) {
 		}
 		if f.Counters.SentOK == 0 || f.Counters.ReceivedOK == 0 || f.Counters.RequestsOut == 0 {
 			t.Errorf("fleet counters: %+v", f.Counters)
+		}
+		if len(f.Members) != 3 || !f.Members[0].Self || f.Members[0].ReadyWorkers != 2 {
+			t.Errorf("fleet members: %+v", f.Members)
+		}
+		admin := strings.TrimPrefix(cs[0].WaitFor(5*time.Second, "the admin listener", helperproc.MasterMsg("admin listener")).Str("addr"), "tcp://")
+		_, text := httpGet(t, "http://"+admin+"/metrics")
+		for _, want := range []string{`brood_fleet_messages_total{direction="out",result="ok"}`, `brood_fleet_messages_total{direction="in",result="error"} 0`,
+			"brood_fleet_connected 1", "brood_fleet_reconnects_total 0", "brood_fleet_members 3", `brood_fleet_requests_total{direction="out"} 12`} {
+			if !strings.Contains(text, want) {
+				t.Errorf("/metrics has no %s", want)
+			}
+		}
+		// The human table says it too.
+		s := helperproc.Start(t, "fleet", []string{"status"}, helperproc.Options{RunDir: cs[0].RunDir})
+		if code := s.Wait(30 * time.Second); code != 0 || !strings.Contains(s.Stdout(), "fleet: node m1, connected to nats://127.0.0.1") {
+			t.Errorf("status: exit %d\n%s", code, s.Stdout())
 		}
 	})
 
