@@ -484,3 +484,25 @@ func TestFleetExternalServer(t *testing.T) {
 		}
 	}
 }
+
+// A member in single-process mode (agent and worker as goroutines) is a
+// member like any other.
+func TestFleetSingleMember(t *testing.T) {
+	srv := natstest.Start(t)
+	a := fleetMember(t, srv.URL(), "m1")
+	b := fleetMemberArgs(t, srv.URL(), "s1", []string{"--single"})
+	addr := a.WaitReady(60 * time.Second)
+	b.WaitReady(60 * time.Second)
+	waitMembers(t, a, 2)
+	if code, body := httpGet(t, "http://"+addr+"/send?kind=bcast&id=single"); code != 200 {
+		t.Fatalf("send: %d %s", code, body)
+	}
+	got := waitRecvs(t, []*helperproc.Cluster{a, b}, "ping", "single-", 5, 20*time.Second)
+	perNode := map[string]int{}
+	for _, r := range got {
+		perNode[r.node]++
+	}
+	if perNode["m1"] != 3 || perNode["s1"] != 2 {
+		t.Errorf("broadcast to a normal and a single-process member: %v", got)
+	}
+}
