@@ -94,6 +94,8 @@ func (f *Fleet) send(scope ipc.FleetScope, action string, data any, where string
 // ready worker anywhere in the fleet it fails at once with ErrNoResponders;
 // if the member that took it could not have it answered (its worker exited,
 // its handler queue was full) it fails with ErrNotDelivered and the reason.
+// The answering member learns ctx's deadline; with none, the master gives
+// up after 30 s (ErrNotDelivered).
 func (f *Fleet) Request(ctx context.Context, action string, data any) (Message, error) {
 	const where = "a worker of the fleet"
 	if f.node == "" {

@@ -555,7 +555,8 @@ func (m *Messenger) setMembers(payload []byte) {
 	}
 	m.mu.Unlock()
 	// A request whose receiver left the table fails at once.
-	m.pending.FailIf(func(pid uint32) bool { _, ok := table[int(pid)]; return !ok }, requestResult{err: ErrProcessExited})
+	// (Fleet requests wait for the master, which is in no table.)
+	m.pending.FailIf(func(pid uint32) bool { _, ok := table[int(pid)]; return !ok && pid != m.masterPID }, requestResult{err: ErrProcessExited})
 }
 
 // enqueue hands a message to the dispatcher, or drops it if it is pid-addressed

@@ -295,6 +295,12 @@ func Connect(opts Options) (*Conn, error) {
 		waitClosed(closed)
 		return nil, fmt.Errorf("fleet: subscribe %smembers: %w", c.prefix, err)
 	}
+	if nc.IsConnected() {
+		// The subscriptions are on the server when Connect returns.
+		if err := nc.FlushTimeout(5 * time.Second); err != nil {
+			c.log.Warn("fleet: flush subscriptions", "err", err)
+		}
+	}
 	c.wg.Add(2)
 	go c.own()
 	go c.publisher()
@@ -588,6 +594,9 @@ func (c *Conn) own() {
 						continue
 					}
 					subs = append(subs, s)
+				}
+				if c.nc.IsConnected() {
+					_ = c.nc.FlushTimeout(2 * time.Second) // on the server before it says so
 				}
 				c.inGroups.Store(true)
 				c.log.Info("fleet: taking random messages and requests", "ready_workers", c.workers.Load())
