@@ -178,3 +178,37 @@ func TestPublishBounded(t *testing.T) {
 		t.Errorf("over the byte bound: %v", err)
 	}
 }
+
+// A message over the server's max_payload is refused after the fact: the
+// sender is told through Options.Refused and it is counted.
+func TestPublishOverMaxPayloadIsRefused(t *testing.T) {
+	srv := natstest.Start(t)
+	refused := make(chan error, 1)
+	c, err := Connect(Options{URLs: srv.URL(), Name: "unit", Node: "p",
+		Deliver: func(Kind, Envelope, []byte) error { return nil },
+		Refused: func(out Outgoing, err error) {
+			if out.Tag != "mine" {
+				t.Errorf("refused %+v", out)
+			}
+			refused <- err
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	big := make([]byte, int(c.NATS().MaxPayload())+1)
+	if err := c.Publish(Outgoing{Kind: KindAll, Env: Envelope{Node: "p", PID: 1, Role: "agent", Action: "big"}, Data: big, Tag: "mine"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-refused:
+		if !errors.Is(err, nats.ErrMaxPayload) {
+			t.Errorf("refused with %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("not refused")
+	}
+	if n := c.Counters(); n.SendErrors != 1 {
+		t.Errorf("counters: %+v", n)
+	}
+}

@@ -178,6 +178,14 @@ type Master struct {
 // New prepares a master for cfg. It validates the listen addresses, so a bad
 // one is reported before anything is created.
 func New(cfg Config) (*Master, error) {
+	if cfg.Fleet.URLs != "" {
+		if err := fleet.ValidName(cfg.Name); err != nil {
+			return nil, fmt.Errorf("brood: %w", err)
+		}
+		if err := fleet.ValidNode(cfg.Fleet.Node); err != nil {
+			return nil, fmt.Errorf("brood: fleet: --node: %w", err)
+		}
+	}
 	for _, l := range cfg.Listen {
 		if _, err := listener.Parse(l); err != nil {
 			return nil, fmt.Errorf("brood: %w", err)
@@ -211,14 +219,6 @@ func New(cfg Config) (*Master, error) {
 	}
 	if m.svc, err = newService(); err != nil {
 		return nil, err
-	}
-	if cfg.Fleet.URLs != "" {
-		if err := fleet.ValidName(cfg.Name); err != nil {
-			return nil, fmt.Errorf("brood: %w", err)
-		}
-		if err := fleet.ValidNode(cfg.Fleet.Node); err != nil {
-			return nil, fmt.Errorf("brood: fleet: --node: %w", err)
-		}
 	}
 	if cfg.Admin != "" {
 		if _, err := listener.Parse(cfg.Admin); err != nil {
