@@ -27,8 +27,11 @@ var (
 // fleet reach the same Messenger.On handlers as local ones, with
 // Message.Node naming the member they were sent from.
 //
-// Delivery guarantee: at most once (core NATS). In order from one sender to
-// one receiving member while the connection stays up. A send returns once
+// Delivery guarantee: at most once (core NATS). Messages of one kind
+// (Broadcast, SendToApp, SendToAgent) from one sender reach a process in send
+// order while the connection stays up; each kind travels on a subject of its
+// own, so messages of different kinds may overtake each other, and
+// SendRandom/Request pick a receiver each time. A send returns once
 // the message is handed to this member's master; if the master then cannot
 // publish it — its bounded fleet queue (Config.MaxPending, MaxPendingBytes)
 // is full, the message exceeds the server's max_payload, or the connection
