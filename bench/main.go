@@ -137,6 +137,7 @@ var figures = []figure{
 	{"scrape", (*bench).figScrape},
 	{"rttscrape", (*bench).figRTTScrape},
 	{"micro", (*bench).figMicro},
+	{"fleet", (*bench).figFleet},
 }
 
 func main() { os.Exit(run()) }
@@ -144,7 +145,7 @@ func main() { os.Exit(run()) }
 func run() int {
 	var b bench
 	quick := flag.Bool("quick", false, "2 runs, 2 s loads, fewer messages: a smoke test")
-	only := flag.String("only", "", "comma-separated figures to run: start, http, rtt, oneway, kill, reload, stop, rss, flood, scrape, rttscrape, micro")
+	only := flag.String("only", "", "comma-separated figures to run: start, http, rtt, oneway, kill, reload, stop, rss, flood, scrape, rttscrape, micro, fleet")
 	runs := flag.Int("runs", 0, "runs per figure (default 5, or 2 with -quick)")
 	flag.IntVar(&b.conns, "conns", 64, "HTTP load: connections")
 	dur := flag.Duration("duration", 0, "HTTP load: duration of one run (default 5s, or 2s with -quick)")
