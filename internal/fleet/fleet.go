@@ -148,6 +148,10 @@ type Options struct {
 	Refused func(out Outgoing, err error)
 	// Self describes this member for its announcements (ready workers, agent).
 	Self func() Announcement
+	// OnConnState, if set, is told when the connection goes down (false) and
+	// comes back (true), on nats.go's callback goroutine, in order: for the
+	// lease work, which must give a lease up before it can expire elsewhere.
+	OnConnState func(connected bool)
 }
 
 // Outgoing is one message queued for the fleet.
@@ -333,13 +337,16 @@ func (c *Conn) natsOptions(onClosed func()) ([]nats.Option, error) {
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			c.disconnects.Add(1)
 			c.log.Warn("fleet: disconnected from NATS; reconnecting", "err", err)
+			c.connState(false)
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			c.reconnects.Add(1)
 			c.log.Info("fleet: reconnected to NATS", "server", nc.ConnectedUrlRedacted())
+			c.connState(true)
 		}),
 		nats.ConnectHandler(func(nc *nats.Conn) {
 			c.log.Info("fleet: connected", "server", nc.ConnectedUrlRedacted())
+			c.connState(true)
 		}),
 		nats.ClosedHandler(func(*nats.Conn) { onClosed() }),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
@@ -377,6 +384,12 @@ func (c *Conn) natsOptions(onClosed func()) ([]nats.Option, error) {
 		no = append(no, nats.ClientCert(a.TLSCert, a.TLSKey))
 	}
 	return no, nil
+}
+
+func (c *Conn) connState(up bool) {
+	if c.opts.OnConnState != nil {
+		c.opts.OnConnState(up)
+	}
 }
 
 // RedactURLs returns the comma-separated URLs with passwords and tokens hidden.

@@ -212,3 +212,43 @@ func TestPublishOverMaxPayloadIsRefused(t *testing.T) {
 		t.Errorf("counters: %+v", n)
 	}
 }
+
+// Restarting the server: the connection reports down then up, counts both,
+// and traffic resumes.
+func TestConnReconnects(t *testing.T) {
+	srv := natstest.Start(t)
+	states := make(chan bool, 8)
+	r := &recorder{ch: make(chan struct{}, 1)}
+	c, err := Connect(Options{URLs: srv.URL(), Name: "unit", Node: "r", Deliver: r.deliver,
+		OnConnState: func(up bool) { states <- up }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Connected (the first connection's handler), then down and up again.
+	next := func() bool {
+		select {
+		case up := <-states:
+			return up
+		case <-time.After(20 * time.Second):
+			t.Fatal("no connection state reported")
+			return false
+		}
+	}
+	if !next() {
+		t.Fatal("first state is not connected")
+	}
+	srv.Restart()
+	for _, want := range []bool{false, true} {
+		if got := next(); got != want {
+			t.Fatalf("connection state %v, want %v", got, want)
+		}
+	}
+	if err := c.Publish(Outgoing{Kind: KindAll, Env: Envelope{Node: "r", PID: 1, Role: "agent", Action: "back"}}); err != nil {
+		t.Fatal(err)
+	}
+	r.wait(t, 1)
+	if n := c.Counters(); n.Reconnects != 1 || n.Disconnects != 1 {
+		t.Errorf("counters: %+v", n)
+	}
+}
