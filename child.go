@@ -154,6 +154,9 @@ func runChild(ctx context.Context, cfg Config, cs childSpec) error {
 	w := ipc.NewWriter(cs.conn, 0, cfg.MaxFrame)
 	p := newProcess(ctx, cs.role, cs.id, int(cs.pid), cfg.Name, cfg.Logger)
 	p.single, p.listeners, p.stopTime = cs.single, cs.listeners, cfg.StopTimeout
+	if cs.fleetNode != "" {
+		p.log = p.log.With("node", cs.fleetNode) // in a fleet, every line names the member
+	}
 	defer func() {
 		for _, l := range p.listeners {
 			l.Close()

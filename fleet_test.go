@@ -350,6 +350,12 @@ func TestFleetMessaging(t *testing.T) {
 				t.Errorf("/metrics has no %s", want)
 			}
 		}
+		// Every log line of a member names it.
+		for _, role := range []string{"master", "agent", "worker"} {
+			if cs[0].Count(func(l helperproc.Line) bool { return l.Str("role") == role && l.Str("node") == "m1" }) == 0 {
+				t.Errorf("no %s log line names node m1", role)
+			}
+		}
 		// The human table says it too.
 		s := helperproc.Start(t, "fleet", []string{"status"}, helperproc.Options{RunDir: cs[0].RunDir})
 		if code := s.Wait(30 * time.Second); code != 0 || !strings.Contains(s.Stdout(), "fleet: node m1, connected to nats://127.0.0.1") {

@@ -131,7 +131,7 @@ type Options struct {
 	Auth     Auth
 	Optional bool          // an unreachable server at start is not an error: keep trying
 	LeaseTTL time.Duration // for the lease work; DefaultLeaseTTL if zero
-	Logger   *slog.Logger
+	Logger   *slog.Logger  // the master's (it names the node already)
 
 	// Bounds of the outgoing queue (messages, bytes); defaults 65536 and 64 MiB.
 	MaxPending, MaxPendingBytes int
@@ -254,7 +254,7 @@ func Connect(opts Options) (*Conn, error) {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	c := &Conn{
-		opts: opts, log: opts.Logger.With("node", opts.Node), prefix: SubjectPrefix(opts.Name), start: time.Now(),
+		opts: opts, log: opts.Logger, prefix: SubjectPrefix(opts.Name), start: time.Now(),
 		qwake: make(chan struct{}, 1), workersCh: make(chan struct{}, 1), members: make(map[string]memberSeen),
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())

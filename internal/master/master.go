@@ -235,6 +235,9 @@ func New(cfg Config) (*Master, error) {
 	}
 	m.logs = newAsyncHandler(inner)
 	m.log = slog.New(m.logs).With("role", "master", "id", 0, "pid", pid)
+	if cfg.Fleet.URLs != "" {
+		m.log = m.log.With("node", cfg.Fleet.Node)
+	}
 	m.events = newEventLog(func(ev wire.Event) { logEvent(m.log, ev) })
 	ro := relay.Options{
 		MasterPID: uint32(pid), MaxPending: cfg.MaxPending, MaxPendingBytes: cfg.MaxPendingBytes, Logger: m.log,
