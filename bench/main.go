@@ -75,6 +75,11 @@
 //     Floor: the same cluster, not scraped. Goal p99 ≤ 1.2× floor.
 //   - micro: go test -bench of internal/ipc and internal/relay; the relay path must
 //     not allocate (0 allocs/op).
+//   - fleet: fleet Request round trip of bench/cluster joined to an embedded
+//     nats-server (agent → master → NATS → master → worker and back), 5,000
+//     per run. Floor: raw nats.go request/reply between two connections of
+//     this process through the same server, plus the local messenger RTT
+//     divided by 1.5. Goal ≤ 1.5× floor, i.e. brood ≤ 1.5 × raw + local.
 //
 // Every process the bench starts leads its own process group and is killed
 // with its group on any exit path; the bench checks at the end that none is
