@@ -221,7 +221,7 @@ type Messenger struct {
 // actionRefused is the action of a reply that says the receiver dropped the
 // request instead of handling it; the payload is the reason. Users cannot send
 // brood: actions, so no genuine reply carries it.
-const actionRefused = "brood:refused"
+const actionRefused = wire.ActRefused
 
 // maxIdleQueue is the capacity the handler queue keeps once drained; a burst
 // that grew it further gives the memory back.

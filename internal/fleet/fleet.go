@@ -46,6 +46,7 @@ import (
 	"log/slog"
 	"net/url"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -689,11 +690,7 @@ func (c *Conn) Members() []Member {
 }
 
 func sortMembers(ms []Member) {
-	for i := 1; i < len(ms); i++ {
-		for j := i; j > 0 && ms[j].Node < ms[j-1].Node; j-- {
-			ms[j], ms[j-1] = ms[j-1], ms[j]
-		}
-	}
+	slices.SortFunc(ms, func(a, b Member) int { return strings.Compare(a.Node, b.Node) })
 }
 
 // onMessage handles a fan-out or random message from the fleet.
