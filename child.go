@@ -35,6 +35,8 @@ type childSpec struct {
 	listeners []net.Listener
 	single    bool
 	metrics   bool // the master serves /metrics: answer gathers, send the last one at exit
+	masterPID uint32
+	fleetNode string // this member's node id, if the cluster is in a fleet
 }
 
 // childFromEnv reads (and removes) the contract variables and opens the
@@ -61,7 +63,10 @@ func childFromEnv(cfg *Config) (childSpec, error) {
 	if v := get(wire.EnvProtocol); v != strconv.Itoa(ipc.Version) {
 		return cs, fmt.Errorf("brood: the master speaks IPC protocol %q, this binary speaks %d", v, ipc.Version)
 	}
-	get(wire.EnvMasterPID)
+	if pid, err := strconv.ParseUint(get(wire.EnvMasterPID), 10, 32); err == nil {
+		cs.masterPID = uint32(pid)
+	}
+	cs.fleetNode = get(wire.EnvFleetNode)
 	cs.metrics = get(wire.EnvMetrics) == "1"
 	if v := os.Getenv(wire.EnvName); v != "" {
 		cfg.Name = v
@@ -149,6 +154,9 @@ func runChild(ctx context.Context, cfg Config, cs childSpec) error {
 	w := ipc.NewWriter(cs.conn, 0, cfg.MaxFrame)
 	p := newProcess(ctx, cs.role, cs.id, int(cs.pid), cfg.Name, cfg.Logger)
 	p.single, p.listeners, p.stopTime = cs.single, cs.listeners, cfg.StopTimeout
+	if cs.fleetNode != "" {
+		p.log = p.log.With("node", cs.fleetNode) // in a fleet, every line names the member
+	}
 	defer func() {
 		for _, l := range p.listeners {
 			l.Close()
@@ -156,8 +164,10 @@ func runChild(ctx context.Context, cfg Config, cs childSpec) error {
 	}()
 	m := newMessenger(w, cs.pid, cs.role, cfg.MaxFrame, p.log)
 	m.maxQueue, m.maxQueueBytes = cfg.MaxPending, cfg.MaxPendingBytes
+	m.masterPID = cs.masterPID
 	m.p = p
 	p.messenger = m
+	p.fleet = &Fleet{m: m, node: cs.fleetNode}
 	header := func(k ipc.Kind) *ipc.Header {
 		return &ipc.Header{Kind: k, Role: ipc.Role(cs.role), From: cs.pid}
 	}

@@ -150,6 +150,29 @@ type Config struct {
 	// master. Default false.
 	Subreaper bool
 
+	// Fleet joins this cluster to the fleet of brood clusters with the same
+	// Name, on this machine or others, over NATS: the server URLs,
+	// comma-separated ("nats://10.0.0.1:4222,nats://10.0.0.2:4222"; `--fleet`,
+	// BROOD_FLEET). The master holds the connection; processes use
+	// Process.Fleet. Empty (the default): not in a fleet, and fleet sends fail
+	// with ErrNoFleet. A server that cannot be reached at start fails the
+	// start, naming the URLs, unless FleetOptional; losing it later is logged,
+	// counted and retried forever, and local messaging keeps working.
+	Fleet string
+	// FleetAuth are the credentials for the fleet's NATS server.
+	FleetAuth FleetAuth
+	// FleetOptional starts the cluster even if no fleet server can be reached
+	// (`--fleet-optional`); the master keeps trying in the background and
+	// fleet messages sent meanwhile are buffered as while disconnected.
+	FleetOptional bool
+	// FleetLeaseTTL is the lifetime of the fleet's leases (leader and
+	// singleton; `--fleet-lease-ttl`, BROOD_FLEET_LEASE_TTL). Defaults to 10s.
+	FleetLeaseTTL time.Duration
+	// Node is this member's id in the fleet (`--node`, BROOD_NODE): in
+	// Message.Node, status and logs. 1 to 255 bytes without control
+	// characters; unique in the fleet. Defaults to "<hostname>:<RunDir>",
+	// which tells apart clusters on one machine by their run dirs.
+	Node string
 	// Metrics says how /metrics merges the application's own metrics.
 	Metrics Metrics
 
@@ -165,6 +188,18 @@ type Config struct {
 	Logger *slog.Logger
 
 	loggerDefaulted bool // Logger was nil: the master uses its own non-blocking one
+}
+
+// FleetAuth are credentials for the fleet's NATS server: at most one of
+// User/Password, Token and Creds, and optionally TLS files.
+type FleetAuth struct {
+	User     string // `--fleet-user`, BROOD_FLEET_USER
+	Password string // `--fleet-password`; prefer BROOD_FLEET_PASSWORD (argv is visible in ps)
+	Token    string // `--fleet-token`; prefer BROOD_FLEET_TOKEN
+	Creds    string // a NATS .creds file (JWT + NKey seed): `--fleet-creds`, BROOD_FLEET_CREDS
+	TLSCA    string // CA bundle to verify the server: `--fleet-tls-ca`, BROOD_FLEET_TLS_CA
+	TLSCert  string // client certificate: `--fleet-tls-cert`, BROOD_FLEET_TLS_CERT
+	TLSKey   string // its key: `--fleet-tls-key`, BROOD_FLEET_TLS_KEY
 }
 
 // RestartPolicy says how fast a crashed process is replaced. The first crash of
@@ -194,7 +229,8 @@ func (c Config) master() master.Config {
 		Args:   os.Args[1:],
 		Single: c.Single,
 		RunInProcess: func(ctx context.Context, ip master.InProcess) error {
-			return runChild(ctx, c, childSpec{role: Role(ip.Role), id: ip.ID, pid: ip.PID, conn: ip.Conn, listeners: ip.Listeners, single: true})
+			return runChild(ctx, c, childSpec{role: Role(ip.Role), id: ip.ID, pid: ip.PID, conn: ip.Conn, listeners: ip.Listeners, single: true,
+				masterPID: uint32(os.Getpid()), fleetNode: ip.FleetNode})
 		},
 		ReadyTimeout: c.ReadyTimeout, StopTimeout: c.StopTimeout,
 		HeartbeatInterval: c.HeartbeatInterval, HeartbeatTimeout: c.HeartbeatTimeout,
@@ -205,6 +241,10 @@ func (c Config) master() master.Config {
 		RunDir: c.RunDir, Logger: c.userLogger(),
 		Admin: c.Admin, Metrics: c.Metrics.policies(),
 		DrainDelay: c.DrainDelay, Subreaper: c.Subreaper,
+		Fleet: master.FleetConfig{
+			URLs: c.Fleet, Node: c.Node, Optional: c.FleetOptional, LeaseTTL: c.FleetLeaseTTL,
+			Auth: fleetAuth(c.FleetAuth),
+		},
 	}
 }
 
@@ -263,6 +303,17 @@ func (c Config) withDefaults() (Config, error) {
 	if c.RunDir == "" {
 		c.RunDir = DefaultRunDir(c.Name)
 	}
+	if c.FleetLeaseTTL < 0 {
+		return c, fmt.Errorf("brood: Config.FleetLeaseTTL is %v; want 0 (10s) or more", c.FleetLeaseTTL)
+	}
+	def(&c.FleetLeaseTTL, 10*time.Second)
+	if c.Node == "" && c.Fleet != "" {
+		host, err := os.Hostname()
+		if err != nil || host == "" {
+			host = "localhost"
+		}
+		c.Node = host + ":" + c.RunDir
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 		c.loggerDefaulted = true
@@ -305,4 +356,8 @@ func idleAgent(ctx context.Context, p *Process) error {
 	p.Ready()
 	<-ctx.Done()
 	return nil
+}
+
+func fleetAuth(a FleetAuth) master.FleetAuth {
+	return master.FleetAuth{User: a.User, Password: a.Password, Token: a.Token, Creds: a.Creds, TLSCA: a.TLSCA, TLSCert: a.TLSCert, TLSKey: a.TLSKey}
 }

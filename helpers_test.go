@@ -29,6 +29,7 @@ func registerHelpers() {
 	helperproc.Register("churn", churnMain)
 	helperproc.Register("metrics", metricsMain)
 	helperproc.Register("orphans", orphansMain)
+	helperproc.Register("fleet", fleetMain)
 }
 
 // helloConfig is a small HTTP cluster that records what it does in the events

@@ -68,7 +68,14 @@ type Message struct {
 	From   int    // sender pid
 	Role   Role   // sender role
 	Data   []byte // JSON unless raw bytes were sent
+	// Node is the fleet member the message was sent from, for a message that
+	// came through the fleet (Process.Fleet) — this member's own node id for
+	// its own fleet messages, which come back to it too — and "" for a local
+	// message. From and Role are then the sender's pid on that node and its
+	// role.
+	Node string
 
+	replyTo uint32 // where a Reply goes: the sender, or the master for a fleet request
 	id      uint64
 	seq     uint64 // its place among the messages this process received
 	size    int64  // its frame's size, as counted against Config.MaxPendingBytes
@@ -113,7 +120,7 @@ func (msg Message) Reply(data any) error {
 	if err != nil {
 		return fmt.Errorf("brood: reply to %q: %w", msg.Action, err)
 	}
-	h := ipc.Header{Kind: ipc.KindReply, Dest: ipc.DestPID, Role: m.role, From: m.self, To: uint32(msg.From), Ref: msg.id}
+	h := ipc.Header{Kind: ipc.KindReply, Dest: ipc.DestPID, Role: m.role, From: m.self, To: msg.replyTo, Ref: msg.id}
 	if raw {
 		h.Flags |= ipc.FlagRaw
 	}
@@ -172,13 +179,14 @@ type Member struct {
 // heartbeats or the channel. Start long work with Process.Go. A panic in a handler
 // is a guarded panic (see Process.Go).
 type Messenger struct {
-	w        *ipc.Writer
-	self     uint32
-	role     ipc.Role
-	maxFrame int
-	log      *slog.Logger
-	p        *Process
-	nextID   atomic.Uint64
+	w         *ipc.Writer
+	self      uint32
+	masterPID uint32 // the master's messenger address: fleet requests are answered by it
+	role      ipc.Role
+	maxFrame  int
+	log       *slog.Logger
+	p         *Process
+	nextID    atomic.Uint64
 
 	mu       sync.Mutex
 	handlers map[string][]*subscription
@@ -213,7 +221,7 @@ type Messenger struct {
 // actionRefused is the action of a reply that says the receiver dropped the
 // request instead of handling it; the payload is the reason. Users cannot send
 // brood: actions, so no genuine reply carries it.
-const actionRefused = "brood:refused"
+const actionRefused = wire.ActRefused
 
 // maxIdleQueue is the capacity the handler queue keeps once drained; a burst
 // that grew it further gives the memory back.
@@ -483,6 +491,10 @@ func (m *Messenger) handleFrame(f ipc.Frame) {
 		m.received.Add(1)
 		m.enqueue(f)
 	case ipc.KindReply:
+		if f.From == m.masterPID && (f.Flags&ipc.FlagFleet != 0 || string(f.Action) == wire.ActFleetNoResponders) {
+			m.fleetReply(f)
+			return
+		}
 		if string(f.Action) == actionRefused {
 			m.refused.Add(1)
 			m.pending.Resolve(f.Ref, f.From, requestResult{err: fmt.Errorf("%w: %s", ErrNotDelivered, f.Payload)})
@@ -500,17 +512,28 @@ func (m *Messenger) handleFrame(f ipc.Frame) {
 }
 
 func (m *Messenger) toMessage(f ipc.Frame) Message {
-	return Message{
+	msg := Message{
 		Action:  string(f.Action),
 		From:    int(f.From),
 		Role:    Role(f.Role),
-		Data:    append([]byte(nil), f.Payload...),
+		replyTo: f.From,
 		id:      f.ID,
 		request: f.Flags&ipc.FlagRequest != 0,
 		raw:     f.Flags&ipc.FlagRaw != 0,
 		held:    f.Flags&ipc.FlagHeld != 0,
 		m:       m,
 	}
+	data := f.Payload
+	if f.Flags&ipc.FlagFleet != 0 {
+		node, pid, role, rest, err := ipc.SplitOrigin(data)
+		if err != nil {
+			m.log.Error("bad fleet message from the master", "action", msg.Action, "err", err)
+		} else {
+			msg.Node, msg.From, msg.Role, data = node, int(pid), Role(role), rest
+		}
+	}
+	msg.Data = append([]byte(nil), data...)
+	return msg
 }
 
 func (m *Messenger) setMembers(payload []byte) {
@@ -532,7 +555,8 @@ func (m *Messenger) setMembers(payload []byte) {
 	}
 	m.mu.Unlock()
 	// A request whose receiver left the table fails at once.
-	m.pending.FailIf(func(pid uint32) bool { _, ok := table[int(pid)]; return !ok }, requestResult{err: ErrProcessExited})
+	// (Fleet requests wait for the master, which is in no table.)
+	m.pending.FailIf(func(pid uint32) bool { _, ok := table[int(pid)]; return !ok && pid != m.masterPID }, requestResult{err: ErrProcessExited})
 }
 
 // enqueue hands a message to the dispatcher, or drops it if it is pid-addressed

@@ -48,6 +48,7 @@ type Process struct {
 	single    bool
 	listeners []net.Listener
 	messenger *Messenger
+	fleet     *Fleet
 	log       *slog.Logger
 	stopTime  time.Duration
 
@@ -140,7 +141,7 @@ func (p *Process) fault(reason string, stack []byte) {
 }
 
 func newProcess(ctx context.Context, role Role, id, pid int, name string, log *slog.Logger) *Process {
-	p := &Process{role: role, id: id, pid: pid, name: name, readyCh: make(chan struct{})}
+	p := &Process{role: role, id: id, pid: pid, name: name, readyCh: make(chan struct{}), fleet: &Fleet{}}
 	p.log = log.With("role", role.String(), "id", id, "pid", os.Getpid())
 	p.ctx, p.stop = context.WithCancelCause(ctx)
 	return p

@@ -75,6 +75,11 @@
 //     Floor: the same cluster, not scraped. Goal p99 ≤ 1.2× floor.
 //   - micro: go test -bench of internal/ipc and internal/relay; the relay path must
 //     not allocate (0 allocs/op).
+//   - fleet: fleet Request round trip of bench/cluster joined to an embedded
+//     nats-server (agent → master → NATS → master → worker and back), 5,000
+//     per run. Floor: raw nats.go request/reply between two connections of
+//     this process through the same server, plus the local messenger RTT
+//     divided by 1.5. Goal ≤ 1.5× floor, i.e. brood ≤ 1.5 × raw + local.
 //
 // Every process the bench starts leads its own process group and is killed
 // with its group on any exit path; the bench checks at the end that none is
@@ -137,6 +142,7 @@ var figures = []figure{
 	{"scrape", (*bench).figScrape},
 	{"rttscrape", (*bench).figRTTScrape},
 	{"micro", (*bench).figMicro},
+	{"fleet", (*bench).figFleet},
 }
 
 func main() { os.Exit(run()) }
@@ -144,7 +150,7 @@ func main() { os.Exit(run()) }
 func run() int {
 	var b bench
 	quick := flag.Bool("quick", false, "2 runs, 2 s loads, fewer messages: a smoke test")
-	only := flag.String("only", "", "comma-separated figures to run: start, http, rtt, oneway, kill, reload, stop, rss, flood, scrape, rttscrape, micro")
+	only := flag.String("only", "", "comma-separated figures to run: start, http, rtt, oneway, kill, reload, stop, rss, flood, scrape, rttscrape, micro, fleet")
 	runs := flag.Int("runs", 0, "runs per figure (default 5, or 2 with -quick)")
 	flag.IntVar(&b.conns, "conns", 64, "HTTP load: connections")
 	dur := flag.Duration("duration", 0, "HTTP load: duration of one run (default 5s, or 2s with -quick)")

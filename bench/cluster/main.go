@@ -68,6 +68,7 @@ func main() {
 	admin := flag.String("admin", "", "admin listener address (Config.Admin)")
 	series := flag.Int("series", 0, "application series each worker registers (prometheus.DefaultRegisterer)")
 	msgDelay := flag.Duration("msg-delay", 0, "wait this long after the cluster is ready before the messenger bench")
+	fleetURL := flag.String("fleet", "", "join this NATS server's fleet (Config.Fleet); -msg fleetrtt measures fleet requests")
 	flag.Parse()
 	if *oneCPU {
 		if err := fixture.PinToOneCPU(); err != nil {
@@ -103,6 +104,8 @@ func main() {
 		Listen:  []string{*listen},
 		RunDir:  *runDir,
 		Admin:   *admin,
+		Fleet:   *fleetURL,
+		Node:    "bench",
 		Agent: func(ctx context.Context, p *brood.Process) error {
 			clusterUp := make(chan struct{})
 			p.Messenger().Once(brood.ActionReady, func(brood.Message) { close(clusterUp) })
@@ -125,9 +128,12 @@ func main() {
 					}
 					var res any
 					var err error
-					if *mode == "flood" {
+					switch *mode {
+					case "flood":
 						res, err = flood(ctx, p, &flooded)
-					} else {
+					case "fleetrtt":
+						res, err = fleetRTT(ctx, p.Fleet(), *n)
+					default:
 						res, err = runBench(ctx, p.Messenger(), *mode, *n)
 					}
 					if err == nil {
@@ -186,6 +192,42 @@ func main() {
 		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
+}
+
+// fleetRTT times n fleet requests (after 200 warm-up ones) answered by this
+// cluster's workers through the NATS server: agent → master → NATS → master
+// → worker and back.
+func fleetRTT(ctx context.Context, f *brood.Fleet, n int) (fixture.RTT, error) {
+	const warmup = 200
+	all := make([]int64, 0, n)
+	payload := make([]byte, fixture.PingPayload)
+	// The member joins the request queue group just after its workers are
+	// ready: until then the server answers "no responders".
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := f.Request(ctx, fixture.ActionPing, payload)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, brood.ErrNoResponders) || time.Now().After(deadline) {
+			return fixture.RTT{}, err
+		}
+		select {
+		case <-time.After(10 * time.Millisecond):
+		case <-ctx.Done():
+			return fixture.RTT{}, ctx.Err()
+		}
+	}
+	for i := range warmup + n {
+		t0 := time.Now()
+		if _, err := f.Request(ctx, fixture.ActionPing, payload); err != nil {
+			return fixture.RTT{}, err
+		}
+		if i >= warmup {
+			all = append(all, int64(time.Since(t0)))
+		}
+	}
+	return fixture.RTTOf(all), nil
 }
 
 func runBench(ctx context.Context, m *brood.Messenger, mode string, n int) (any, error) {

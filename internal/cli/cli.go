@@ -49,6 +49,15 @@ type Options struct {
 	Single      bool
 	Admin       string
 	DrainDelay  time.Duration
+
+	// The fleet (see brood.Config.Fleet).
+	Fleet                                 string
+	FleetUser, FleetPassword, FleetToken  string
+	FleetCreds                            string
+	FleetTLSCA, FleetTLSCert, FleetTLSKey string
+	FleetOptional                         bool
+	FleetLeaseTTL                         time.Duration
+	Node                                  string
 }
 
 // App is what package brood plugs into the command tree.
@@ -121,6 +130,17 @@ func newRoot(ctx context.Context, app *App) *cobra.Command {
 	pf.DurationVar(&opts.StopTimeout, "stop-timeout", opts.StopTimeout, "time a process gets to drain before SIGKILL (env BROOD_STOP_TIMEOUT)")
 	pf.StringVar(&opts.Admin, "admin", opts.Admin, "admin listener of the master: /metrics, /livez, /readyz, /events and a dashboard at /; 127.0.0.1:9090, :9090 or unix:///run/app-admin.sock; empty = off (env BROOD_ADMIN)")
 	pf.DurationVar(&opts.DrainDelay, "drain-delay", opts.DrainDelay, "on a stop, time workers keep serving after /readyz turns 503, before they drain (Kubernetes endpoint removal; env BROOD_DRAIN_DELAY)")
+	pf.StringVar(&opts.Fleet, "fleet", opts.Fleet, "join the fleet of clusters of this name over NATS: server URLs, comma-separated (nats://host:4222); empty = off (env BROOD_FLEET)")
+	pf.StringVar(&opts.Node, "node", opts.Node, "this member's id in the fleet; default <hostname>:<run dir> (env BROOD_NODE)")
+	pf.StringVar(&opts.FleetUser, "fleet-user", opts.FleetUser, "NATS user (env BROOD_FLEET_USER)")
+	pf.StringVar(&opts.FleetPassword, "fleet-password", opts.FleetPassword, "NATS password; prefer env BROOD_FLEET_PASSWORD, argv is visible to every user")
+	pf.StringVar(&opts.FleetToken, "fleet-token", opts.FleetToken, "NATS token; prefer env BROOD_FLEET_TOKEN")
+	pf.StringVar(&opts.FleetCreds, "fleet-creds", opts.FleetCreds, "NATS .creds file (JWT and NKey seed) (env BROOD_FLEET_CREDS)")
+	pf.StringVar(&opts.FleetTLSCA, "fleet-tls-ca", opts.FleetTLSCA, "CA bundle to verify the NATS server with (env BROOD_FLEET_TLS_CA)")
+	pf.StringVar(&opts.FleetTLSCert, "fleet-tls-cert", opts.FleetTLSCert, "client certificate for the NATS server (env BROOD_FLEET_TLS_CERT)")
+	pf.StringVar(&opts.FleetTLSKey, "fleet-tls-key", opts.FleetTLSKey, "key of the client certificate (env BROOD_FLEET_TLS_KEY)")
+	pf.BoolVar(&opts.FleetOptional, "fleet-optional", opts.FleetOptional, "start even if no fleet server can be reached, and keep trying (env BROOD_FLEET_OPTIONAL)")
+	pf.DurationVar(&opts.FleetLeaseTTL, "fleet-lease-ttl", opts.FleetLeaseTTL, "lifetime of the fleet's leader and singleton leases; 0 = 10s (env BROOD_FLEET_LEASE_TTL)")
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
 		return applyEnv(cmd.Flags(), &opts)
 	}
@@ -176,5 +196,16 @@ func applyEnv(fs *pflag.FlagSet, opts *Options) error {
 		env("drain-delay", "BROOD_DRAIN_DELAY", func(v string) (err error) { opts.DrainDelay, err = time.ParseDuration(v); return }),
 		env("admin", "BROOD_ADMIN", func(v string) error { opts.Admin = v; return nil }),
 		env("single", "BROOD_SINGLE", func(v string) (err error) { opts.Single, err = strconv.ParseBool(v); return }),
+		env("fleet", "BROOD_FLEET", func(v string) error { opts.Fleet = v; return nil }),
+		env("node", "BROOD_NODE", func(v string) error { opts.Node = v; return nil }),
+		env("fleet-user", "BROOD_FLEET_USER", func(v string) error { opts.FleetUser = v; return nil }),
+		env("fleet-password", "BROOD_FLEET_PASSWORD", func(v string) error { opts.FleetPassword = v; return nil }),
+		env("fleet-token", "BROOD_FLEET_TOKEN", func(v string) error { opts.FleetToken = v; return nil }),
+		env("fleet-creds", "BROOD_FLEET_CREDS", func(v string) error { opts.FleetCreds = v; return nil }),
+		env("fleet-tls-ca", "BROOD_FLEET_TLS_CA", func(v string) error { opts.FleetTLSCA = v; return nil }),
+		env("fleet-tls-cert", "BROOD_FLEET_TLS_CERT", func(v string) error { opts.FleetTLSCert = v; return nil }),
+		env("fleet-tls-key", "BROOD_FLEET_TLS_KEY", func(v string) error { opts.FleetTLSKey = v; return nil }),
+		env("fleet-optional", "BROOD_FLEET_OPTIONAL", func(v string) (err error) { opts.FleetOptional, err = strconv.ParseBool(v); return }),
+		env("fleet-lease-ttl", "BROOD_FLEET_LEASE_TTL", func(v string) (err error) { opts.FleetLeaseTTL, err = time.ParseDuration(v); return }),
 	)
 }

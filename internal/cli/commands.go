@@ -91,6 +91,29 @@ func printStatus(w io.Writer, st wire.Status) {
 	tw.Flush()
 	m := st.Messages
 	fmt.Fprintf(w, "messages: %d relayed, %d held for a starting process, %d redelivered, %d refused\n", m.Relayed, m.Held, m.Redelivered, m.Refused)
+	if f := st.Fleet; f != nil {
+		server := f.Server
+		if server == "" {
+			server = "(none; configured " + f.URLs + ")"
+		}
+		groups := "takes random messages and requests"
+		if !f.InQueueGroups {
+			groups = "no ready worker: takes no random messages or requests"
+		}
+		fmt.Fprintf(w, "fleet: node %s, %s to %s, %s\n", f.Node, f.State, server, groups)
+		var members []string
+		for _, mb := range f.Members {
+			s := fmt.Sprintf("%s (%d workers ready)", mb.Node, mb.ReadyWorkers)
+			if mb.Self {
+				s += " [this one]"
+			}
+			members = append(members, s)
+		}
+		fmt.Fprintf(w, "fleet members: %s\n", strings.Join(orNone(members), ", "))
+		c := f.Counters
+		fmt.Fprintf(w, "fleet messages: %d sent, %d send errors, %d received, %d receive errors; requests %d out, %d in; %d disconnects, %d reconnects\n",
+			c.SentOK, c.SendErrors, c.ReceivedOK, c.RecvErrors, c.RequestsOut, c.RequestsIn, c.Disconnects, c.Reconnects)
+	}
 }
 
 func orNone(s []string) []string {

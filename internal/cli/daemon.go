@@ -99,6 +99,19 @@ func makeLogDir(dir string, private bool) error {
 	return nil
 }
 
+// daemonEnv passes the fleet's secrets to the detached master (appended last,
+// so they override what the environment had).
+func daemonEnv(opts *Options) []string {
+	var env []string
+	if opts.FleetPassword != "" {
+		env = append(env, wire.EnvFleetPassword+"="+opts.FleetPassword)
+	}
+	if opts.FleetToken != "" {
+		env = append(env, wire.EnvFleetToken+"="+opts.FleetToken)
+	}
+	return env
+}
+
 // daemonArgs are the flags that make the detached master run with opts.
 func daemonArgs(app *App, opts *Options) []string {
 	return append(runArgs(opts), "--run-dir", app.runDir(opts))
@@ -126,6 +139,22 @@ func runArgs(opts *Options) []string {
 	}
 	if opts.DrainDelay > 0 {
 		args = append(args, "--drain-delay", opts.DrainDelay.String())
+	}
+	// The fleet's secrets (password, token) go by environment (daemonEnv),
+	// not on the command line where ps shows them.
+	for _, f := range []struct{ flag, v string }{
+		{"--fleet", opts.Fleet}, {"--node", opts.Node}, {"--fleet-user", opts.FleetUser}, {"--fleet-creds", opts.FleetCreds},
+		{"--fleet-tls-ca", opts.FleetTLSCA}, {"--fleet-tls-cert", opts.FleetTLSCert}, {"--fleet-tls-key", opts.FleetTLSKey},
+	} {
+		if f.v != "" {
+			args = append(args, f.flag, f.v)
+		}
+	}
+	if opts.FleetOptional {
+		args = append(args, "--fleet-optional")
+	}
+	if opts.FleetLeaseTTL > 0 {
+		args = append(args, "--fleet-lease-ttl", opts.FleetLeaseTTL.String())
 	}
 	return args
 }
@@ -182,7 +211,7 @@ func startDaemon(cmd *cobra.Command, app *App, opts *Options, logDir string, tim
 	master := &exec.Cmd{
 		Path:        exe,
 		Args:        append([]string{opts.Name + " master"}, daemonArgs(app, opts)...),
-		Env:         append(os.Environ(), wire.EnvNotifyFD+"=3", wire.EnvLogFiles+"="+filepath.Join(logDir, "master-stdout.log")+","+stderrPath),
+		Env:         append(append(os.Environ(), wire.EnvNotifyFD+"=3", wire.EnvLogFiles+"="+filepath.Join(logDir, "master-stdout.log")+","+stderrPath), daemonEnv(opts)...),
 		ExtraFiles:  []*os.File{w},
 		Stdout:      stdout,
 		Stderr:      stderr,

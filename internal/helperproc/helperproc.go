@@ -424,6 +424,21 @@ func (c *Cluster) waitFor(timeout time.Duration, match func(Line) bool) (Line, e
 	}
 }
 
+// WaitForNext waits until the cluster writes another line or exits, or d
+// has passed: for tests that poll a state with no event of its own (a file,
+// a status) between the cluster's lines.
+func (c *Cluster) WaitForNext(d time.Duration) {
+	c.mu.Lock()
+	ch := c.changed
+	c.mu.Unlock()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ch:
+	case <-t.C:
+	}
+}
+
 // Count returns how many lines so far satisfy match.
 func (c *Cluster) Count(match func(Line) bool) int {
 	n := 0

@@ -21,15 +21,32 @@
 //	     8    2 actionLen length of the action name, at most MaxActionLen
 //	    10    2 reserved  zero
 //	    12    4 from      pid of the sender; the master overwrites it when relaying
-//	    16    4 to        pid of the receiver when dest is DestPID, else zero
+//	    16    4 to        pid of the receiver when dest is DestPID; the FleetScope
+//	                      when dest is DestFleet; else zero
 //	    20    8 id        request id (non-zero for requests), or a ping sequence
-//	    28    8 ref       id of the request a KindReply answers; count for KindAck
+//	    28    8 ref       id of the request a KindReply answers; count for KindAck;
+//	                      for a DestFleet request, its timeout in milliseconds (0: none)
 //	    36    n action    UTF-8 action name
 //	  36+n    m payload   opaque bytes (JSON unless FlagRaw)
 //
 // The size field is checked against the reader's limit (DefaultMaxFrame, 16 MiB)
 // before anything is allocated for the body; a reader allocates in proportion to the
 // bytes that actually arrive, never to what a header claims.
+//
+// # Fleet messages
+//
+// A child sends a message to the fleet as a KindMessage with dest DestFleet and
+// the FleetScope in the to field; the master publishes it on NATS. What the
+// master delivers from the fleet (messages, requests, and replies to a child's
+// fleet request) carries FlagFleet, and its payload starts with the origin
+// (see AppendOrigin):
+//
+//	offset size field
+//	     0    2 nodeLen   length of the sending member's node id, 1 to MaxNodeLen
+//	     2    n node      the node id
+//	   2+n    4 pid       the sending process's pid, on its node
+//	   6+n    1 role      the sending process's Role
+//	   7+n    m data      the message's data
 //
 // # Handshake and version
 //
@@ -116,10 +133,23 @@ const (
 	DestAll         // the agent and every worker
 	DestRandom      // one worker picked by the master
 	DestMaster      // the master itself (brood's own coordination)
+	DestFleet       // the fleet, through the master; to holds the FleetScope
 	destEnd
 )
 
-var destNames = [...]string{"none", "pid", "agent", "app", "all", "random", "master"}
+var destNames = [...]string{"none", "pid", "agent", "app", "all", "random", "master", "fleet"}
+
+// FleetScope says where in the fleet a DestFleet message goes.
+type FleetScope uint32
+
+// Fleet scopes.
+const (
+	FleetAll     FleetScope = iota + 1 // every process of every member
+	FleetApp                           // every worker of every member
+	FleetAgent                         // every member's agent
+	FleetRandom                        // one worker somewhere
+	FleetRequest                       // one worker somewhere answers (with FlagRequest)
+)
 
 func (d Dest) String() string {
 	if d < destEnd {
@@ -153,7 +183,10 @@ const (
 	FlagHeld
 	// FlagRequest marks a message whose sender waits for a KindReply.
 	FlagRequest
-	flagsAll = FlagRaw | FlagHeld | FlagRequest
+	// FlagFleet marks a message (or reply) that came from the fleet: its
+	// payload starts with the origin (see AppendOrigin).
+	FlagFleet
+	flagsAll = FlagRaw | FlagHeld | FlagRequest | FlagFleet
 )
 
 // Header is the fixed part of a frame, without the size field.
@@ -281,4 +314,39 @@ func Decode(raw []byte) (Frame, error) {
 	f.Payload = raw[HeaderSize+alen:]
 	f.Raw = raw
 	return f, nil
+}
+
+// MaxNodeLen is the longest node id an origin can carry.
+const MaxNodeLen = 255
+
+// AppendOrigin appends the origin of a fleet message (see the package
+// comment) to dst.
+func AppendOrigin(dst []byte, node string, pid uint32, role Role) []byte {
+	dst = binary.BigEndian.AppendUint16(dst, uint16(len(node)))
+	dst = append(dst, node...)
+	dst = binary.BigEndian.AppendUint32(dst, pid)
+	return append(dst, byte(role))
+}
+
+// SplitOrigin parses the origin at the start of a FlagFleet payload and
+// returns it and the data after it (aliasing payload). It never panics; any
+// inconsistency is an error wrapping ErrMalformed.
+func SplitOrigin(payload []byte) (node string, pid uint32, role Role, data []byte, err error) {
+	if len(payload) < 2 {
+		return "", 0, 0, nil, fmt.Errorf("ipc: fleet origin of %d bytes: %w", len(payload), ErrMalformed)
+	}
+	n := int(binary.BigEndian.Uint16(payload))
+	if n == 0 || n > MaxNodeLen {
+		return "", 0, 0, nil, fmt.Errorf("ipc: fleet origin: node id of %d bytes: %w", n, ErrMalformed)
+	}
+	if len(payload) < 2+n+5 {
+		return "", 0, 0, nil, fmt.Errorf("ipc: fleet origin overruns the %d-byte payload: %w", len(payload), ErrMalformed)
+	}
+	node = string(payload[2 : 2+n])
+	pid = binary.BigEndian.Uint32(payload[2+n:])
+	role = Role(payload[6+n])
+	if role == RoleNone || role >= roleEnd {
+		return "", 0, 0, nil, fmt.Errorf("ipc: fleet origin: unknown role %d: %w", role, ErrMalformed)
+	}
+	return node, pid, role, payload[7+n:], nil
 }

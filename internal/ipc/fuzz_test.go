@@ -95,3 +95,27 @@ func FuzzRoundTrip(f *testing.F) {
 		}
 	})
 }
+
+// FuzzSplitOrigin parses arbitrary payloads as the origin of a fleet message:
+// it never panics, and what it accepts re-encodes to the same bytes.
+func FuzzSplitOrigin(f *testing.F) {
+	f.Add(AppendOrigin(nil, "node-1", 42, RoleWorker))                // a well-formed origin, no data
+	f.Add(append(AppendOrigin(nil, "n", 1, RoleAgent), `{"k":1}`...)) // with JSON data
+	f.Add([]byte{0, 0})                                               // an empty node id
+	f.Add([]byte{0xff, 0xff, 'a'})                                    // a node id longer than the payload
+	f.Add(append(AppendOrigin(nil, "n", 1, RoleAgent)[:7], 0xee))     // an unknown role
+	f.Add([]byte{})                                                   // nothing
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		node, pid, role, data, err := SplitOrigin(payload)
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("error %v does not wrap ErrMalformed", err)
+			}
+			return
+		}
+		again := append(AppendOrigin(nil, node, pid, role), data...)
+		if !bytes.Equal(again, payload) {
+			t.Fatalf("re-encoded %x, parsed from %x", again, payload)
+		}
+	})
+}

@@ -12,6 +12,9 @@ import (
 
 // onMasterReply hands a reply to the master's request that waits for it.
 func (m *Master) onMasterReply(f ipc.Frame) {
+	if m.fleetAsks.Resolve(f.Ref, f.From, fleetAnswer{action: string(f.Action), flags: f.Flags, payload: append([]byte(nil), f.Payload...)}) {
+		return
+	}
 	if !m.asks.Resolve(f.Ref, f.From, append([]byte(nil), f.Payload...)) {
 		m.log.Warn("reply to the master dropped: no such request from that process", "action", string(f.Action), "from_pid", f.From, "ref", f.Ref)
 	}

@@ -75,6 +75,7 @@ func childEnv(cfg Config, s *slot, masterPID, listeners, workers int) []string {
 		wire.EnvName+"="+cfg.Name,
 		wire.EnvStopTimeout+"="+cfg.StopTimeout.String(),
 		wire.EnvMetrics+"="+map[bool]string{true: "1", false: "0"}[cfg.Admin != ""],
+		wire.EnvFleetNode+"="+fleetNode(cfg),
 	)
 }
 
@@ -257,6 +258,7 @@ type InProcess struct {
 	PID       uint32 // virtual pid, above SinglePIDBase
 	Conn      net.Conn
 	Listeners []net.Listener
+	FleetNode string // this member's node id, if the cluster is in a fleet
 }
 
 // launchGoroutine runs the child in this process, connected by an in-memory pipe.
@@ -277,7 +279,7 @@ func (m *Master) launchGoroutine(s *slot) (launched, error) {
 	masterEnd, childEnd := net.Pipe()
 	ctx, cancel := context.WithCancel(context.Background())
 	g := &goroutineProc{pid: SinglePIDBase + int(m.singleSeq.Add(1)), cancel: cancel, done: make(chan struct{}), killed: make(chan struct{})}
-	spec := InProcess{Role: s.role, ID: s.id, PID: uint32(g.pid), Conn: childEnd, Listeners: ls}
+	spec := InProcess{Role: s.role, ID: s.id, PID: uint32(g.pid), Conn: childEnd, Listeners: ls, FleetNode: fleetNode(m.cfg)}
 	go func() {
 		defer close(g.done)
 		g.err = m.cfg.RunInProcess(ctx, spec)

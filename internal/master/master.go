@@ -28,6 +28,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/brood-go/brood/internal/fleet"
 	"github.com/brood-go/brood/internal/ipc"
 	"github.com/brood-go/brood/internal/listener"
 	"github.com/brood-go/brood/internal/metrics"
@@ -86,6 +87,10 @@ type Config struct {
 	// Stdout and Stderr receive the children's output (default os.Stdout and
 	// os.Stderr), through buffers that never block the master.
 	Stdout, Stderr *os.File
+
+	// Fleet joins the cluster to a fleet of clusters of the same Name over
+	// NATS (URLs empty: no fleet).
+	Fleet FleetConfig
 
 	// OnReady is called once the first start has completed, with the status.
 	OnReady func(wire.Status)
@@ -149,6 +154,10 @@ type Master struct {
 	svc       *service         // the service manager (systemd), if any
 	askID     atomic.Uint64
 
+	fleet        atomic.Pointer[fleet.Conn] // the fleet connection, if in a fleet
+	fleetAsks    ipc.Pending[fleetAnswer]   // requests from the fleet awaiting a worker's reply
+	readyWorkers atomic.Int64               // as last counted under m.mu
+
 	mu       sync.Mutex
 	phase    phase
 	op       string // the operation running: "", "reload", "scale"
@@ -206,6 +215,14 @@ func (m *Master) stopResult() error {
 // New prepares a master for cfg. It validates the listen addresses, so a bad
 // one is reported before anything is created.
 func New(cfg Config) (*Master, error) {
+	if cfg.Fleet.URLs != "" {
+		if err := fleet.ValidName(cfg.Name); err != nil {
+			return nil, fmt.Errorf("brood: %w", err)
+		}
+		if err := fleet.ValidNode(cfg.Fleet.Node); err != nil {
+			return nil, fmt.Errorf("brood: fleet: --node: %w", err)
+		}
+	}
 	for _, l := range cfg.Listen {
 		if _, err := listener.Parse(l); err != nil {
 			return nil, fmt.Errorf("brood: %w", err)
@@ -255,11 +272,19 @@ func New(cfg Config) (*Master, error) {
 	}
 	m.logs = newAsyncHandler(inner)
 	m.log = slog.New(m.logs).With("role", "master", "id", 0, "pid", pid)
+	if cfg.Fleet.URLs != "" {
+		m.log = m.log.With("node", cfg.Fleet.Node)
+	}
 	m.events = newEventLog(func(ev wire.Event) { logEvent(m.log, ev) })
-	m.router = relay.New(relay.Options{
+	ro := relay.Options{
 		MasterPID: uint32(pid), MaxPending: cfg.MaxPending, MaxPendingBytes: cfg.MaxPendingBytes, Logger: m.log,
-		MasterReply: m.onMasterReply, MasterMessage: m.onMasterMessage,
-	})
+		MasterReply: m.onMasterReply, MasterMessage: m.onMasterMessage, MaxFrame: cfg.MaxFrame,
+	}
+	if cfg.Fleet.URLs != "" {
+		// Until the connection exists (Run), fleet messages are refused.
+		ro.FleetMessage = m.onFleetMessage
+	}
+	m.router = relay.New(ro)
 	m.life, m.endLife = context.WithCancel(context.Background())
 	if !cfg.Single {
 		m.forker = newForker()
@@ -288,6 +313,15 @@ func (m *Master) Run(ctx context.Context, force <-chan struct{}) (err error) {
 		return err
 	}
 	defer release()
+	if m.cfg.Fleet.URLs != "" {
+		fc, err := m.connectFleet()
+		if err != nil {
+			m.events.publish(wire.Event{Type: wire.EventStartFailed, Detail: err.Error()})
+			return fmt.Errorf("brood: %w", err)
+		}
+		m.fleet.Store(fc)
+		defer fc.Close() // after every child is gone
+	}
 	m.startService()
 	adminSock, socks, err := m.openSockets(ctx)
 	if err != nil {
@@ -503,6 +537,7 @@ func (m *Master) sendMembersLocked() {
 		}
 		return a.PID - b.PID
 	})
+	m.setReadyWorkersLocked()
 	b, _ := json.Marshal(list)
 	h := ipc.Header{Kind: ipc.KindMembers, Role: ipc.RoleMaster, From: uint32(m.pid)}
 	for _, c := range m.children {
@@ -585,6 +620,7 @@ func (m *Master) stopAll(force <-chan struct{}, why string) {
 	}
 	wasRunning := m.phase == phaseRunning
 	m.phase = phaseStopping
+	m.setReadyWorkersLocked() // out of the fleet's queue groups before the drain
 	m.mu.Unlock()
 	m.events.publish(wire.Event{Type: wire.EventStopping, Detail: why})
 	if d := m.cfg.DrainDelay; d > 0 && wasRunning {

@@ -56,6 +56,9 @@ func newSupervisorMetrics(m *Master) *supervisorMetrics {
 		}),
 	}
 	s.reg.MustRegister(s.restarts, s.reloads, s.scheduleRuns, s.scheduleTime, s.scrapeErrors, s.heartbeatRTT, clusterCollector{m})
+	if m.cfg.Fleet.URLs != "" {
+		s.reg.MustRegister(fleetCollector{m})
+	}
 	// The master's own runtime, labelled as one process of the cluster so that
 	// the children's (per slot) sit beside it in the same families.
 	own := prometheus.WrapRegistererWith(prometheus.Labels{"role": "master", "slot": "0"}, s.reg)

@@ -49,6 +49,7 @@ func (m *Master) Status() wire.Status {
 		}
 	}
 	rs := m.router.Stats()
+	st.Fleet = m.fleetStatus()
 	st.Messages = wire.Messages{Relayed: rs.Relayed, Held: rs.Held, Redelivered: rs.Redelivered, Refused: rs.Dropped, LostReplies: rs.LostReplies}
 	return st
 }

@@ -67,6 +67,14 @@ type Options struct {
 	// MasterMessage receives messages addressed to the master (DestMaster).
 	// The frame is valid only during the call.
 	MasterMessage func(from *Endpoint, f ipc.Frame)
+	// FleetMessage receives messages for the fleet (DestFleet), with the
+	// Router's lock held: it must not block or call back into the Router. An
+	// error is nacked to the sender. The frame is valid only during the call.
+	// Nil: a fleet message is nacked ("not in a fleet").
+	FleetMessage func(from *Endpoint, f ipc.Frame) error
+	// MaxFrame bounds the frames the Router builds from fleet messages
+	// (<= 0: ipc.DefaultMaxFrame).
+	MaxFrame int
 }
 
 // Stats are counters since the Router was made.
@@ -139,6 +147,9 @@ func New(opts Options) *Router {
 	}
 	if opts.MaxPendingBytes <= 0 {
 		opts.MaxPendingBytes = DefaultMaxPendingBytes
+	}
+	if opts.MaxFrame <= 0 {
+		opts.MaxFrame = ipc.DefaultMaxFrame
 	}
 	log := opts.Logger
 	if log == nil {
@@ -373,6 +384,14 @@ func (r *Router) route(from *Endpoint, f ipc.Frame) {
 			return
 		}
 		r.opts.MasterMessage(from, f)
+	case ipc.DestFleet:
+		if r.opts.FleetMessage == nil {
+			r.nack(from, raw, "this cluster is not in a fleet")
+			return
+		}
+		if err := r.opts.FleetMessage(from, f); err != nil {
+			r.nack(from, raw, err.Error())
+		}
 	case ipc.DestRandom:
 		s := r.pickWorker()
 		if s == nil {
@@ -633,3 +652,122 @@ func actionOf(raw []byte) string {
 }
 
 func isClosed(err error) bool { return errors.Is(err, ipc.ErrClosed) }
+
+// NackTo tells process pid that its message id (action) was not delivered.
+// Not from FleetMessage (which returns the error instead).
+func (r *Router) NackTo(pid uint32, id uint64, action, reason string) {
+	r.dropped.Add(1)
+	r.log.Warn("message not delivered", "action", action, "from_pid", pid, "reason", reason)
+	r.mu.RLock()
+	e := r.byPID[pid]
+	r.mu.RUnlock()
+	if e == nil {
+		return
+	}
+	h := ipc.Header{Kind: ipc.KindNack, Role: ipc.RoleMaster, From: r.opts.MasterPID, To: pid, ID: id}
+	if len(action) > ipc.MaxActionLen {
+		action = action[:ipc.MaxActionLen]
+	}
+	_ = e.w.Append(&h, action, []byte(reason))
+}
+
+// ErrUndeliverable: a fleet message found nobody in this cluster to take it.
+var ErrUndeliverable = errors.New("nobody in this cluster to deliver to")
+
+// FromFleet delivers a message from the fleet to this cluster, with held
+// semantics (as a role-addressed message from a child): dest is DestAll,
+// DestApp, DestAgent or DestRandom. payload starts with the origin
+// (ipc.AppendOrigin); flags may add FlagRaw.
+func (r *Router) FromFleet(dest ipc.Dest, action string, flags ipc.Flags, payload []byte) error {
+	h := ipc.Header{Kind: ipc.KindMessage, Dest: dest, Role: ipc.RoleMaster, Flags: flags | ipc.FlagFleet, From: r.opts.MasterPID}
+	raw, err := ipc.AppendFrame(nil, &h, action, payload, r.opts.MaxFrame)
+	if err != nil {
+		return err
+	}
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	switch dest {
+	case ipc.DestAgent:
+		if r.agent == nil {
+			return fmt.Errorf("%w: no agent", ErrUndeliverable)
+		}
+		r.toSlot(r.agent, raw, nil)
+	case ipc.DestApp, ipc.DestAll:
+		if dest == ipc.DestAll && r.agent != nil {
+			r.toSlot(r.agent, raw, nil)
+		}
+		if len(r.workers) == 0 && (dest == ipc.DestApp || r.agent == nil) {
+			return fmt.Errorf("%w: no processes", ErrUndeliverable)
+		}
+		for _, s := range r.workers {
+			r.toSlot(s, raw, nil)
+		}
+	case ipc.DestRandom:
+		s := r.pickWorker()
+		if s == nil {
+			return fmt.Errorf("%w: no workers", ErrUndeliverable)
+		}
+		r.toSlot(s, raw, nil)
+	default:
+		return fmt.Errorf("relay: fleet destination %v", dest)
+	}
+	return nil
+}
+
+// PickReady returns a ready worker, round robin, or nil if none is ready.
+func (r *Router) PickReady() *Endpoint {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	n := len(r.workers)
+	turn := int(r.rr.Add(1))
+	for i := range n {
+		s := r.workers[(turn+i)%n]
+		s.mu.Lock()
+		e := s.cur
+		s.mu.Unlock()
+		if e != nil {
+			return e
+		}
+	}
+	return nil
+}
+
+// FleetRequest sends a request from the fleet to process e (pid semantics);
+// its reply comes back through Options.MasterReply with Ref id. payload
+// starts with the origin.
+func (r *Router) FleetRequest(e *Endpoint, id uint64, action string, flags ipc.Flags, payload []byte) error {
+	h := ipc.Header{Kind: ipc.KindMessage, Dest: ipc.DestPID, Role: ipc.RoleMaster, Flags: flags | ipc.FlagFleet | ipc.FlagRequest,
+		From: r.opts.MasterPID, To: e.PID, ID: id}
+	raw, err := ipc.AppendFrame(nil, &h, action, payload, r.opts.MaxFrame)
+	if err != nil {
+		return err
+	}
+	r.toEndpoint(e, raw)
+	return nil
+}
+
+// FleetReply answers process pid's fleet request ref. Unless action is one
+// of brood's own (a refusal), payload starts with the origin of the answer.
+func (r *Router) FleetReply(pid uint32, ref uint64, action string, flags ipc.Flags, payload []byte) error {
+	if len(action) > ipc.MaxActionLen {
+		action = action[:ipc.MaxActionLen]
+	}
+	h := ipc.Header{Kind: ipc.KindReply, Dest: ipc.DestPID, Role: ipc.RoleMaster, Flags: flags, From: r.opts.MasterPID, To: pid, Ref: ref}
+	raw, err := ipc.AppendFrame(nil, &h, action, payload, r.opts.MaxFrame)
+	if err != nil {
+		h.Flags = 0
+		raw, _ = ipc.AppendFrame(nil, &h, "brood:refused", []byte(err.Error()), r.opts.MaxFrame)
+	}
+	r.mu.RLock()
+	e := r.byPID[pid]
+	r.mu.RUnlock()
+	if e == nil {
+		r.lostReplies.Add(1)
+		return fmt.Errorf("relay: reply to pid %d: the requester is gone", pid)
+	}
+	if err := e.w.AppendRaw(raw); err != nil {
+		r.lostReplies.Add(1)
+		return fmt.Errorf("relay: reply to pid %d: %w", pid, err)
+	}
+	return nil
+}

@@ -81,3 +81,11 @@ func RoleName(r ipc.Role) string {
 	}
 	return "none"
 }
+
+// ActFleetNoResponders is the action of the master's reply to a child's
+// fleet request that no worker anywhere in the fleet could take.
+const ActFleetNoResponders = "brood:fleet-no-responders"
+
+// ActRefused is the action of a reply that says the request was not
+// handled; the payload is the reason.
+const ActRefused = "brood:refused"

@@ -15,6 +15,14 @@ const (
 	EnvName        = "BROOD_NAME"         // Config.Name as the master resolved it (also the --name flag's variable)
 	EnvStopTimeout = "BROOD_STOP_TIMEOUT" // Config.StopTimeout as the master resolved it
 	EnvMetrics     = "BROOD_METRICS"      // "1" when the master serves /metrics: send final metrics when stopping
+	EnvFleetNode   = "BROOD_FLEET_NODE"   // this member's node id when the cluster is in a fleet (else unset)
+)
+
+// Secrets of the fleet connection: the master reads them (they mirror flags)
+// and never passes them on to a child.
+const (
+	EnvFleetPassword = "BROOD_FLEET_PASSWORD"
+	EnvFleetToken    = "BROOD_FLEET_TOKEN"
 )
 
 // The daemon handshake: `start --daemon` starts the master with the write end
@@ -34,7 +42,7 @@ const EnvLogFiles = "BROOD_LOG_FILES"
 
 // childOnlyEnv are the variables a master never passes on from its own
 // environment: the child contract, and the master's own markers.
-var childOnlyEnv = []string{EnvRole, EnvID, EnvIPCFD, EnvListenFDs, EnvMasterPID, EnvProtocol, EnvNotifyFD, EnvMetrics}
+var childOnlyEnv = []string{EnvRole, EnvID, EnvIPCFD, EnvListenFDs, EnvMasterPID, EnvProtocol, EnvNotifyFD, EnvMetrics, EnvFleetNode, EnvFleetPassword, EnvFleetToken}
 
 // IsChildOnly reports whether kv ("KEY=value") is a variable the master must not
 // pass on to a child from its own environment.

@@ -25,6 +25,44 @@ type Status struct {
 	// Schedules is the agent's schedule table ([]ScheduleStatus), if the
 	// cluster has schedules and the agent answered.
 	Schedules json.RawMessage `json:"schedules,omitempty"`
+	// Fleet is the fleet connection, if the cluster is in a fleet.
+	Fleet *FleetStatus `json:"fleet,omitempty"`
+}
+
+// FleetStatus is the master's connection to its fleet.
+type FleetStatus struct {
+	Node          string        `json:"node"`
+	State         string        `json:"state"`            // connected, connecting, reconnecting, disconnected, closed
+	Server        string        `json:"server,omitempty"` // the server connected to (redacted)
+	URLs          string        `json:"urls"`             // as configured (redacted)
+	InQueueGroups bool          `json:"in_queue_groups"`  // takes the fleet's random messages and requests (has a ready worker)
+	LeaseTTL      float64       `json:"lease_ttl_seconds"`
+	Members       []FleetMember `json:"members"` // heard from recently, this one included
+	Counters      FleetCounters `json:"counters"`
+}
+
+// FleetMember is one member of the fleet as its announcements describe it.
+type FleetMember struct {
+	Node         string    `json:"node"`
+	PID          int       `json:"pid"` // its master's
+	Agent        bool      `json:"agent"`
+	ReadyWorkers int       `json:"ready_workers"`
+	StartedAt    time.Time `json:"started_at"`
+	LastSeen     time.Time `json:"last_seen"`
+	Self         bool      `json:"self,omitempty"`
+}
+
+// FleetCounters count the fleet's traffic since the master connected.
+type FleetCounters struct {
+	SentOK      uint64 `json:"sent"`           // messages and requests published (or buffered while disconnected)
+	SendErrors  uint64 `json:"send_errors"`    // not published: queue full, too large, reconnect buffer full, closed
+	ReceivedOK  uint64 `json:"received"`       // from the fleet and handed to a process
+	RecvErrors  uint64 `json:"receive_errors"` // from the fleet but not delivered: malformed, nobody to take it
+	RequestsOut uint64 `json:"requests_out"`
+	RequestsIn  uint64 `json:"requests_in"`
+	Reconnects  uint64 `json:"reconnects"`
+	Disconnects uint64 `json:"disconnects"`
+	AsyncErrors uint64 `json:"async_errors"`
 }
 
 // Process is one child, or one slot waiting for a child (pid 0, state
