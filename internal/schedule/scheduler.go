@@ -19,6 +19,10 @@ var (
 	// process can take the tick right now. The tick is not lost: it waits and is
 	// retried, up to Options.MaxWait.
 	ErrNoWorker = errors.New("no worker ready")
+	// ErrElsewhere is what Options.Dispatch returns (possibly wrapped) for a
+	// tick that runs somewhere else (another member of a fleet claimed it):
+	// it ends as a skip, logged at info level, and is not retried.
+	ErrElsewhere = errors.New("the tick runs elsewhere")
 	// ErrUnknownTask is returned by RunNow for a name that was not registered.
 	ErrUnknownTask = errors.New("unknown schedule")
 	// ErrAlreadyRunning is returned by RunNow when a run of the task is in flight
@@ -266,9 +270,12 @@ func (s *Scheduler) start() error {
 		if t.spec.Disable {
 			continue
 		}
-		if t.cron == nil {
+		switch {
+		case t.cron == nil && t.spec.Aligned:
+			t.next = alignedNext(now, t.spec.Every)
+		case t.cron == nil:
 			t.next = now.Add(t.spec.Every)
-		} else {
+		default:
 			t.next = t.cron.Next(now)
 		}
 		if t.next.IsZero() {
@@ -284,6 +291,12 @@ func (s *Scheduler) start() error {
 	s.log.Info("scheduler started", "tasks", n)
 	s.emit(notes)
 	return nil
+}
+
+// alignedNext is the first multiple of every since the Unix epoch after now.
+func alignedNext(now time.Time, every time.Duration) time.Time {
+	n := now.UnixNano()
+	return time.Unix(0, (n/int64(every)+1)*int64(every))
 }
 
 func (s *Scheduler) stop() {
@@ -411,6 +424,8 @@ func (s *Scheduler) dispatched(r *run, n int, err error) {
 		if r.reported >= r.expected { // the outcomes beat us to it
 			notes = append(notes, s.complete(r, now))
 		}
+	case errors.Is(err, ErrElsewhere):
+		notes = append(notes, s.finish(r, elsewhere, "skipped: "+err.Error(), 0))
 	case errors.Is(err, ErrNoWorker):
 		r.state = queued
 		r.retryAt = now.Add(s.retry)
@@ -487,6 +502,7 @@ const (
 	succeeded result = iota
 	failed
 	skipped
+	elsewhere // skipped: it runs somewhere else (ErrElsewhere)
 )
 
 // complete ends r once all its outcomes are in. Called with s.mu held.
@@ -533,6 +549,9 @@ func (s *Scheduler) finish(r *run, res result, text string, d time.Duration) not
 	case skipped:
 		t.skips++
 		return note{slog.LevelWarn, "schedule run skipped", append(args, "result", text)}
+	case elsewhere:
+		t.skips++
+		return note{slog.LevelInfo, "schedule tick runs elsewhere", append(args, "result", text, "at", r.tick.At)}
 	}
 	t.runsDone++
 	return note{slog.LevelInfo, "schedule run finished", args}

@@ -99,6 +99,10 @@ type Spec struct {
 	// AllowOverlap lets a tick start a run while earlier runs of the task are
 	// still in flight. By default such a tick is skipped.
 	AllowOverlap bool
+	// Aligned puts an Every task's ticks on the multiples of Every since the
+	// Unix epoch instead of start+k*Every, so that schedulers in different
+	// processes (members of a fleet) agree on each tick's time.
+	Aligned bool
 }
 
 var validName = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
