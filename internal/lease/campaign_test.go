@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -313,6 +314,130 @@ func TestCampaignPartition(t *testing.T) {
 	})
 	cs[i].stop(t)
 	r.check(t)
+}
+
+// TestCampaignStalledLeader: the leader's connection stalls (open, nothing
+// arrives: its renews neither fail nor succeed); its run ends before another
+// candidate's starts. Restored, its held requests reach the server late
+// (conditional on an old revision, they must fail) and it leads again once
+// the others stop.
+func TestCampaignStalledLeader(t *testing.T) {
+	s := startServer(t)
+	r := &recorder{}
+	var ps []*proxy
+	var urls []string
+	for range 3 {
+		p := newProxy(t, s.Addr())
+		ps = append(ps, p)
+		urls = append(urls, p.URL())
+	}
+	cs := startCandidates(t, r, urls...)
+	var who string
+	waitFor(t, 10*time.Second, "a leader", func() bool { who = r.leader(); return who != "" })
+	i := slices.IndexFunc(cs, func(c *candidate) bool { return c.name == who })
+	first := r.last(who)
+	waitFor(t, 5*time.Second, "a renew", func() bool { return time.Since(first.start) > testTTL/2 })
+	stalled := time.Now()
+	ps[i].Stall()
+	var next tenure
+	waitFor(t, 2*testTTL+5*time.Second, "a new leader", func() bool {
+		n, ok := r.startedAfter(stalled)
+		next = n
+		return ok
+	})
+	old := r.last(who)
+	if old.stop.IsZero() || !old.stop.Before(next.start) {
+		t.Fatalf("stalled leader %s stopped at %v, not before %s started at %v", who, old.stop, next.who, next.start)
+	}
+	t.Logf("stalled %s: its run ended %v after the stall; %s started %v later (%v after the stall)",
+		who, old.stop.Sub(stalled).Round(time.Millisecond), next.who, next.start.Sub(old.stop).Round(time.Millisecond), next.start.Sub(stalled).Round(time.Millisecond))
+	// Hold the stall a while longer, so that the stalled candidate queues
+	// creates too, then deliver everything late.
+	cur := r.last(next.who)
+	waitFor(t, 5*time.Second, "the new leader to renew", func() bool { return time.Since(cur.start) > testTTL/2 })
+	ps[i].Restore()
+	restored := time.Now()
+	// The new leader must keep its lease through the late delivery.
+	waitFor(t, 5*time.Second, "a renew past the late delivery", func() bool { return time.Since(restored) > testTTL })
+	if l := r.last(next.who); !l.stop.IsZero() {
+		t.Errorf("the new leader %s lost its lease at %v, after the stalled requests arrived", next.who, l.stop)
+	}
+	for j, c := range cs {
+		if j != i {
+			c.stop(t)
+		}
+	}
+	stopped := time.Now()
+	waitFor(t, 2*testTTL+10*time.Second, who+" leads again", func() bool {
+		n, ok := r.startedAfter(stopped)
+		return ok && n.who == who
+	})
+	cs[i].stop(t)
+	r.check(t)
+}
+
+// TestCampaignRunReturns: a run that returns gives the lease back at once;
+// another candidate takes it, and the first is called again later.
+func TestCampaignRunReturns(t *testing.T) {
+	s := startServer(t)
+	r := &recorder{}
+	q := newCandidate(t, "quitter", s.URL())
+	quit := make(chan struct{})
+	var calls atomic.Int32
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() {
+		done <- lease.Campaign(ctx, q.kv, "leader", "quitter", func(ctx context.Context, token uint64) {
+			i := r.begin("quitter", token)
+			defer r.end(i)
+			if calls.Add(1) == 1 {
+				select {
+				case <-quit: // the first call returns on its own
+				case <-ctx.Done():
+				}
+				return
+			}
+			<-ctx.Done()
+		}, nil)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Campaign: %v", err)
+		}
+	})
+	waitFor(t, 10*time.Second, "quitter leads", func() bool { return r.leader() == "quitter" })
+	other := newCandidate(t, "other", s.URL())
+	other.start(t, r)
+	returned := time.Now()
+	close(quit)
+	var next tenure
+	waitFor(t, 10*time.Second, "other leads", func() bool { var ok bool; next, ok = r.startedAfter(returned); return ok })
+	if next.who != "other" {
+		t.Fatalf("after quitter's run returned, %s leads, want other", next.who)
+	}
+	t.Logf("run returned; other leads after %v", next.start.Sub(returned).Round(time.Millisecond))
+	other.stop(t)
+	waitFor(t, 10*time.Second, "quitter's second run", func() bool { return calls.Load() == 2 && r.leader() == "quitter" })
+	cancel()
+	waitFor(t, 10*time.Second, "quitter's run to end", func() bool { return r.leader() == "" })
+	r.check(t)
+}
+
+// TestCampaignNeedsTTL: a bucket without TTL would keep a dead holder's
+// lease forever; Campaign refuses it.
+func TestCampaignNeedsTTL(t *testing.T) {
+	s := startServer(t)
+	ctx := testContext(t, 10*time.Second)
+	kv, err := jsOf(t, connect(t, s.URL())).CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "forever"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = lease.Campaign(ctx, kv, "leader", "c", func(context.Context, uint64) { t.Error("run called") }, nil)
+	if err == nil {
+		t.Fatal("Campaign on a bucket without TTL: no error")
+	}
+	t.Logf("Campaign on a bucket without TTL: %v", err)
 }
 
 // TestCampaignServerRestart: the server restarts on the same port and store,

@@ -9,7 +9,7 @@ import (
 )
 
 var (
-	bucketRe = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)      // nats.go's validBucketRe
+	bucketRe = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)     // nats.go's validBucketRe
 	keyRe    = regexp.MustCompile(`^[-/_=\.a-zA-Z0-9]+$`) // nats.go's validKeyRe
 )
 

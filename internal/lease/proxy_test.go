@@ -8,16 +8,20 @@ import (
 )
 
 // proxy is a loopback TCP proxy to a server that the test can cut: Cut closes
-// every connection through it and closes new ones at once until Restore.
+// every connection through it and closes new ones at once until Restore;
+// Stall holds every byte in flight (connections stay open, nothing arrives)
+// until Restore delivers them, late.
 type proxy struct {
 	t      testing.TB
 	ln     net.Listener
 	target string
 
-	mu    sync.Mutex
-	cut   bool
-	conns map[net.Conn]struct{}
-	wg    sync.WaitGroup
+	mu      sync.Mutex
+	cut     bool
+	stalled bool
+	resume  *sync.Cond // signalled when stalled ends
+	conns   map[net.Conn]struct{}
+	wg      sync.WaitGroup
 }
 
 func newProxy(t testing.TB, target string) *proxy {
@@ -27,6 +31,7 @@ func newProxy(t testing.TB, target string) *proxy {
 		t.Fatalf("proxy listen: %v", err)
 	}
 	p := &proxy{t: t, ln: ln, target: target, conns: map[net.Conn]struct{}{}}
+	p.resume = sync.NewCond(&p.mu)
 	p.wg.Add(1)
 	go p.accept()
 	t.Cleanup(p.close)
@@ -78,13 +83,28 @@ func (p *proxy) track(c, s net.Conn) bool {
 
 func (p *proxy) pipe(dst, src net.Conn) {
 	defer p.wg.Done()
-	_, _ = io.Copy(dst, src)
+	_, _ = io.Copy(gate{p, dst}, src)
 	dst.Close()
 	src.Close()
 	p.mu.Lock()
 	delete(p.conns, dst)
 	delete(p.conns, src)
 	p.mu.Unlock()
+}
+
+// gate is a writer that waits while the proxy is stalled.
+type gate struct {
+	p   *proxy
+	dst net.Conn
+}
+
+func (g gate) Write(b []byte) (int, error) {
+	g.p.mu.Lock()
+	for g.p.stalled && !g.p.cut {
+		g.p.resume.Wait()
+	}
+	g.p.mu.Unlock()
+	return g.dst.Write(b)
 }
 
 // Cut closes every connection and refuses new ones until Restore.
@@ -95,13 +115,22 @@ func (p *proxy) Cut() {
 	for c := range p.conns {
 		c.Close()
 	}
+	p.resume.Broadcast()
 }
 
-// Restore lets connections through again.
+// Stall holds every byte through the proxy until Restore.
+func (p *proxy) Stall() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.stalled = true
+}
+
+// Restore lets connections and bytes through again.
 func (p *proxy) Restore() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.cut = false
+	p.cut, p.stalled = false, false
+	p.resume.Broadcast()
 }
 
 func (p *proxy) close() {
