@@ -38,7 +38,11 @@
 // sequence number, hence its send time.
 //
 // Assumptions: run stops acting on the lease when its context is done (what
-// it cannot undo should be fenced with the token); the server's wall clock
+// it cannot undo should be fenced with the token); the holder is not frozen
+// longer than the margin between its timer's due time and its run noticing
+// (GC and scheduling pauses are far shorter; SIGSTOP, a paused VM or a
+// suspended host are not, and Go's monotonic clock does not count a suspend:
+// fence with the token where that matters); the server's wall clock
 // does not jump forward by more than the margin; every member uses the same
 // bucket, whose TTL Campaign reads when it starts (OpenBucket refuses a TTL
 // different from an existing bucket's); the bucket has one replica or the
