@@ -248,7 +248,11 @@ func (c *campaign) acquire(ctx context.Context) (term, bool) {
 	if ctx.Err() != nil {
 		return term{}, false
 	}
-	e, gerr := c.kv.Get(opCtx, c.key)
+	// A fresh timeout: the create's may be spent, and a create that timed
+	// out is the one most worth recognising.
+	getCtx, cancelGet := context.WithTimeout(ctx, c.opTimeout)
+	defer cancelGet()
+	e, gerr := c.kv.Get(getCtx, c.key)
 	if gerr == nil {
 		// Ours: a create whose reply was lost, or a renew of a term that
 		// ended that landed late. Either way the key is ours until w.sent+TTL.

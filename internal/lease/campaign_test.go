@@ -85,6 +85,16 @@ func (r *recorder) startedAfter(since time.Time) (tenure, bool) {
 	return tenure{}, false
 }
 
+// ledAfter reports whether who started a term after since.
+func (r *recorder) ledAfter(who string, since time.Time) bool {
+	for _, t := range r.snapshot() {
+		if t.who == who && t.start.After(since) {
+			return true
+		}
+	}
+	return false
+}
+
 func (r *recorder) last(who string) tenure {
 	terms := r.snapshot()
 	for i := len(terms) - 1; i >= 0; i-- {
@@ -308,10 +318,7 @@ func TestCampaignPartition(t *testing.T) {
 			c.stop(t)
 		}
 	}
-	waitFor(t, 2*testTTL+5*time.Second, who+" leads again", func() bool {
-		n, ok := r.startedAfter(restored)
-		return ok && n.who == who
-	})
+	waitFor(t, 2*testTTL+5*time.Second, who+" leads again", func() bool { return r.ledAfter(who, restored) })
 	cs[i].stop(t)
 	r.check(t)
 }
@@ -368,10 +375,7 @@ func TestCampaignStalledLeader(t *testing.T) {
 		}
 	}
 	stopped := time.Now()
-	waitFor(t, 2*testTTL+10*time.Second, who+" leads again", func() bool {
-		n, ok := r.startedAfter(stopped)
-		return ok && n.who == who
-	})
+	waitFor(t, 2*testTTL+10*time.Second, who+" leads again", func() bool { return r.ledAfter(who, stopped) })
 	cs[i].stop(t)
 	r.check(t)
 }
