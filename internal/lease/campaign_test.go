@@ -423,13 +423,13 @@ func TestCampaignStalledLeader(t *testing.T) {
 	if l := r.last(next.who); !l.stop.IsZero() {
 		t.Errorf("the new leader %s lost its lease at %v, after the stalled requests arrived", next.who, l.stop)
 	}
+	stopping := time.Now() // the restored candidate may take over before the last stop returns
 	for j, c := range cs {
 		if j != i {
 			c.stop(t)
 		}
 	}
-	stopped := time.Now()
-	waitFor(t, 2*testTTL+10*time.Second, who+" leads again", func() bool { return r.ledAfter(who, stopped) })
+	waitFor(t, 2*testTTL+10*time.Second, who+" leads again", func() bool { return r.ledAfter(who, stopping) })
 	cs[i].stop(t)
 	r.check(t)
 }
