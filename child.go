@@ -167,7 +167,7 @@ func runChild(ctx context.Context, cfg Config, cs childSpec) error {
 	m.masterPID = cs.masterPID
 	m.p = p
 	p.messenger = m
-	p.fleet = &Fleet{m: m, node: cs.fleetNode}
+	p.fleet = &Fleet{m: m, node: cs.fleetNode, p: p}
 	header := func(k ipc.Kind) *ipc.Header {
 		return &ipc.Header{Kind: k, Role: ipc.Role(cs.role), From: cs.pid}
 	}

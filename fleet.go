@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/brood-go/brood/internal/ipc"
@@ -47,7 +48,11 @@ var (
 // Messenger).
 type Fleet struct {
 	m    *Messenger
-	node string // "" when not in a fleet
+	node string   // "" when not in a fleet
+	p    *Process // whose fleet handle this is
+
+	leaderMu  sync.Mutex
+	leaderSet bool // OnLeader was called
 }
 
 // Fleet returns the process's handle on the fleet. It is never nil; when the

@@ -165,7 +165,7 @@ func waitRecvs(t *testing.T, cs []*helperproc.Cluster, action, idPrefix string, 
 
 func fleetStatus(t *testing.T, c *helperproc.Cluster) wire.Status {
 	t.Helper()
-	s := helperproc.Start(t, "fleet", []string{"status", "--json"}, helperproc.Options{RunDir: c.RunDir})
+	s := helperproc.Start(t, c.Helper, []string{"status", "--json"}, helperproc.Options{RunDir: c.RunDir})
 	if code := s.Wait(30 * time.Second); code != 0 {
 		t.Fatalf("status --json: exit %d\n%s", code, s.Stderr())
 	}

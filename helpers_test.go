@@ -30,6 +30,7 @@ func registerHelpers() {
 	helperproc.Register("metrics", metricsMain)
 	helperproc.Register("orphans", orphansMain)
 	helperproc.Register("fleet", fleetMain)
+	helperproc.Register("leader", leaderMain)
 }
 
 // helloConfig is a small HTTP cluster that records what it does in the events

@@ -141,7 +141,8 @@ func (p *Process) fault(reason string, stack []byte) {
 }
 
 func newProcess(ctx context.Context, role Role, id, pid int, name string, log *slog.Logger) *Process {
-	p := &Process{role: role, id: id, pid: pid, name: name, readyCh: make(chan struct{}), fleet: &Fleet{}}
+	p := &Process{role: role, id: id, pid: pid, name: name, readyCh: make(chan struct{})}
+	p.fleet = &Fleet{p: p}
 	p.log = log.With("role", role.String(), "id", id, "pid", os.Getpid())
 	p.ctx, p.stop = context.WithCancelCause(ctx)
 	return p

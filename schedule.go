@@ -26,6 +26,18 @@ const (
 	AllWorkers
 	// InAgent runs each tick in the agent.
 	InAgent
+	// OneInFleet runs each tick once in the whole fleet (Config.Fleet): on
+	// one worker of one member. The agent of every member ticks; each claims
+	// the tick (task name and nominal time) in the fleet's key-value store,
+	// and only the member that wins runs it, on one of its workers; the
+	// others count it as a skip and log it at info level. An Every task of
+	// this type ticks at the multiples of Every since the Unix epoch (cron
+	// times are absolute already), so members agree on each tick as long as
+	// their clocks agree to within a fraction of Every. A claim the server
+	// does not confirm within 2s is not run: a tick may be lost while the
+	// fleet's server is unreachable, it never runs twice. A cluster that is
+	// not in a fleet is a fleet of one: OneInFleet runs like OneWorker.
+	OneInFleet
 )
 
 func (t ScheduleType) String() string { return schedule.Type(t).String() }
@@ -79,6 +91,7 @@ func scheduleSpecs(list []Schedule) ([]schedule.Spec, error) {
 		spec := schedule.Spec{
 			Name: s.Name, Every: s.Every, Cron: s.Cron, Type: schedule.Type(s.Type),
 			Immediate: s.Immediate, Disable: s.Disable, Timeout: s.Timeout, AllowOverlap: s.AllowOverlap,
+			Aligned: s.Type == OneInFleet,
 		}
 		switch err := spec.Validate(); {
 		case err != nil:
@@ -99,8 +112,21 @@ func scheduleSpecs(list []Schedule) ([]schedule.Spec, error) {
 
 // tickMsg is a tick on the wire.
 type tickMsg struct {
-	Task string `json:"task"`
-	Seq  uint64 `json:"seq"`
+	Task string    `json:"task"`
+	Seq  uint64    `json:"seq"`
+	At   time.Time `json:"at"` // the tick's nominal time
+}
+
+type tickTimeKey struct{}
+
+// TickTime returns the nominal time of the tick a scheduled Task runs for
+// (not when it started: the time its schedule said, the same on every member
+// of a fleet for a OneInFleet task), for example to make the task's effects
+// idempotent. ok is false outside a Task's ctx and for runs asked by hand
+// (`schedule run`).
+func TickTime(ctx context.Context) (at time.Time, ok bool) {
+	at, ok = ctx.Value(tickTimeKey{}).(time.Time)
+	return at, ok && !at.IsZero()
 }
 
 // outcomeMsg is an outcome on the wire.
@@ -138,7 +164,7 @@ func (r *taskRunner) run(t tickMsg, report func(outcomeMsg)) {
 	r.p.goroutines.Add(1)
 	go func() {
 		defer r.p.goroutines.Done()
-		ctx := r.p.ctx
+		ctx := context.WithValue(r.p.ctx, tickTimeKey{}, t.At)
 		if s.Timeout > 0 {
 			var cancel context.CancelFunc
 			ctx, cancel = context.WithTimeout(ctx, s.Timeout)
@@ -191,6 +217,8 @@ type agentScheduler struct {
 	runner *taskRunner
 	types  map[string]ScheduleType
 
+	claims tickClaims // OneInFleet ticks claimed through the master
+
 	mu       sync.Mutex
 	rr       int
 	inflight map[int][]tickMsg // worker pid -> ticks sent and not reported
@@ -204,6 +232,7 @@ func installAgentSchedules(p *Process, list []Schedule) error {
 		return err
 	}
 	a := &agentScheduler{p: p, runner: newTaskRunner(p, list), types: map[string]ScheduleType{}, inflight: map[int][]tickMsg{}}
+	a.claims.install(p)
 	for _, s := range list {
 		a.types[s.Name] = s.Type
 	}
@@ -254,7 +283,15 @@ func installAgentSchedules(p *Process, list []Schedule) error {
 
 func (a *agentScheduler) dispatch(t schedule.Tick) (int, error) {
 	msg := tickMsg{Task: t.Task, Seq: t.Seq}
+	if !t.Manual {
+		msg.At = t.At
+	}
 	m := a.p.Messenger()
+	if a.types[t.Task] == OneInFleet && a.p.Fleet().Enabled() && !t.Manual {
+		if err := a.claims.claim(a.p, t.Task, t.At); err != nil {
+			return 0, err
+		}
+	}
 	if a.types[t.Task] == InAgent {
 		a.runner.run(msg, a.report)
 		return 1, nil
@@ -269,7 +306,7 @@ func (a *agentScheduler) dispatch(t schedule.Tick) (int, error) {
 		return 0, schedule.ErrNoWorker
 	}
 	targets := ready
-	if a.types[t.Task] == OneWorker {
+	if a.types[t.Task] == OneWorker || a.types[t.Task] == OneInFleet {
 		a.mu.Lock()
 		a.rr++
 		targets = []int{ready[a.rr%len(ready)]}

@@ -178,6 +178,7 @@ func (l Line) Int(k string) int {
 type Cluster struct {
 	t      testing.TB
 	Cmd    *exec.Cmd
+	Helper string // the helper it runs (for commands against it: status)
 	Events string // path of the events file
 	RunDir string // the cluster's run dir (BROOD_RUN_DIR), unique per cluster
 
@@ -233,7 +234,7 @@ func Start(t testing.TB, helper string, args []string, opts ...Options) *Cluster
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &Cluster{t: t, Events: t.TempDir() + "/events", RunDir: o.RunDir, changed: make(chan struct{}), done: make(chan struct{}), wrapped: len(o.Wrap) > 0}
+	c := &Cluster{t: t, Helper: helper, Events: t.TempDir() + "/events", RunDir: o.RunDir, changed: make(chan struct{}), done: make(chan struct{}), wrapped: len(o.Wrap) > 0}
 	if c.RunDir == "" {
 		c.RunDir = ShortTempDir(t)
 	}

@@ -418,3 +418,20 @@ func (c *campaign) release(ctx context.Context, t term, log *slog.Logger) {
 		log.Warn("lease: release failed, it will expire", "err", err)
 	}
 }
+
+// Holder returns who holds the lease key in kv now (the holder Campaign was
+// given), or "" if nobody does.
+func Holder(ctx context.Context, kv jetstream.KeyValue, key string) (string, error) {
+	e, err := kv.Get(ctx, Key(key))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("lease: read %s in bucket %s: %w", key, kv.Bucket(), err)
+	}
+	v, err := decodeValue(e.Value())
+	if err != nil {
+		return "", fmt.Errorf("lease: read %s in bucket %s: %w", key, kv.Bucket(), err)
+	}
+	return v.holder, nil
+}

@@ -3,6 +3,7 @@ package lease_test
 import (
 	"context"
 	"fmt"
+	"github.com/brood-go/brood/internal/natstest"
 	"log/slog"
 	"slices"
 	"sync"
@@ -335,10 +336,10 @@ func TestCampaignDeadHolderReplaced(t *testing.T) {
 func TestCampaignPartition(t *testing.T) {
 	s := startServer(t)
 	r := &recorder{}
-	var ps []*proxy
+	var ps []*natstest.Proxy
 	var urls []string
 	for range 3 {
-		p := newProxy(t, s.Addr())
+		p := natstest.NewProxy(t, s.Addr())
 		ps = append(ps, p)
 		urls = append(urls, p.URL())
 	}
@@ -385,10 +386,10 @@ func TestCampaignPartition(t *testing.T) {
 func TestCampaignStalledLeader(t *testing.T) {
 	s := startServer(t)
 	r := &recorder{}
-	var ps []*proxy
+	var ps []*natstest.Proxy
 	var urls []string
 	for range 3 {
-		p := newProxy(t, s.Addr())
+		p := natstest.NewProxy(t, s.Addr())
 		ps = append(ps, p)
 		urls = append(urls, p.URL())
 	}

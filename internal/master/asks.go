@@ -82,6 +82,10 @@ func (m *Master) onMasterMessage(from *relay.Endpoint, f ipc.Frame) {
 		m.events.publish(ev)
 	case wire.ActMetricsFinal:
 		m.onFinalMetrics(from, f.Payload)
+	case wire.ActLeaderWant:
+		m.onLeaderWant(from)
+	case wire.ActTickClaim:
+		m.onTickClaim(from, f.Payload)
 	default:
 		m.log.Warn("unknown message to the master", "action", string(f.Action), "from_pid", from.PID)
 	}

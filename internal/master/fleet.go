@@ -230,6 +230,7 @@ func (m *Master) fleetStatus() *wire.FleetStatus {
 		Node: fc.Node(), State: fc.State(), Server: fc.Server(), URLs: fc.URLs(), InQueueGroups: fc.InQueueGroups(),
 		LeaseTTL: fc.LeaseTTL().Seconds(), Counters: wire.FleetCounters(fc.Counters()),
 	}
+	st.Leader, st.LeaderToken = m.leaderStatus(fc)
 	for _, mb := range fc.Members() {
 		st.Members = append(st.Members, wire.FleetMember{
 			Node: mb.Node, PID: mb.PID, Agent: mb.Agent, ReadyWorkers: mb.ReadyWorkers, StartedAt: mb.StartedAt,

@@ -156,6 +156,7 @@ type Master struct {
 
 	fleet        atomic.Pointer[fleet.Conn] // the fleet connection, if in a fleet
 	fleetAsks    ipc.Pending[fleetAnswer]   // requests from the fleet awaiting a worker's reply
+	leases       leases                     // the fleet's leader lease and tick claims
 	readyWorkers atomic.Int64               // as last counted under m.mu
 
 	mu       sync.Mutex

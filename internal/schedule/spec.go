@@ -55,9 +55,14 @@ const (
 	AllWorkers
 	// Agent runs each tick in the agent process.
 	Agent
+	// OneInFleet runs each tick in one worker of one member of a fleet: the
+	// dispatcher claims the tick, and a tick claimed elsewhere ends with
+	// ErrElsewhere. Give its Every tasks Aligned ticks, so members agree.
+	OneInFleet
 )
 
-// String returns "one-worker", "all-workers" or "agent" ("Type(n)" otherwise).
+// String returns "one-worker", "all-workers", "agent" or "one-in-fleet"
+// ("Type(n)" otherwise).
 func (t Type) String() string {
 	switch t {
 	case OneWorker:
@@ -66,6 +71,8 @@ func (t Type) String() string {
 		return "all-workers"
 	case Agent:
 		return "agent"
+	case OneInFleet:
+		return "one-in-fleet"
 	}
 	return "Type(" + strconv.Itoa(int(t)) + ")"
 }
@@ -130,7 +137,7 @@ func (s Spec) parse() (cron.Schedule, error) {
 		return nil, fmt.Errorf("schedule %q: Every must be positive, got %v", s.Name, s.Every)
 	case (s.Every > 0) == (s.Cron != ""):
 		return nil, fmt.Errorf("schedule %q: set exactly one of Every and Cron", s.Name)
-	case s.Type < OneWorker || s.Type > Agent:
+	case s.Type < OneWorker || s.Type > OneInFleet:
 		return nil, fmt.Errorf("schedule %q: unknown %v", s.Name, s.Type)
 	case s.Timeout < 0:
 		return nil, fmt.Errorf("schedule %q: Timeout must not be negative, got %v", s.Name, s.Timeout)

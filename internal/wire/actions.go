@@ -1,6 +1,10 @@
 package wire
 
-import "github.com/brood-go/brood/internal/ipc"
+import (
+	"time"
+
+	"github.com/brood-go/brood/internal/ipc"
+)
 
 // Built-in actions the master sends (the public names are brood.Action*). The
 // "brood:" prefix is reserved.
@@ -25,7 +29,29 @@ const (
 	ActScheduleRan   = "brood:schedule-ran"   // agent -> master: a run finished (ScheduleRun)
 	ActMetricsGather = "brood:metrics-gather" // master -> child (request): your metrics (encoded by internal/metrics)
 	ActMetricsFinal  = "brood:metrics-final"  // child -> master: my metrics, as I stop gracefully
+
+	ActLeaderWant  = "brood:leader-want"  // agent -> master: campaign for the fleet's leader lease for me
+	ActLeaderStart = "brood:leader-start" // master -> agent: you lead now (LeaderTerm)
+	ActLeaderStop  = "brood:leader-stop"  // master -> agent: stop leading at once (LeaderTerm)
+	ActTickClaim   = "brood:tick-claim"   // agent -> master: claim a one-in-fleet tick (TickClaim)
+	ActTickClaimed = "brood:tick-claimed" // master -> agent: the claim's outcome (TickClaim)
 )
+
+// LeaderTerm is the data of ActLeaderStart and ActLeaderStop: the lease's
+// fencing token (its KV revision at acquisition).
+type LeaderTerm struct {
+	Token uint64 `json:"token"`
+}
+
+// TickClaim is the data of ActTickClaim (ID, Task, At) and of its answer
+// ActTickClaimed (ID, Won, Err).
+type TickClaim struct {
+	ID   uint64    `json:"id"`
+	Task string    `json:"task"`
+	At   time.Time `json:"at"`
+	Won  bool      `json:"won,omitempty"`
+	Err  string    `json:"err,omitempty"`
+}
 
 // ReservedPrefix starts every action name brood reserves for itself.
 const ReservedPrefix = "brood:"

@@ -38,7 +38,12 @@ type FleetStatus struct {
 	InQueueGroups bool          `json:"in_queue_groups"`  // takes the fleet's random messages and requests (has a ready worker)
 	LeaseTTL      float64       `json:"lease_ttl_seconds"`
 	Members       []FleetMember `json:"members"` // heard from recently, this one included
-	Counters      FleetCounters `json:"counters"`
+	// Leader is the node whose agent leads the fleet (Fleet.OnLeader), ""
+	// if none does or it is unknown; LeaderToken is the lease's fencing
+	// token when this member leads.
+	Leader      string        `json:"leader,omitempty"`
+	LeaderToken uint64        `json:"leader_token,omitempty"`
+	Counters    FleetCounters `json:"counters"`
 }
 
 // FleetMember is one member of the fleet as its announcements describe it.

@@ -1,4 +1,4 @@
-package lease_test
+package natstest
 
 import (
 	"io"
@@ -7,11 +7,11 @@ import (
 	"testing"
 )
 
-// proxy is a loopback TCP proxy to a server that the test can cut: Cut closes
+// Proxy is a loopback TCP Proxy to a server that the test can cut: Cut closes
 // every connection through it and closes new ones at once until Restore;
 // Stall holds every byte in flight (connections stay open, nothing arrives)
 // until Restore delivers them, late.
-type proxy struct {
+type Proxy struct {
 	t      testing.TB
 	ln     net.Listener
 	target string
@@ -24,13 +24,14 @@ type proxy struct {
 	wg      sync.WaitGroup
 }
 
-func newProxy(t testing.TB, target string) *proxy {
+// NewProxy starts a proxy to target (host:port), closed when the test ends.
+func NewProxy(t testing.TB, target string) *Proxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatalf("proxy listen: %v", err)
+		t.Fatalf("Proxy listen: %v", err)
 	}
-	p := &proxy{t: t, ln: ln, target: target, conns: map[net.Conn]struct{}{}}
+	p := &Proxy{t: t, ln: ln, target: target, conns: map[net.Conn]struct{}{}}
 	p.resume = sync.NewCond(&p.mu)
 	p.wg.Add(1)
 	go p.accept()
@@ -38,9 +39,10 @@ func newProxy(t testing.TB, target string) *proxy {
 	return p
 }
 
-func (p *proxy) URL() string { return "nats://" + p.ln.Addr().String() }
+// URL is the nats:// URL that reaches the server through the proxy.
+func (p *Proxy) URL() string { return "nats://" + p.ln.Addr().String() }
 
-func (p *proxy) accept() {
+func (p *Proxy) accept() {
 	defer p.wg.Done()
 	for {
 		c, err := p.ln.Accept()
@@ -69,7 +71,7 @@ func (p *proxy) accept() {
 }
 
 // track registers a connection pair, or closes it if Cut came first.
-func (p *proxy) track(c, s net.Conn) bool {
+func (p *Proxy) track(c, s net.Conn) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.cut {
@@ -81,7 +83,7 @@ func (p *proxy) track(c, s net.Conn) bool {
 	return true
 }
 
-func (p *proxy) pipe(dst, src net.Conn) {
+func (p *Proxy) pipe(dst, src net.Conn) {
 	defer p.wg.Done()
 	_, _ = io.Copy(gate{p, dst}, src)
 	dst.Close()
@@ -92,9 +94,9 @@ func (p *proxy) pipe(dst, src net.Conn) {
 	p.mu.Unlock()
 }
 
-// gate is a writer that waits while the proxy is stalled.
+// gate is a writer that waits while the Proxy is stalled.
 type gate struct {
-	p   *proxy
+	p   *Proxy
 	dst net.Conn
 }
 
@@ -108,7 +110,7 @@ func (g gate) Write(b []byte) (int, error) {
 }
 
 // Cut closes every connection and refuses new ones until Restore.
-func (p *proxy) Cut() {
+func (p *Proxy) Cut() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.cut = true
@@ -118,22 +120,22 @@ func (p *proxy) Cut() {
 	p.resume.Broadcast()
 }
 
-// Stall holds every byte through the proxy until Restore.
-func (p *proxy) Stall() {
+// Stall holds every byte through the Proxy until Restore.
+func (p *Proxy) Stall() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.stalled = true
 }
 
 // Restore lets connections and bytes through again.
-func (p *proxy) Restore() {
+func (p *Proxy) Restore() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.cut, p.stalled = false, false
 	p.resume.Broadcast()
 }
 
-func (p *proxy) close() {
+func (p *Proxy) close() {
 	p.ln.Close()
 	p.Cut()
 	p.wg.Wait()
