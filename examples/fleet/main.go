@@ -1,6 +1,9 @@
 // Command fleet shows a brood fleet: clusters of the same name joined over
 // NATS. Each member's agent broadcasts to every process of every member and
-// asks one worker somewhere in the fleet who it is; the workers answer.
+// asks one worker somewhere in the fleet who it is; the workers answer. One
+// agent at a time leads the fleet (Fleet.OnLeader: stop its member and
+// another takes over), and a OneInFleet schedule runs every 5 s on one worker
+// of one member.
 //
 // Without --fleet it is the whole demo on this machine: it starts an embedded
 // NATS server (JetStream on, a temporary store) and three members, each a
@@ -72,10 +75,26 @@ func config() brood.Config {
 					}
 				}
 			})
+			// One member's agent at a time leads the fleet.
+			f.OnLeader(func(ctx context.Context) {
+				token, _ := brood.LeaderToken(ctx)
+				p.Logger().Info("this member leads the fleet", "token", token)
+				<-ctx.Done()
+				p.Logger().Info("this member no longer leads the fleet", "token", token)
+			})
 			p.Ready()
 			<-ctx.Done()
 			return nil
 		},
+		// Each tick of this schedule runs once in the whole fleet.
+		Schedules: []brood.Schedule{{
+			Name: "fleet-report", Every: 5 * time.Second, Type: brood.OneInFleet,
+			Task: func(ctx context.Context, p *brood.Process) error {
+				at, _ := brood.TickTime(ctx)
+				p.Logger().Info("one-in-fleet tick: only this worker in the fleet runs it", "tick", at.Format(time.TimeOnly))
+				return nil
+			},
+		}},
 		Worker: func(ctx context.Context, p *brood.Process) error {
 			p.Messenger().On("hello", func(m brood.Message) {
 				p.Logger().Debug("fleet broadcast", "from_node", m.Node)
