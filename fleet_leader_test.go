@@ -31,22 +31,32 @@ func leaderConfig() brood.Config {
 				<-ctx.Done()
 				helperproc.Event("lead|stop|%s|%d|%d", node, token, time.Now().UnixNano())
 			})
-			p.Messenger().On("local-ping", func(m brood.Message) { _ = m.Reply("pong") })
+			// Local messaging, recorded: a round trip to a worker every 100ms.
+			p.Go(func(ctx context.Context) {
+				for {
+					select {
+					case <-ctx.Done():
+						return
+					case <-time.After(100 * time.Millisecond): // the pace of the probe
+					}
+					pids := p.Messenger().WorkerPIDs()
+					if len(pids) == 0 {
+						continue
+					}
+					rctx, cancel := context.WithTimeout(ctx, time.Second)
+					_, err := p.Messenger().Request(rctx, pids[0], "local-echo", nil)
+					cancel()
+					if err == nil {
+						helperproc.Event("local|%d", time.Now().UnixNano())
+					}
+				}
+			})
 			p.Ready()
 			<-ctx.Done()
 			return nil
 		},
 		Worker: func(ctx context.Context, p *brood.Process) error {
-			p.Messenger().On("ask-agent", func(m brood.Message) {
-				ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-				defer cancel()
-				r, err := p.Messenger().Request(ctx, p.Messenger().AgentPID(), "local-ping", nil)
-				var s string
-				if err == nil {
-					err = r.Decode(&s)
-				}
-				_ = m.Reply(map[string]string{"answer": s, "err": errString(err)})
-			})
+			p.Messenger().On("local-echo", func(m brood.Message) { _ = m.Reply("echo") })
 			p.Ready()
 			<-ctx.Done()
 			return nil
@@ -67,13 +77,6 @@ func leaderConfig() brood.Config {
 		}}
 	}
 	return cfg
-}
-
-func errString(err error) string {
-	if err == nil {
-		return ""
-	}
-	return err.Error()
 }
 
 func leaderMain() { brood.Main(leaderConfig()) }
@@ -147,6 +150,19 @@ func waitLeaderships(t *testing.T, cs []*helperproc.Cluster, timeout time.Durati
 		}
 		cs[0].WaitForNext(50 * time.Millisecond) // a log line or the timeout: polling the events files
 	}
+}
+
+// localAfter counts the agent's local round trips recorded after t.
+func localAfter(c *helperproc.Cluster, t time.Time) int {
+	n := 0
+	for _, ev := range c.ReadEvents() {
+		if ns, ok := strings.CutPrefix(ev, "local|"); ok {
+			if v, err := strconv.ParseInt(ns, 10, 64); err == nil && time.Unix(0, v).After(t) {
+				n++
+			}
+		}
+	}
+	return n
 }
 
 func current(ls []leadership) (leadership, bool) {
@@ -244,11 +260,21 @@ func TestFleetLeaderPartition(t *testing.T) {
 		}
 	}
 
-	// Its local messenger keeps working while it is cut off.
+	// Its local messenger keeps working while it is cut off: the agent's
+	// round trips to its worker go on after its leadership ended.
 	c := byNode[leader.node]
-	w := c.ChildPIDs("worker")
-	if len(w) != 1 {
-		t.Fatalf("workers of %s: %v", leader.node, w)
+	var ended time.Time
+	for _, l := range ls {
+		if l.node == leader.node && l.token == leader.token {
+			ended = l.stop
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for localAfter(c, ended) < 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the cut member's local round trips stopped (%d after its leadership ended)", localAfter(c, ended))
+		}
+		c.WaitForNext(100 * time.Millisecond)
 	}
 	st := fleetStatus(t, c)
 	if st.Fleet == nil || st.Fleet.State == "connected" {
