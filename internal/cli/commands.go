@@ -110,6 +110,14 @@ func printStatus(w io.Writer, st wire.Status) {
 			members = append(members, s)
 		}
 		fmt.Fprintf(w, "fleet members: %s\n", strings.Join(orNone(members), ", "))
+		switch {
+		case f.Leader == "":
+			fmt.Fprintf(w, "fleet leader: none (no agent uses Fleet.OnLeader, or none holds the lease now)\n")
+		case f.Leader == f.Node:
+			fmt.Fprintf(w, "fleet leader: %s [this one], token %d\n", f.Leader, f.LeaderToken)
+		default:
+			fmt.Fprintf(w, "fleet leader: %s\n", f.Leader)
+		}
 		c := f.Counters
 		fmt.Fprintf(w, "fleet messages: %d sent, %d send errors, %d received, %d receive errors; requests %d out, %d in; %d disconnects, %d reconnects\n",
 			c.SentOK, c.SendErrors, c.ReceivedOK, c.RecvErrors, c.RequestsOut, c.RequestsIn, c.Disconnects, c.Reconnects)
