@@ -36,7 +36,10 @@ const (
 	// their clocks agree to within a fraction of Every. A claim the server
 	// does not confirm within 2s is not run: a tick may be lost while the
 	// fleet's server is unreachable, it never runs twice. A cluster that is
-	// not in a fleet is a fleet of one: OneInFleet runs like OneWorker.
+	// not in a fleet is a fleet of one: OneInFleet runs like OneWorker. A
+	// run asked by hand (`schedule run`, RunSchedule) runs on this member,
+	// unclaimed. The agent's scheduler claims one tick at a time, so a slow
+	// server delays the other tasks' ticks by up to those 2s.
 	OneInFleet
 )
 
