@@ -483,6 +483,8 @@ func (c *Conn) Publish(out Outgoing) error {
 func (c *Conn) publisher() {
 	defer c.wg.Done()
 	var batch []Outgoing
+	var lastEnv Envelope
+	var lastHdr nats.Header
 	for {
 		select {
 		case <-c.ctx.Done():
@@ -501,7 +503,12 @@ func (c *Conn) publisher() {
 		c.qbytes = 0
 		c.qmu.Unlock()
 		for i, out := range batch {
-			msg := &nats.Msg{Subject: c.Subject(out.Kind), Header: out.Env.Header(), Data: out.Data}
+			// A burst mostly repeats one sender's envelope: its headers are
+			// built once (PublishMsg only reads them).
+			if out.Env != lastEnv || lastHdr == nil {
+				lastEnv, lastHdr = out.Env, out.Env.Header()
+			}
+			msg := &nats.Msg{Subject: c.Subject(out.Kind), Header: lastHdr, Data: out.Data}
 			if err := c.nc.PublishMsg(msg); err != nil {
 				c.refuse(out, err)
 			} else {
