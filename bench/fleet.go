@@ -32,11 +32,13 @@ func (b *bench) figFleet() []row {
 		return []row{errorRow(name, errors.New("embedded nats-server did not start"))}
 	}
 	url := ns.ClientURL()
-	var vals, floor, raws, locals []float64
+	var rawOuts []float64
+	var vals, floor, raws, locals, there, back, lthere, lback []float64
 	for range b.runs {
-		raw, err := rawNATSRTT(url, fleetN)
-		var fl, local fixture.RTT
+		raw, err := fixture.RawNATSRTT(url, fleetN)
+		var fl, local, rawOut fixture.RTT
 		err = errors.Join(err,
+			b.runFloor(&rawOut, "natsrtt", "-url", url, "-n", strconv.Itoa(fleetN)),
 			b.runMessengerBench(&fl, "fleetrtt", fleetN, "-fleet", url),
 			b.runMessengerBench(&local, "rtt", fleetN))
 		if err != nil {
@@ -44,46 +46,15 @@ func (b *bench) figFleet() []row {
 		}
 		vals = append(vals, us(fl.P50))
 		raws, locals = append(raws, us(raw.P50)), append(locals, us(local.P50))
+		rawOuts = append(rawOuts, us(rawOut.P50))
+		there, back = append(there, us(fl.ThereP50)), append(back, us(fl.BackP50))
+		lthere, lback = append(lthere, us(local.ThereP50)), append(lback, us(local.BackP50))
 		floor = append(floor, us(raw.P50)+us(local.P50)/1.5)
 	}
 	r := ratioRow(name, "µs", vals, floor, true, 1.5)
-	r.note = fmt.Sprintf("%d round trips per run, 24-byte raw payload, one member answering its own requests. Floor = raw nats.go request/reply p50 (median %.0f µs, two connections of one process, same server) + brood's local messenger RTT p50 (median %.0f µs) / 1.5, so the goal reads brood ≤ 1.5 × raw + local. Broadcast throughput is not measured yet.",
-		fleetN, median(raws), median(locals))
+	r.note = fmt.Sprintf("%d round trips per run, 24-byte raw payload, one member answering its own requests. Floor = raw nats.go request/reply p50 (median %.0f µs, two connections of one process, same server) + brood's local messenger RTT p50 (median %.0f µs) / 1.5, so the goal reads brood ≤ 1.5 × raw + local. Breakdown (medians of per-run p50s, CLOCK_MONOTONIC): agent's Request → worker's handler %.0f µs (local: %.0f µs), worker's Reply → agent's Request returns %.0f µs (local: %.0f µs). Reference: the same raw request/reply from a process of its own (bench/floor natsrtt; both connections out of the server's process, as the master's is) p50 %.0f µs. Broadcast throughput: the fleetbcast figure.",
+		fleetN, median(raws), median(locals), median(there), median(lthere), median(back), median(lback), median(rawOuts))
 	return []row{r}
-}
-
-// rawNATSRTT times n request/reply round trips of a 24-byte payload through
-// the server at url, responder and requester on connections of their own.
-func rawNATSRTT(url string, n int) (fixture.RTT, error) {
-	resp, err := nats.Connect(url)
-	if err != nil {
-		return fixture.RTT{}, err
-	}
-	defer resp.Close()
-	req, err := nats.Connect(url)
-	if err != nil {
-		return fixture.RTT{}, err
-	}
-	defer req.Close()
-	subj := "bench.raw." + strconv.FormatInt(time.Now().UnixNano(), 10)
-	if _, err := resp.Subscribe(subj, func(m *nats.Msg) { _ = m.Respond(m.Data) }); err != nil {
-		return fixture.RTT{}, err
-	}
-	if err := resp.Flush(); err != nil {
-		return fixture.RTT{}, err
-	}
-	payload := make([]byte, fixture.PingPayload)
-	all := make([]int64, 0, n)
-	for i := range 200 + n {
-		t0 := time.Now()
-		if _, err := req.Request(subj, payload, 5*time.Second); err != nil {
-			return fixture.RTT{}, err
-		}
-		if i >= 200 {
-			all = append(all, int64(time.Since(t0)))
-		}
-	}
-	return fixture.RTTOf(all), nil
 }
 
 // fleetBcastWorkers is the subscriber count of the broadcast figure: the

@@ -80,6 +80,10 @@
 //     per run. Floor: raw nats.go request/reply between two connections of
 //     this process through the same server, plus the local messenger RTT
 //     divided by 1.5. Goal ≤ 1.5× floor, i.e. brood ≤ 1.5 × raw + local.
+//     The note gives the breakdown (agent → worker's handler, worker's reply
+//     → agent) and a reference: the same raw request/reply from a process of
+//     its own (bench/floor natsrtt), out of the server's process as the
+//     master is.
 //   - fleetbcast: fleet SendToApp throughput of bench/cluster joined to an
 //     embedded nats-server, 64-byte raw payloads, deliveries/s counted by its
 //     2 workers' handlers (agent → master → NATS → master → workers); the

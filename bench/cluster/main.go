@@ -224,16 +224,34 @@ func fleetRTT(ctx context.Context, f *brood.Fleet, n int) (fixture.RTT, error) {
 			return fixture.RTT{}, ctx.Err()
 		}
 	}
+	// The worker stamps when its handler ran and when it replied (as for the
+	// local rtt), for the breakdown there and back.
+	mono := fixture.NewMono()
+	there := make([]int64, 0, n)
+	back := make([]int64, 0, n)
 	for i := range warmup + n {
 		t0 := time.Now()
-		if _, err := f.Request(ctx, fixture.ActionPing, payload); err != nil {
+		binary.BigEndian.PutUint64(payload, uint64(mono.Ns(t0)))
+		reply, err := f.Request(ctx, fixture.ActionPing, payload)
+		t3 := time.Now()
+		if err != nil {
 			return fixture.RTT{}, err
 		}
-		if i >= warmup {
-			all = append(all, int64(time.Since(t0)))
+		if i < warmup {
+			continue
+		}
+		all = append(all, int64(t3.Sub(t0)))
+		if len(reply.Data) == fixture.PingPayload {
+			sent := int64(binary.BigEndian.Uint64(reply.Data))
+			recv := int64(binary.BigEndian.Uint64(reply.Data[8:]))
+			replied := int64(binary.BigEndian.Uint64(reply.Data[16:]))
+			there = append(there, recv-sent)
+			back = append(back, mono.Ns(t3)-replied)
 		}
 	}
-	return fixture.RTTOf(all), nil
+	r := fixture.RTTOf(all)
+	r.ThereP50, r.BackP50 = fixture.RTTOf(there).P50, fixture.RTTOf(back).P50
+	return r, nil
 }
 
 // fleetApp sends n deliveries' worth of 64-byte raw fleet SendToApp messages
