@@ -4,12 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"github.com/brood-go/brood/bench/internal/fixture"
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 )
 
 // fleetN is the number of fleet round trips per run.
@@ -80,92 +78,28 @@ func (b *bench) figFleetBcast() []row {
 	}
 	url := ns.ClientURL()
 	n := b.onewayN / 5
-	var vals, floor []float64
+	var vals, floor, rawOuts []float64
 	var refused uint64
 	var lost, rawLost int64
 	for range b.runs {
-		raw, err := rawNATSBcast(url, n, fleetBcastWorkers)
+		raw, err := fixture.RawNATSBcast(url, n, fleetBcastWorkers)
 		if err != nil {
 			return []row{errorRow(name, err)}
 		}
-		var o fixture.Oneway
-		if err := b.runMessengerBench(&o, "fleetapp", n, "-fleet", url); err != nil {
+		var o, rawOut fixture.Oneway
+		if err := errors.Join(b.runMessengerBench(&o, "fleetapp", n, "-fleet", url),
+			b.runFloor(&rawOut, "natsbcast", "-url", url, "-n", strconv.Itoa(n))); err != nil {
 			return []row{errorRow(name, err)}
 		}
 		floor = append(floor, float64(raw.Deliveries)/raw.Seconds)
+		rawOuts = append(rawOuts, float64(rawOut.Deliveries)/rawOut.Seconds)
 		vals = append(vals, float64(o.Deliveries)/o.Seconds)
 		refused += o.Refused
 		lost += o.Sends*fleetBcastWorkers - o.Deliveries
 		rawLost += raw.Sends*fleetBcastWorkers - raw.Deliveries
 	}
 	r := ratioRow(name, "msgs/s", vals, floor, false, 0.8)
-	r.note = fmt.Sprintf("%d deliveries per run (%d SendToApp calls, 2 deliveries each), counted by the workers' handlers; the sender keeps at most %d sends beyond the deliveries counted (polled with local Requests to the workers), far below the master's fleet queue bound (Config.MaxPending). Refused (sender's Messenger.Stats) %d, not delivered %d over all runs. Floor: raw nats.go, one publisher connection, %d subscriber connections (so the server delivers each message twice, as the cluster's master delivers each to its 2 workers), %d-byte payload with no headers (brood adds its envelope: 5 NATS headers), same window counted at the subscribers; not delivered %d over all runs. Core NATS is at most once: a run ends when every delivery is counted or the count stalls for 2 s.",
-		n, n/fleetBcastWorkers, fleetBcastWindow, refused, lost, fleetBcastWorkers, fixture.OnewayPayload, rawLost)
+	r.note = fmt.Sprintf("%d deliveries per run (%d SendToApp calls, 2 deliveries each), counted by the workers' handlers; the sender keeps at most %d sends beyond the deliveries counted (polled with local Requests to the workers), far below the master's fleet queue bound (Config.MaxPending). Refused (sender's Messenger.Stats) %d, not delivered %d over all runs. Floor: raw nats.go, one publisher connection, %d subscriber connections (so the server delivers each message twice, as the cluster's master delivers each to its 2 workers), %d-byte payload with no headers (brood adds its envelope: 5 NATS headers), same window counted at the subscribers; not delivered %d over all runs. Reference: the same raw publish and subscribers from a process of its own (bench/floor natsbcast, out of the server's process as the master is): median %.0f k/s. Core NATS is at most once: a run ends when every delivery is counted or the count stalls for 2 s.",
+		n, n/fleetBcastWorkers, fixture.FleetWindow, refused, lost, fleetBcastWorkers, fixture.OnewayPayload, rawLost, median(rawOuts)/1e3)
 	return []row{r}
-}
-
-// fleetBcastWindow: sends in flight beyond the deliveries counted (as
-// bench/cluster's fleetapp).
-const fleetBcastWindow = 8192
-
-// rawNATSBcast publishes n/subs messages of fixture.OnewayPayload bytes from
-// one connection to subs subscriber connections, paced by the same window as
-// the fleet figure, and counts deliveries at the subscribers.
-func rawNATSBcast(url string, n, subs int) (fixture.Oneway, error) {
-	pub, err := nats.Connect(url)
-	if err != nil {
-		return fixture.Oneway{}, err
-	}
-	defer pub.Close()
-	subj := "bench.rawbcast." + strconv.FormatInt(time.Now().UnixNano(), 10)
-	var delivered atomic.Int64
-	for range subs {
-		sc, err := nats.Connect(url)
-		if err != nil {
-			return fixture.Oneway{}, err
-		}
-		defer sc.Close()
-		if _, err := sc.Subscribe(subj, func(*nats.Msg) { delivered.Add(1) }); err != nil {
-			return fixture.Oneway{}, err
-		}
-		if err := sc.Flush(); err != nil {
-			return fixture.Oneway{}, err
-		}
-	}
-	payload := make([]byte, fixture.OnewayPayload)
-	sends := n / subs
-	want := int64(sends * subs)
-	t0 := time.Now()
-	for i := range sends {
-		for int64(i-fleetBcastWindow)*int64(subs) > delivered.Load() {
-			if time.Since(t0) > time.Minute {
-				return fixture.Oneway{}, fmt.Errorf("raw nats: %d of %d deliveries after a minute", delivered.Load(), want)
-			}
-			time.Sleep(50 * time.Microsecond)
-		}
-		if err := pub.Publish(subj, payload); err != nil {
-			return fixture.Oneway{}, err
-		}
-	}
-	if err := pub.Flush(); err != nil {
-		return fixture.Oneway{}, err
-	}
-	last, lastMove := delivered.Load(), time.Now()
-	end := lastMove
-	for {
-		d := delivered.Load()
-		if d != last {
-			last, lastMove = d, time.Now()
-		}
-		if d >= want {
-			end = time.Now()
-			break
-		}
-		if time.Since(lastMove) > 2*time.Second {
-			end = lastMove
-			break
-		}
-		time.Sleep(50 * time.Microsecond)
-	}
-	return fixture.Oneway{Mode: "raw", Sends: int64(sends), Deliveries: last, Seconds: end.Sub(t0).Seconds()}, nil
 }

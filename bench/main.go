@@ -90,7 +90,8 @@
 //     sender keeps at most 8,192 sends beyond the deliveries counted, and
 //     refused or lost messages are reported. Floor: raw nats.go publish from
 //     one connection to 2 subscriber connections through the same server,
-//     same payload and window. Goal ≥ 0.8× floor.
+//     same payload and window. Goal ≥ 0.8× floor. The note gives a reference:
+//     the same raw publish from a process of its own (bench/floor natsbcast).
 //
 // Every process the bench starts leads its own process group and is killed
 // with its group on any exit path; the bench checks at the end that none is

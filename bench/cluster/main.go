@@ -257,12 +257,11 @@ func fleetRTT(ctx context.Context, f *brood.Fleet, n int) (fixture.RTT, error) {
 // fleetApp sends n deliveries' worth of 64-byte raw fleet SendToApp messages
 // (one member: each send reaches this cluster's workers through NATS). The
 // workers count deliveries; a poller asks them their counts (local marks) and
-// the sender keeps at most fleetWindow sends beyond what was delivered, so
+// the sender keeps at most fixture.FleetWindow sends beyond what was delivered, so
 // neither the master's fleet queue (Config.MaxPending) nor a worker's is ever
 // near its bound. Core NATS is at most once: the run ends when every delivery
 // has been counted, or when the count has not moved for 2 s (the rest lost).
 func fleetApp(ctx context.Context, p *brood.Process, n int) (fixture.Oneway, error) {
-	const fleetWindow = 8192
 	m, f := p.Messenger(), p.Fleet()
 	pids := m.WorkerPIDs()
 	if len(pids) == 0 {
@@ -306,7 +305,7 @@ func fleetApp(ctx context.Context, p *brood.Process, n int) (fixture.Oneway, err
 	t0 := time.Now()
 	want := int64(sends * len(pids))
 	for i := range sends {
-		for int64(i-fleetWindow)*int64(len(pids)) > delivered.Load() {
+		for int64(i-fixture.FleetWindow)*int64(len(pids)) > delivered.Load() {
 			if e := pollErr.Load(); e != nil {
 				return fixture.Oneway{}, e.(error)
 			}
