@@ -8,7 +8,6 @@ import (
 
 	"github.com/brood-go/brood/bench/internal/fixture"
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 )
 
 // fleetN is the number of fleet round trips per run.
@@ -31,11 +30,13 @@ func (b *bench) figFleet() []row {
 		return []row{errorRow(name, errors.New("embedded nats-server did not start"))}
 	}
 	url := ns.ClientURL()
-	var vals, floor, raws, locals []float64
+	var rawOuts []float64
+	var vals, floor, raws, locals, there, back, lthere, lback []float64
 	for range b.runs {
-		raw, err := rawNATSRTT(url, fleetN)
-		var fl, local fixture.RTT
+		raw, err := fixture.RawNATSRTT(url, fleetN)
+		var fl, local, rawOut fixture.RTT
 		err = errors.Join(err,
+			b.runFloor(&rawOut, "natsrtt", "-url", url, "-n", strconv.Itoa(fleetN)),
 			b.runMessengerBench(&fl, "fleetrtt", fleetN, "-fleet", url),
 			b.runMessengerBench(&local, "rtt", fleetN))
 		if err != nil {
@@ -43,44 +44,62 @@ func (b *bench) figFleet() []row {
 		}
 		vals = append(vals, us(fl.P50))
 		raws, locals = append(raws, us(raw.P50)), append(locals, us(local.P50))
+		rawOuts = append(rawOuts, us(rawOut.P50))
+		there, back = append(there, us(fl.ThereP50)), append(back, us(fl.BackP50))
+		lthere, lback = append(lthere, us(local.ThereP50)), append(lback, us(local.BackP50))
 		floor = append(floor, us(raw.P50)+us(local.P50)/1.5)
 	}
 	r := ratioRow(name, "µs", vals, floor, true, 1.5)
-	r.note = fmt.Sprintf("%d round trips per run, 24-byte raw payload, one member answering its own requests. Floor = raw nats.go request/reply p50 (median %.0f µs, two connections of one process, same server) + brood's local messenger RTT p50 (median %.0f µs) / 1.5, so the goal reads brood ≤ 1.5 × raw + local. Broadcast throughput is not measured yet.",
-		fleetN, median(raws), median(locals))
+	r.note = fmt.Sprintf("%d round trips per run, 24-byte raw payload, one member answering its own requests. Floor = raw nats.go request/reply p50 (median %.0f µs, two connections of one process, same server) + brood's local messenger RTT p50 (median %.0f µs) / 1.5, so the goal reads brood ≤ 1.5 × raw + local. Breakdown (medians of per-run p50s, CLOCK_MONOTONIC): agent's Request → worker's handler %.0f µs (local: %.0f µs), worker's Reply → agent's Request returns %.0f µs (local: %.0f µs). Reference: the same raw request/reply from a process of its own (bench/floor natsrtt; both connections out of the server's process, as the master's is) p50 %.0f µs. Broadcast throughput: the fleetbcast figure.",
+		fleetN, median(raws), median(locals), median(there), median(lthere), median(back), median(lback), median(rawOuts))
 	return []row{r}
 }
 
-// rawNATSRTT times n request/reply round trips of a 24-byte payload through
-// the server at url, responder and requester on connections of their own.
-func rawNATSRTT(url string, n int) (fixture.RTT, error) {
-	resp, err := nats.Connect(url)
+// fleetBcastWorkers is the subscriber count of the broadcast figure: the
+// bench cluster's workers, and the raw floor's subscriber connections.
+const fleetBcastWorkers = 2
+
+// figFleetBcast: fleet SendToApp throughput, deliveries/s counted by the
+// workers' handlers (agent → its master → NATS → the same master, the one
+// member → its 2 workers), against raw nats.go publish → 2 subscriber
+// connections of this process through the same embedded server, same
+// payload, same deliveries per publish, same window, in the same run. Goal
+// (issue 16): ≥ 0.8× raw.
+func (b *bench) figFleetBcast() []row {
+	name := "fleet SendToApp 64 B, 1 member × 2 workers, deliveries/s"
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
 	if err != nil {
-		return fixture.RTT{}, err
+		return []row{errorRow(name, err)}
 	}
-	defer resp.Close()
-	req, err := nats.Connect(url)
-	if err != nil {
-		return fixture.RTT{}, err
+	ns.Start()
+	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		return []row{errorRow(name, errors.New("embedded nats-server did not start"))}
 	}
-	defer req.Close()
-	subj := "bench.raw." + strconv.FormatInt(time.Now().UnixNano(), 10)
-	if _, err := resp.Subscribe(subj, func(m *nats.Msg) { _ = m.Respond(m.Data) }); err != nil {
-		return fixture.RTT{}, err
-	}
-	if err := resp.Flush(); err != nil {
-		return fixture.RTT{}, err
-	}
-	payload := make([]byte, fixture.PingPayload)
-	all := make([]int64, 0, n)
-	for i := range 200 + n {
-		t0 := time.Now()
-		if _, err := req.Request(subj, payload, 5*time.Second); err != nil {
-			return fixture.RTT{}, err
+	url := ns.ClientURL()
+	n := b.onewayN / 5
+	var vals, floor, rawOuts []float64
+	var refused uint64
+	var lost, rawLost int64
+	for range b.runs {
+		raw, err := fixture.RawNATSBcast(url, n, fleetBcastWorkers)
+		if err != nil {
+			return []row{errorRow(name, err)}
 		}
-		if i >= 200 {
-			all = append(all, int64(time.Since(t0)))
+		var o, rawOut fixture.Oneway
+		if err := errors.Join(b.runMessengerBench(&o, "fleetapp", n, "-fleet", url),
+			b.runFloor(&rawOut, "natsbcast", "-url", url, "-n", strconv.Itoa(n))); err != nil {
+			return []row{errorRow(name, err)}
 		}
+		floor = append(floor, float64(raw.Deliveries)/raw.Seconds)
+		rawOuts = append(rawOuts, float64(rawOut.Deliveries)/rawOut.Seconds)
+		vals = append(vals, float64(o.Deliveries)/o.Seconds)
+		refused += o.Refused
+		lost += o.Sends*fleetBcastWorkers - o.Deliveries
+		rawLost += raw.Sends*fleetBcastWorkers - raw.Deliveries
 	}
-	return fixture.RTTOf(all), nil
+	r := ratioRow(name, "msgs/s", vals, floor, false, 0.8)
+	r.note = fmt.Sprintf("%d deliveries per run (%d SendToApp calls, 2 deliveries each), counted by the workers' handlers; the sender keeps at most %d sends beyond the deliveries counted (polled with local Requests to the workers), far below the master's fleet queue bound (Config.MaxPending). Refused (sender's Messenger.Stats) %d, not delivered %d over all runs. Floor: raw nats.go, one publisher connection, %d subscriber connections (so the server delivers each message twice, as the cluster's master delivers each to its 2 workers), %d-byte payload with no headers (brood adds its envelope: 5 NATS headers), same window counted at the subscribers; not delivered %d over all runs. Reference: the same raw publish and subscribers from a process of its own (bench/floor natsbcast, out of the server's process as the master is): median %.0f k/s. Core NATS is at most once: a run ends when every delivery is counted or the count stalls for 2 s.",
+		n, n/fleetBcastWorkers, fixture.FleetWindow, refused, lost, fleetBcastWorkers, fixture.OnewayPayload, rawLost, median(rawOuts)/1e3)
+	return []row{r}
 }

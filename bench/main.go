@@ -80,6 +80,18 @@
 //     per run. Floor: raw nats.go request/reply between two connections of
 //     this process through the same server, plus the local messenger RTT
 //     divided by 1.5. Goal ≤ 1.5× floor, i.e. brood ≤ 1.5 × raw + local.
+//     The note gives the breakdown (agent → worker's handler, worker's reply
+//     → agent) and a reference: the same raw request/reply from a process of
+//     its own (bench/floor natsrtt), out of the server's process as the
+//     master is.
+//   - fleetbcast: fleet SendToApp throughput of bench/cluster joined to an
+//     embedded nats-server, 64-byte raw payloads, deliveries/s counted by its
+//     2 workers' handlers (agent → master → NATS → master → workers); the
+//     sender keeps at most 8,192 sends beyond the deliveries counted, and
+//     refused or lost messages are reported. Floor: raw nats.go publish from
+//     one connection to 2 subscriber connections through the same server,
+//     same payload and window. Goal ≥ 0.8× floor. The note gives a reference:
+//     the same raw publish from a process of its own (bench/floor natsbcast).
 //
 // Every process the bench starts leads its own process group and is killed
 // with its group on any exit path; the bench checks at the end that none is
@@ -143,6 +155,7 @@ var figures = []figure{
 	{"rttscrape", (*bench).figRTTScrape},
 	{"micro", (*bench).figMicro},
 	{"fleet", (*bench).figFleet},
+	{"fleetbcast", (*bench).figFleetBcast},
 }
 
 func main() { os.Exit(run()) }
@@ -150,7 +163,7 @@ func main() { os.Exit(run()) }
 func run() int {
 	var b bench
 	quick := flag.Bool("quick", false, "2 runs, 2 s loads, fewer messages: a smoke test")
-	only := flag.String("only", "", "comma-separated figures to run: start, http, rtt, oneway, kill, reload, stop, rss, flood, scrape, rttscrape, micro, fleet")
+	only := flag.String("only", "", "comma-separated figures to run: start, http, rtt, oneway, kill, reload, stop, rss, flood, scrape, rttscrape, micro, fleet, fleetbcast")
 	runs := flag.Int("runs", 0, "runs per figure (default 5, or 2 with -quick)")
 	flag.IntVar(&b.conns, "conns", 64, "HTTP load: connections")
 	dur := flag.Duration("duration", 0, "HTTP load: duration of one run (default 5s, or 2s with -quick)")

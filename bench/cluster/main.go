@@ -7,6 +7,10 @@
 //	                   alternately), each timed; fixture.RTT
 //	-msg random  -n N  N one-way 64-byte raw messages with SendRandom (N deliveries)
 //	-msg app     -n N  N/2 SendToApp calls to the 2 workers (N deliveries)
+//	-msg fleetrtt -n N N fleet Requests (needs -fleet), each timed; fixture.RTT
+//	-msg fleetapp -n N N/2 fleet SendToApp calls of 64-byte raw messages
+//	                   (needs -fleet; N deliveries to the 2 workers through
+//	                   NATS), paced by a window; fixture.Oneway
 //	-msg flood         worker 1 sends fixture.FloodCount messages of
 //	                   fixture.FloodPayload bytes to the agent at once (SendToAgent);
 //	                   the agent's handler takes fixture.FloodDelay each (a slow
@@ -133,6 +137,8 @@ func main() {
 						res, err = flood(ctx, p, &flooded)
 					case "fleetrtt":
 						res, err = fleetRTT(ctx, p.Fleet(), *n)
+					case "fleetapp":
+						res, err = fleetApp(ctx, p, *n)
 					default:
 						res, err = runBench(ctx, p.Messenger(), *mode, *n)
 					}
@@ -218,16 +224,122 @@ func fleetRTT(ctx context.Context, f *brood.Fleet, n int) (fixture.RTT, error) {
 			return fixture.RTT{}, ctx.Err()
 		}
 	}
+	// The worker stamps when its handler ran and when it replied (as for the
+	// local rtt), for the breakdown there and back.
+	mono := fixture.NewMono()
+	there := make([]int64, 0, n)
+	back := make([]int64, 0, n)
 	for i := range warmup + n {
 		t0 := time.Now()
-		if _, err := f.Request(ctx, fixture.ActionPing, payload); err != nil {
+		binary.BigEndian.PutUint64(payload, uint64(mono.Ns(t0)))
+		reply, err := f.Request(ctx, fixture.ActionPing, payload)
+		t3 := time.Now()
+		if err != nil {
 			return fixture.RTT{}, err
 		}
-		if i >= warmup {
-			all = append(all, int64(time.Since(t0)))
+		if i < warmup {
+			continue
+		}
+		all = append(all, int64(t3.Sub(t0)))
+		if len(reply.Data) == fixture.PingPayload {
+			sent := int64(binary.BigEndian.Uint64(reply.Data))
+			recv := int64(binary.BigEndian.Uint64(reply.Data[8:]))
+			replied := int64(binary.BigEndian.Uint64(reply.Data[16:]))
+			there = append(there, recv-sent)
+			back = append(back, mono.Ns(t3)-replied)
 		}
 	}
-	return fixture.RTTOf(all), nil
+	r := fixture.RTTOf(all)
+	r.ThereP50, r.BackP50 = fixture.RTTOf(there).P50, fixture.RTTOf(back).P50
+	return r, nil
+}
+
+// fleetApp sends n deliveries' worth of 64-byte raw fleet SendToApp messages
+// (one member: each send reaches this cluster's workers through NATS). The
+// workers count deliveries; a poller asks them their counts (local marks) and
+// the sender keeps at most fixture.FleetWindow sends beyond what was delivered, so
+// neither the master's fleet queue (Config.MaxPending) nor a worker's is ever
+// near its bound. Core NATS is at most once: the run ends when every delivery
+// has been counted, or when the count has not moved for 2 s (the rest lost).
+func fleetApp(ctx context.Context, p *brood.Process, n int) (fixture.Oneway, error) {
+	m, f := p.Messenger(), p.Fleet()
+	pids := m.WorkerPIDs()
+	if len(pids) == 0 {
+		return fixture.Oneway{}, errors.New("no workers")
+	}
+	payload := make([]byte, fixture.OnewayPayload)
+	count := func() (int64, error) {
+		var sum int64
+		for _, pid := range pids {
+			r, err := m.Request(ctx, pid, fixture.ActionMark, nil)
+			if err != nil {
+				return 0, err
+			}
+			sum += int64(binary.BigEndian.Uint64(r.Data))
+		}
+		return sum, nil
+	}
+	sends := n / len(pids)
+	var delivered atomic.Int64
+	var pollErr atomic.Value
+	stop := make(chan struct{})
+	polled := make(chan struct{})
+	go func() {
+		defer close(polled)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			d, err := count()
+			if err != nil {
+				pollErr.Store(err)
+				return
+			}
+			delivered.Store(d)
+			time.Sleep(100 * time.Microsecond)
+		}
+	}()
+	defer func() { close(stop); <-polled }()
+	t0 := time.Now()
+	want := int64(sends * len(pids))
+	for i := range sends {
+		for int64(i-fixture.FleetWindow)*int64(len(pids)) > delivered.Load() {
+			if e := pollErr.Load(); e != nil {
+				return fixture.Oneway{}, e.(error)
+			}
+			if time.Since(t0) > time.Minute {
+				return fixture.Oneway{}, fmt.Errorf("fleetapp: %d of %d deliveries after a minute", delivered.Load(), want)
+			}
+			time.Sleep(50 * time.Microsecond)
+		}
+		if err := f.SendToApp(fixture.ActionMsg, payload); err != nil {
+			return fixture.Oneway{}, err
+		}
+	}
+	// Wait for the last deliveries, or for the count to stall (losses).
+	last, lastMove := delivered.Load(), time.Now()
+	end := lastMove
+	for {
+		d := delivered.Load()
+		if d != last {
+			last, lastMove = d, time.Now()
+		}
+		if d >= want {
+			end = time.Now()
+			break
+		}
+		if e := pollErr.Load(); e != nil {
+			return fixture.Oneway{}, e.(error)
+		}
+		if time.Since(lastMove) > 2*time.Second {
+			end = lastMove
+			break
+		}
+		time.Sleep(50 * time.Microsecond)
+	}
+	return fixture.Oneway{Mode: "fleetapp", Sends: int64(sends), Deliveries: last, Seconds: end.Sub(t0).Seconds(), Refused: m.Stats().Refused}, nil
 }
 
 func runBench(ctx context.Context, m *brood.Messenger, mode string, n int) (any, error) {

@@ -69,6 +69,7 @@ func main() {
 	oneCPU := fs.Bool("onecpu", false, "pingpong: pin every process to one CPU")
 	series := fs.Int("series", 10000, "metrics: application series per copy")
 	copies := fs.Int("copies", 8, "metrics: copies of the series (label shard)")
+	natsURL := fs.String("url", "", "natsrtt, natsbcast: the NATS server (raw request/reply, or publish to 2 subscribers, between connections of this process)")
 	fs.Parse(os.Args[2:])
 	if *oneCPU {
 		if err := fixture.PinToOneCPU(); err != nil {
@@ -88,6 +89,16 @@ func main() {
 		err = relayChild(*useNet)
 	case "pingpong-child":
 		err = echo(*useNet)
+	case "natsrtt":
+		var r fixture.RTT
+		if r, err = fixture.RawNATSRTT(*natsURL, *n); err == nil {
+			err = json.NewEncoder(os.Stdout).Encode(r)
+		}
+	case "natsbcast":
+		var r fixture.Oneway
+		if r, err = fixture.RawNATSBcast(*natsURL, *n, 2); err == nil {
+			err = json.NewEncoder(os.Stdout).Encode(r)
+		}
 	case "oneway":
 		err = oneway(*n)
 	case "oneway-child":

@@ -142,6 +142,10 @@ type Options struct {
 	// Deliver hands a message from the fleet to this cluster. It must not
 	// block; an error (nobody to deliver to, too large) is counted and logged.
 	Deliver func(k Kind, env Envelope, data []byte) error
+	// Flush, if set, is called after Deliver once the subscription of kind
+	// k has no further message waiting, on the same goroutine: Deliver may
+	// queue what it hands on and write a whole burst at once here.
+	Flush func(k Kind)
 	// Serve has a request from the fleet answered by one of this cluster's
 	// workers; it runs on a goroutine of its own and returns when ctx ends.
 	Serve func(ctx context.Context, env Envelope, data []byte) (Envelope, []byte, error)
@@ -479,6 +483,8 @@ func (c *Conn) Publish(out Outgoing) error {
 func (c *Conn) publisher() {
 	defer c.wg.Done()
 	var batch []Outgoing
+	var lastEnv Envelope
+	var lastHdr nats.Header
 	for {
 		select {
 		case <-c.ctx.Done():
@@ -497,7 +503,12 @@ func (c *Conn) publisher() {
 		c.qbytes = 0
 		c.qmu.Unlock()
 		for i, out := range batch {
-			msg := &nats.Msg{Subject: c.Subject(out.Kind), Header: out.Env.Header(), Data: out.Data}
+			// A burst mostly repeats one sender's envelope: its headers are
+			// built once (PublishMsg only reads them).
+			if out.Env != lastEnv || lastHdr == nil {
+				lastEnv, lastHdr = out.Env, out.Env.Header()
+			}
+			msg := &nats.Msg{Subject: c.Subject(out.Kind), Header: lastHdr, Data: out.Data}
 			if err := c.nc.PublishMsg(msg); err != nil {
 				c.refuse(out, err)
 			} else {
@@ -696,6 +707,15 @@ func sortMembers(ms []Member) {
 // onMessage handles a fan-out or random message from the fleet.
 func (c *Conn) onMessage(k Kind) nats.MsgHandler {
 	return func(msg *nats.Msg) {
+		if c.opts.Flush != nil {
+			defer func() {
+				// nats.go counts the message being handled as pending
+				// until its callback returns.
+				if n, _, err := msg.Sub.Pending(); err != nil || n <= 1 {
+					c.opts.Flush(k)
+				}
+			}()
+		}
 		env, err := DecodeEnvelope(msg.Header)
 		if err == nil {
 			err = c.opts.Deliver(k, env, msg.Data)

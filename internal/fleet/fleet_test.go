@@ -252,3 +252,61 @@ func TestConnReconnects(t *testing.T) {
 		t.Errorf("counters: %+v", n)
 	}
 }
+
+// Options.Flush follows every burst: after the last delivery of a burst
+// there is a Flush of its kind, on the delivering goroutine, so a receiver
+// that queues in Deliver never leaves a message unwritten.
+func TestFlushAfterBurst(t *testing.T) {
+	srv := natstest.Start(t)
+	const n = 5000
+	var mu sync.Mutex
+	delivered, flushedAt, flushes := 0, 0, 0
+	done := make(chan struct{})
+	c, err := Connect(Options{
+		URLs: srv.URL(), Name: "unit", Node: "f",
+		Deliver: func(k Kind, _ Envelope, _ []byte) error {
+			mu.Lock()
+			delivered++
+			mu.Unlock()
+			return nil
+		},
+		Flush: func(k Kind) {
+			mu.Lock()
+			defer mu.Unlock()
+			if k != KindApp {
+				t.Errorf("Flush(%v)", k)
+			}
+			flushes++
+			flushedAt = delivered
+			if delivered == n {
+				select {
+				case <-done:
+				default:
+					close(done)
+				}
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for range n {
+		if err := c.Publish(Outgoing{Kind: KindApp, Env: Envelope{Node: "f", PID: 1, Role: "agent", Action: "m"}, Data: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		mu.Lock()
+		defer mu.Unlock()
+		t.Fatalf("%d delivered, last Flush after %d", delivered, flushedAt)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if flushes == 0 || flushes > n {
+		t.Errorf("%d flushes for %d deliveries", flushes, n)
+	}
+	t.Logf("%d deliveries, %d flushes", n, flushes)
+}

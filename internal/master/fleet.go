@@ -55,6 +55,7 @@ func (m *Master) connectFleet() (*fleet.Conn, error) {
 		URLs: fc.URLs, Name: m.cfg.Name, Node: fc.Node, Auth: fc.Auth, Optional: fc.Optional, LeaseTTL: fc.LeaseTTL,
 		Logger: m.log, MaxPending: m.cfg.MaxPending, MaxPendingBytes: m.cfg.MaxPendingBytes,
 		Deliver: m.fromFleet,
+		Flush:   func(k fleet.Kind) { m.router.FlushFleet(&m.fleetBatches[k]) },
 		Serve:   m.serveFleet,
 		Refused: func(out fleet.Outgoing, err error) {
 			if t, ok := out.Tag.(fleetTag); ok {
@@ -179,7 +180,7 @@ func (m *Master) fromFleet(k fleet.Kind, env fleet.Envelope, data []byte) error 
 	if env.Raw {
 		flags |= ipc.FlagRaw
 	}
-	return m.router.FromFleet(dest, env.Action, flags, originPayload(env, data))
+	return m.router.FromFleet(&m.fleetBatches[k], dest, env.Action, flags, originPayload(env, data))
 }
 
 // serveFleet has a request from the fleet answered by one ready worker.

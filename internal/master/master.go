@@ -154,10 +154,11 @@ type Master struct {
 	svc       *service         // the service manager (systemd), if any
 	askID     atomic.Uint64
 
-	fleet        atomic.Pointer[fleet.Conn] // the fleet connection, if in a fleet
-	fleetAsks    ipc.Pending[fleetAnswer]   // requests from the fleet awaiting a worker's reply
-	leases       leases                     // the fleet's leader lease and tick claims
-	readyWorkers atomic.Int64               // as last counted under m.mu
+	fleet        atomic.Pointer[fleet.Conn]              // the fleet connection, if in a fleet
+	fleetAsks    ipc.Pending[fleetAnswer]                // requests from the fleet awaiting a worker's reply
+	fleetBatches [fleet.KindRequest + 1]relay.FleetBatch // per fleet subscription: deliveries queued until its burst ends
+	leases       leases                                  // the fleet's leader lease and tick claims
+	readyWorkers atomic.Int64                            // as last counted under m.mu
 
 	mu       sync.Mutex
 	phase    phase

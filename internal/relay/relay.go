@@ -677,12 +677,21 @@ var ErrUndeliverable = errors.New("nobody in this cluster to deliver to")
 // FromFleet delivers a message from the fleet to this cluster, with held
 // semantics (as a role-addressed message from a child): dest is DestAll,
 // DestApp, DestAgent or DestRandom. payload starts with the origin
-// (ipc.AppendOrigin); flags may add FlagRaw.
-func (r *Router) FromFleet(dest ipc.Dest, action string, flags ipc.Flags, payload []byte) error {
+// (ipc.AppendOrigin); flags may add FlagRaw. With a batch b, the frames are
+// queued on the receivers' writers and written by FlushFleet(b), so a burst
+// from NATS costs one write per receiver, not one per message; b nil writes
+// them at once.
+func (r *Router) FromFleet(b *FleetBatch, dest ipc.Dest, action string, flags ipc.Flags, payload []byte) error {
 	h := ipc.Header{Kind: ipc.KindMessage, Dest: dest, Role: ipc.RoleMaster, Flags: flags | ipc.FlagFleet, From: r.opts.MasterPID}
 	raw, err := ipc.AppendFrame(nil, &h, action, payload, r.opts.MaxFrame)
 	if err != nil {
 		return err
+	}
+	var by *Endpoint
+	if b != nil {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		by = &b.by
 	}
 	r.mu.RLock()
 	defer r.mu.RUnlock()
@@ -691,27 +700,41 @@ func (r *Router) FromFleet(dest ipc.Dest, action string, flags ipc.Flags, payloa
 		if r.agent == nil {
 			return fmt.Errorf("%w: no agent", ErrUndeliverable)
 		}
-		r.toSlot(r.agent, raw, nil)
+		r.toSlot(r.agent, raw, by)
 	case ipc.DestApp, ipc.DestAll:
 		if dest == ipc.DestAll && r.agent != nil {
-			r.toSlot(r.agent, raw, nil)
+			r.toSlot(r.agent, raw, by)
 		}
 		if len(r.workers) == 0 && (dest == ipc.DestApp || r.agent == nil) {
 			return fmt.Errorf("%w: no processes", ErrUndeliverable)
 		}
 		for _, s := range r.workers {
-			r.toSlot(s, raw, nil)
+			r.toSlot(s, raw, by)
 		}
 	case ipc.DestRandom:
 		s := r.pickWorker()
 		if s == nil {
 			return fmt.Errorf("%w: no workers", ErrUndeliverable)
 		}
-		r.toSlot(s, raw, nil)
+		r.toSlot(s, raw, by)
 	default:
 		return fmt.Errorf("relay: fleet destination %v", dest)
 	}
 	return nil
+}
+
+// FleetBatch collects the receivers FromFleet queued frames for since the
+// last FlushFleet: one per fleet subscription. Its zero value is ready.
+type FleetBatch struct {
+	mu sync.Mutex
+	by Endpoint // only its touched list is used
+}
+
+// FlushFleet writes what FromFleet queued with b.
+func (r *Router) FlushFleet(b *FleetBatch) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	r.Flush(&b.by)
 }
 
 // PickReady returns a ready worker, round robin, or nil if none is ready.
