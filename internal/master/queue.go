@@ -10,11 +10,14 @@ import (
 // that calls write for every item: what the master hands it (log records,
 // output lines) never waits for the destination. push never blocks: an item
 // that would take the queue past limit (counted with cost) is dropped and
-// counted. After close, push writes through on the caller's goroutine.
+// counted. After close, push writes through on the caller's goroutine (see
+// writeThrough): write is never called twice at once.
 type drainQueue[T any] struct {
 	write func(T)
 	cost  func(T) int
 	limit int
+
+	throughMu sync.Mutex // serialises writes after close
 
 	mu      sync.Mutex
 	items   []T
@@ -37,7 +40,7 @@ func (q *drainQueue[T]) push(v T) {
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()
-		q.write(v) // after close: nothing else writes now
+		q.writeThrough(v)
 		return
 	}
 	if q.size+n > q.limit {
@@ -47,11 +50,35 @@ func (q *drainQueue[T]) push(v T) {
 	}
 	q.items = append(q.items, v)
 	q.size += n
-	q.mu.Unlock()
+	// Under mu: close closes wake under mu too, so this never sends on a
+	// closed channel. The send does not block.
 	select {
 	case q.wake <- struct{}{}:
 	default:
 	}
+	q.mu.Unlock()
+}
+
+// writeThrough writes v on the caller's goroutine, after close: once the
+// draining goroutine has written what was queued (so writes never overlap
+// and stay in order), one caller at a time. If that goroutine is stuck in a
+// write past outputFlushGrace, v is dropped and counted instead.
+func (q *drainQueue[T]) writeThrough(v T) {
+	select {
+	case <-q.done:
+	default:
+		t := time.NewTimer(outputFlushGrace)
+		defer t.Stop()
+		select {
+		case <-q.done:
+		case <-t.C:
+			q.dropped.Add(1)
+			return
+		}
+	}
+	q.throughMu.Lock()
+	defer q.throughMu.Unlock()
+	q.write(v)
 }
 
 func (q *drainQueue[T]) run() {
