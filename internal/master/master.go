@@ -230,6 +230,17 @@ func New(cfg Config) (*Master, error) {
 			return nil, fmt.Errorf("brood: %w", err)
 		}
 	}
+	if cfg.Admin != "" {
+		if _, err := listener.Parse(cfg.Admin); err != nil {
+			return nil, fmt.Errorf("brood: admin listener: %w", err)
+		}
+	}
+	// Every check comes before the first goroutine (the outputs') starts, so
+	// that a refused configuration leaves nothing behind.
+	svc, err := newService()
+	if err != nil {
+		return nil, err
+	}
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("brood: find own executable: %w", err)
@@ -252,17 +263,10 @@ func New(cfg Config) (*Master, error) {
 		stopReq:  make(chan struct{}),
 		done:     make(chan struct{}),
 		runCtx:   context.Background(),
+		svc:      svc,
 	}
 	if cfg.ScrapeTimeout <= 0 {
 		m.cfg.ScrapeTimeout = time.Second
-	}
-	if m.svc, err = newService(); err != nil {
-		return nil, err
-	}
-	if cfg.Admin != "" {
-		if _, err := listener.Parse(cfg.Admin); err != nil {
-			return nil, fmt.Errorf("brood: admin listener: %w", err)
-		}
 	}
 	m.metrics = newSupervisorMetrics(m)
 	m.merged = metrics.New(cfg.Metrics)
