@@ -186,6 +186,11 @@ func TestFleetLeaderFailover(t *testing.T) {
 	ls := waitLeaderships(t, cs, 20*time.Second, "a leader", func(ls []leadership) bool { _, ok := current(ls); return ok })
 	leader, _ := current(ls)
 	byNode := map[string]*helperproc.Cluster{"n1": cs[0], "n2": cs[1], "n3": cs[2]}
+	// The leader's master publishes it on its event stream (and logs it).
+	l := byNode[leader.node].WaitFor(10*time.Second, "the leader event", helperproc.MasterMsg("this member leads the fleet"))
+	if l.Str("detail") != "token "+strconv.FormatUint(leader.token, 10) {
+		t.Errorf("leader event detail %q, want token %d", l.Str("detail"), leader.token)
+	}
 	if st := fleetStatus(t, byNode[leader.node]); st.Fleet == nil || st.Fleet.Leader != leader.node || st.Fleet.LeaderToken != leader.token {
 		t.Errorf("status of the leader: %+v, want leader %s token %d", st.Fleet, leader.node, leader.token)
 	}

@@ -163,5 +163,13 @@ func logEvent(log *slog.Logger, ev wire.Event) {
 		log.Info("stopping", "cause", ev.Detail)
 	case wire.EventStopped:
 		log.Info("stopped")
+	case wire.EventFleet:
+		// internal/fleet logs the connection's changes itself, with the error.
+	case wire.EventLeader:
+		if ev.Result == "start" {
+			log.Info("this member leads the fleet", "agent_pid", ev.PID, "detail", ev.Detail)
+		} else {
+			log.Info("this member no longer leads the fleet", "agent_pid", ev.PID, "detail", ev.Detail)
+		}
 	}
 }

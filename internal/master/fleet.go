@@ -62,6 +62,16 @@ func (m *Master) connectFleet() (*fleet.Conn, error) {
 				m.router.NackTo(t.pid, t.id, out.Env.Action, "fleet: "+err.Error())
 			}
 		},
+		OnConnState: func(up bool) {
+			ev := wire.Event{Type: wire.EventFleet, Result: "disconnected"}
+			if up {
+				ev.Result = "connected"
+			}
+			if fc := m.fleet.Load(); fc != nil && up {
+				ev.Detail = fc.Server()
+			}
+			m.events.publish(ev)
+		},
 		Self: func() fleet.Announcement {
 			return fleet.Announcement{PID: m.pid, Agent: m.cfg.Agent, ReadyWorkers: int(m.readyWorkers.Load()), StartedAt: m.startedAt}
 		},

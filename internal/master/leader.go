@@ -132,12 +132,13 @@ func (m *Master) campaign(ctx context.Context, fc *fleet.Conn, pid int, ep *rela
 		b, _ := json.Marshal(wire.LeaderTerm{Token: token})
 		m.leases.token.Store(token)
 		m.leases.leading.Store(true)
-		log.Info("this member leads the fleet", "token", token)
+		m.events.publish(wire.Event{Type: wire.EventLeader, Result: "start", Role: "agent", PID: pid, Detail: fmt.Sprintf("token %d", token)})
 		m.router.Event(ep, wire.ActLeaderStart, b)
 		<-lctx.Done()
 		m.router.Event(ep, wire.ActLeaderStop, b)
 		m.leases.leading.Store(false)
-		log.Info("this member no longer leads the fleet", "token", token, "why", context.Cause(lctx))
+		m.events.publish(wire.Event{Type: wire.EventLeader, Result: "stop", Role: "agent", PID: pid,
+			Detail: fmt.Sprintf("token %d: %v", token, context.Cause(lctx))})
 	}, log)
 	if err != nil {
 		log.Error("cannot campaign for the fleet's leader lease", "err", err)

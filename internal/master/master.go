@@ -327,6 +327,7 @@ func (m *Master) Run(ctx context.Context, force <-chan struct{}) (err error) {
 		}
 		m.fleet.Store(fc)
 		defer fc.Close() // after every child is gone
+		m.events.publish(wire.Event{Type: wire.EventFleet, Result: "connected", Detail: fc.Server()})
 	}
 	m.startService()
 	adminSock, socks, err := m.openSockets(ctx)

@@ -80,7 +80,17 @@ const (
 	EventLogsRotated  EventType = "logs-rotated" // detail: who asked
 	EventStopping     EventType = "stopping"     // detail: why
 	EventStopped      EventType = "stopped"
+	EventFleet        EventType = "fleet"  // the fleet connection: result connected or disconnected (detail: server)
+	EventLeader       EventType = "leader" // this member's agent leads the fleet (result start) or stops (stop); detail: token N
 )
+
+// EventTypes lists every event type, in the order above (the dashboard
+// subscribes to each).
+var EventTypes = []EventType{
+	EventStarted, EventReady, EventExited, EventRestarting, EventRestarted, EventReplaced,
+	EventClusterReady, EventStartFailed, EventReloadBegun, EventReloadEnded, EventScaled,
+	EventScheduleRun, EventLogsRotated, EventStopping, EventStopped, EventFleet, EventLeader,
+}
 
 // Event is one entry of the master's lifecycle event stream (`events`).
 type Event struct {

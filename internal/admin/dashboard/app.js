@@ -12,7 +12,7 @@
   var MAX_EVENTS = 200;
   var EVENT_TYPES = ['started', 'ready', 'exited', 'restarting', 'restarted', 'replaced',
     'cluster-ready', 'start-failed', 'reload-begun', 'reload-ended', 'scaled',
-    'schedule-run', 'logs-rotated', 'stopping', 'stopped'];
+    'schedule-run', 'logs-rotated', 'stopping', 'stopped', 'fleet', 'leader'];
   var SVG = 'http://www.w3.org/2000/svg';
 
   var $ = function (id) { return document.getElementById(id); };
@@ -167,6 +167,8 @@
       case 'replaced': case 'reload-begun': case 'scaled': return 'violet';
       case 'reload-ended': case 'schedule-run': return resultTone(e.result) || 'good';
       case 'stopping': return 'warn';
+      case 'leader': return e.result === 'start' ? 'violet' : '';
+      case 'fleet': return e.result === 'connected' ? 'good' : 'warn';
       default: return '';
     }
   }
