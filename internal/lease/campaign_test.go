@@ -330,40 +330,49 @@ func TestCampaignDeadHolderReplaced(t *testing.T) {
 	r.check(t)
 }
 
-// TestCampaignPartition: the leader is cut from the server by its proxy; its
-// run ends before another candidate's starts; restored, it campaigns again
-// and leads once the others stop.
-func TestCampaignPartition(t *testing.T) {
+// disturbLeader runs three candidates, each behind a proxy, waits for a
+// leader and one of its renews, then disturbs the leader's proxy (Cut or
+// Stall) and waits for another candidate to lead: the disturbed leader's run
+// must have ended before that one started. It returns what the caller needs
+// to go on.
+func disturbLeader(t *testing.T, what string, disturb func(*natstest.Proxy)) (r *recorder, cs []*candidate, ps []*natstest.Proxy, i int, next tenure) {
+	t.Helper()
 	s := startServer(t)
-	r := &recorder{}
-	var ps []*natstest.Proxy
+	r = &recorder{}
 	var urls []string
 	for range 3 {
 		p := natstest.NewProxy(t, s.Addr())
 		ps = append(ps, p)
 		urls = append(urls, p.URL())
 	}
-	cs := startCandidates(t, r, urls...)
+	cs = startCandidates(t, r, urls...)
 	var who string
 	waitFor(t, 10*time.Second, "a leader", func() bool { who = r.leader(); return who != "" })
-	i := slices.IndexFunc(cs, func(c *candidate) bool { return c.name == who })
+	i = slices.IndexFunc(cs, func(c *candidate) bool { return c.name == who })
 	first := r.last(who)
 	waitFor(t, 5*time.Second, "a renew", func() bool { return time.Since(first.start) > testTTL/2 })
-	cut := time.Now()
-	ps[i].Cut()
-	var next tenure
+	at := time.Now()
+	disturb(ps[i])
 	waitFor(t, 2*testTTL+5*time.Second, "a new leader", func() bool {
-		n, ok := r.startedAfter(cut)
+		n, ok := r.startedAfter(at)
 		next = n
 		return ok
 	})
 	old := r.last(who)
 	if old.stop.IsZero() || !old.stop.Before(next.start) {
-		t.Fatalf("partitioned leader %s stopped at %v, not before %s started at %v", who, old.stop, next.who, next.start)
+		t.Fatalf("%s leader %s stopped at %v, not before %s started at %v", what, who, old.stop, next.who, next.start)
 	}
-	t.Logf("cut %s: its run ended %v after the cut; %s started %v later (%v after the cut)",
-		who, old.stop.Sub(cut).Round(time.Millisecond), next.who, next.start.Sub(old.stop).Round(time.Millisecond), next.start.Sub(cut).Round(time.Millisecond))
+	t.Logf("%s %s: its run ended %v after; %s started %v later (%v after)",
+		what, who, old.stop.Sub(at).Round(time.Millisecond), next.who, next.start.Sub(old.stop).Round(time.Millisecond), next.start.Sub(at).Round(time.Millisecond))
+	return r, cs, ps, i, next
+}
 
+// TestCampaignPartition: the leader is cut from the server by its proxy; its
+// run ends before another candidate's starts; restored, it campaigns again
+// and leads once the others stop.
+func TestCampaignPartition(t *testing.T) {
+	r, cs, ps, i, _ := disturbLeader(t, "cut", (*natstest.Proxy).Cut)
+	who := cs[i].name
 	ps[i].Restore()
 	waitFor(t, 15*time.Second, who+" reconnected", func() bool { return cs[i].nc.IsConnected() })
 	// The others stop: the restored candidate must take the lease.
@@ -384,35 +393,8 @@ func TestCampaignPartition(t *testing.T) {
 // (conditional on an old revision, they must fail) and it leads again once
 // the others stop.
 func TestCampaignStalledLeader(t *testing.T) {
-	s := startServer(t)
-	r := &recorder{}
-	var ps []*natstest.Proxy
-	var urls []string
-	for range 3 {
-		p := natstest.NewProxy(t, s.Addr())
-		ps = append(ps, p)
-		urls = append(urls, p.URL())
-	}
-	cs := startCandidates(t, r, urls...)
-	var who string
-	waitFor(t, 10*time.Second, "a leader", func() bool { who = r.leader(); return who != "" })
-	i := slices.IndexFunc(cs, func(c *candidate) bool { return c.name == who })
-	first := r.last(who)
-	waitFor(t, 5*time.Second, "a renew", func() bool { return time.Since(first.start) > testTTL/2 })
-	stalled := time.Now()
-	ps[i].Stall()
-	var next tenure
-	waitFor(t, 2*testTTL+5*time.Second, "a new leader", func() bool {
-		n, ok := r.startedAfter(stalled)
-		next = n
-		return ok
-	})
-	old := r.last(who)
-	if old.stop.IsZero() || !old.stop.Before(next.start) {
-		t.Fatalf("stalled leader %s stopped at %v, not before %s started at %v", who, old.stop, next.who, next.start)
-	}
-	t.Logf("stalled %s: its run ended %v after the stall; %s started %v later (%v after the stall)",
-		who, old.stop.Sub(stalled).Round(time.Millisecond), next.who, next.start.Sub(old.stop).Round(time.Millisecond), next.start.Sub(stalled).Round(time.Millisecond))
+	r, cs, ps, i, next := disturbLeader(t, "stalled", (*natstest.Proxy).Stall)
+	who := cs[i].name
 	// Hold the stall a while longer, so that the stalled candidate queues
 	// creates too, then deliver everything late.
 	cur := r.last(next.who)
