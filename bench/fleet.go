@@ -10,6 +10,22 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 )
 
+// embeddedNATS starts a NATS server in this process for a fleet figure and
+// returns its URL and the function that shuts it down.
+func embeddedNATS() (url string, stop func(), err error) {
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
+	if err != nil {
+		return "", nil, err
+	}
+	ns.Start()
+	stop = func() { ns.Shutdown(); ns.WaitForShutdown() }
+	if !ns.ReadyForConnections(10 * time.Second) {
+		stop()
+		return "", nil, errors.New("embedded nats-server did not start")
+	}
+	return ns.ClientURL(), stop, nil
+}
+
 // fleetN is the number of fleet round trips per run.
 const fleetN = 5000
 
@@ -20,16 +36,11 @@ const fleetN = 5000
 // the row's floor is raw + local/1.5, so the ratio's limit is 1.5.
 func (b *bench) figFleet() []row {
 	name := "fleet Request RTT agent→NATS→worker→agent, p50"
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
+	url, stop, err := embeddedNATS()
 	if err != nil {
 		return []row{errorRow(name, err)}
 	}
-	ns.Start()
-	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		return []row{errorRow(name, errors.New("embedded nats-server did not start"))}
-	}
-	url := ns.ClientURL()
+	defer stop()
 	var rawOuts []float64
 	var vals, floor, raws, locals, there, back, lthere, lback []float64
 	for range b.runs {
@@ -67,16 +78,11 @@ const fleetBcastWorkers = 2
 // (issue 16): ≥ 0.8× raw.
 func (b *bench) figFleetBcast() []row {
 	name := "fleet SendToApp 64 B, 1 member × 2 workers, deliveries/s"
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
+	url, stop, err := embeddedNATS()
 	if err != nil {
 		return []row{errorRow(name, err)}
 	}
-	ns.Start()
-	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		return []row{errorRow(name, errors.New("embedded nats-server did not start"))}
-	}
-	url := ns.ClientURL()
+	defer stop()
 	n := b.onewayN / 5
 	var vals, floor, rawOuts []float64
 	var refused uint64
