@@ -205,7 +205,6 @@ func main() {
 // → worker and back.
 func fleetRTT(ctx context.Context, f *brood.Fleet, n int) (fixture.RTT, error) {
 	const warmup = 200
-	all := make([]int64, 0, n)
 	payload := make([]byte, fixture.PingPayload)
 	// The member joins the request queue group just after its workers are
 	// ready: until then the server answers "no responders".
@@ -226,32 +225,9 @@ func fleetRTT(ctx context.Context, f *brood.Fleet, n int) (fixture.RTT, error) {
 	}
 	// The worker stamps when its handler ran and when it replied (as for the
 	// local rtt), for the breakdown there and back.
-	mono := fixture.NewMono()
-	there := make([]int64, 0, n)
-	back := make([]int64, 0, n)
-	for i := range warmup + n {
-		t0 := time.Now()
-		binary.BigEndian.PutUint64(payload, uint64(mono.Ns(t0)))
-		reply, err := f.Request(ctx, fixture.ActionPing, payload)
-		t3 := time.Now()
-		if err != nil {
-			return fixture.RTT{}, err
-		}
-		if i < warmup {
-			continue
-		}
-		all = append(all, int64(t3.Sub(t0)))
-		if len(reply.Data) == fixture.PingPayload {
-			sent := int64(binary.BigEndian.Uint64(reply.Data))
-			recv := int64(binary.BigEndian.Uint64(reply.Data[8:]))
-			replied := int64(binary.BigEndian.Uint64(reply.Data[16:]))
-			there = append(there, recv-sent)
-			back = append(back, mono.Ns(t3)-replied)
-		}
-	}
-	r := fixture.RTTOf(all)
-	r.ThereP50, r.BackP50 = fixture.RTTOf(there).P50, fixture.RTTOf(back).P50
-	return r, nil
+	return pingLoop(warmup, n, func(_ int, payload []byte) (brood.Message, error) {
+		return f.Request(ctx, fixture.ActionPing, payload)
+	})
 }
 
 // fleetApp sends n deliveries' worth of 64-byte raw fleet SendToApp messages
@@ -357,8 +333,16 @@ func runBench(ctx context.Context, m *brood.Messenger, mode string, n int) (any,
 }
 
 func rtt(ctx context.Context, m *brood.Messenger, pids []int, n int) (fixture.RTT, error) {
+	return pingLoop(1000, n, func(i int, payload []byte) (brood.Message, error) {
+		return m.Request(ctx, pids[i%len(pids)], fixture.ActionPing, payload)
+	})
+}
+
+// pingLoop times warmup+n round trips of request (the i-th with a payload
+// stamped with its send time) and keeps the last n: the whole round trip,
+// and, from the stamps the worker's ping handler adds, there and back.
+func pingLoop(warmup, n int, request func(i int, payload []byte) (brood.Message, error)) (fixture.RTT, error) {
 	mono := fixture.NewMono()
-	const warmup = 1000
 	all := make([]int64, 0, n)
 	there := make([]int64, 0, n)
 	back := make([]int64, 0, n)
@@ -366,7 +350,7 @@ func rtt(ctx context.Context, m *brood.Messenger, pids []int, n int) (fixture.RT
 	for i := range warmup + n {
 		t0 := time.Now()
 		binary.BigEndian.PutUint64(payload, uint64(mono.Ns(t0)))
-		reply, err := m.Request(ctx, pids[i%len(pids)], fixture.ActionPing, payload)
+		reply, err := request(i, payload)
 		t3 := time.Now()
 		if err != nil {
 			return fixture.RTT{}, err
