@@ -295,25 +295,14 @@ func fleetApp(ctx context.Context, p *brood.Process, n int) (fixture.Oneway, err
 		}
 	}
 	// Wait for the last deliveries, or for the count to stall (losses).
-	last, lastMove := delivered.Load(), time.Now()
-	end := lastMove
-	for {
-		d := delivered.Load()
-		if d != last {
-			last, lastMove = d, time.Now()
-		}
-		if d >= want {
-			end = time.Now()
-			break
-		}
+	last, end, err := fixture.AwaitDeliveries(&delivered, want, func() error {
 		if e := pollErr.Load(); e != nil {
-			return fixture.Oneway{}, e.(error)
+			return e.(error)
 		}
-		if time.Since(lastMove) > 2*time.Second {
-			end = lastMove
-			break
-		}
-		time.Sleep(50 * time.Microsecond)
+		return nil
+	})
+	if err != nil {
+		return fixture.Oneway{}, err
 	}
 	return fixture.Oneway{Mode: "fleetapp", Sends: int64(sends), Deliveries: last, Seconds: end.Sub(t0).Seconds(), Refused: m.Stats().Refused}, nil
 }
