@@ -111,3 +111,19 @@ func (r *Reader) fill() error {
 	}
 	return err
 }
+
+// Unread returns a copy of the bytes read from the stream and not yet
+// returned as frames: at most the start of one frame once HasFrame is
+// false. An in-place upgrade of the master hands them to the next image.
+func (r *Reader) Unread() []byte { return append([]byte(nil), r.buf[r.start:r.end]...) }
+
+// NewReaderWith is NewReader for a stream of which unread (see Unread) was
+// already read: those bytes come first.
+func NewReaderWith(r io.Reader, limit int, unread []byte) *Reader {
+	rd := NewReader(r, limit)
+	if len(unread) > 0 {
+		rd.buf = make([]byte, max(initialReadBuf, len(unread)))
+		rd.end = copy(rd.buf, unread)
+	}
+	return rd
+}

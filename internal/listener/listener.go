@@ -366,3 +366,19 @@ func Inherit(fds []int) ([]net.Listener, error) {
 	}
 	return out, nil
 }
+
+// Adopt makes a Socket of a listening descriptor inherited from the previous
+// image of this process (an in-place upgrade), with what that image knew of
+// it. The descriptor becomes close-on-exec again.
+func Adopt(fd int, requested, bound Address, passed bool, name string, unlink bool) (*Socket, error) {
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC); err != nil {
+		return nil, fmt.Errorf("adopt listener %s (descriptor %d): %w", bound, fd, err)
+	}
+	if v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil || v != 1 {
+		return nil, fmt.Errorf("adopt listener %s: descriptor %d is not a listening socket (%v)", bound, fd, err)
+	}
+	return &Socket{Requested: requested, Bound: bound, Passed: passed, Name: name, fd: fd, unlink: unlink}, nil
+}
+
+// Unlinks reports whether Close removes the socket's file.
+func (s *Socket) Unlinks() bool { return s.unlink }

@@ -82,6 +82,8 @@ const (
 	EventStopped      EventType = "stopped"
 	EventFleet        EventType = "fleet"  // the fleet connection: result connected or disconnected (detail: server)
 	EventLeader       EventType = "leader" // this member's agent leads the fleet (result start) or stops (stop); detail: token N
+	EventUpgradeBegun EventType = "upgrade-begun" // the master re-executes itself (detail: old → new build)
+	EventUpgradeEnded EventType = "upgrade-ended" // result: ok, failed (nothing changed) or rolled-back (detail)
 )
 
 // EventTypes lists every event type, in the order above (the dashboard
@@ -90,6 +92,7 @@ var EventTypes = []EventType{
 	EventStarted, EventReady, EventExited, EventRestarting, EventRestarted, EventReplaced,
 	EventClusterReady, EventStartFailed, EventReloadBegun, EventReloadEnded, EventScaled,
 	EventScheduleRun, EventLogsRotated, EventStopping, EventStopped, EventFleet, EventLeader,
+	EventUpgradeBegun, EventUpgradeEnded,
 }
 
 // Event is one entry of the master's lifecycle event stream (`events`).

@@ -3,6 +3,8 @@ package wire
 import (
 	"encoding/json"
 	"time"
+
+	"github.com/brood-go/brood/internal/upgrade"
 )
 
 // Status is the body of GET /status (`status --json`).
@@ -108,6 +110,25 @@ type Replacement struct {
 type ReloadResult struct {
 	Replaced []Replacement `json:"replaced"`
 	Took     float64       `json:"took_seconds"`
+}
+
+// UpgradeRequest is the body of POST /upgrade.
+type UpgradeRequest struct {
+	// KeepWorkers leaves the children running their old binary (they are
+	// adopted by the new master); otherwise they are rolled like a reload.
+	KeepWorkers bool `json:"keep_workers"`
+}
+
+// UpgradeResult is the answer to POST /upgrade: the master's pid (unchanged),
+// its build before and after, how long the whole upgrade took (the exec,
+// the restore and the roll of the children), and the children replaced.
+type UpgradeResult struct {
+	PID      int           `json:"pid"`
+	From     upgrade.Build `json:"from"`
+	To       upgrade.Build `json:"to"`
+	Upgrades int           `json:"upgrades"`
+	Took     float64       `json:"took_seconds"`
+	Replaced []Replacement `json:"replaced"`
 }
 
 // ScaleRequest is the body of POST /scale.

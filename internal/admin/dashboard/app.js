@@ -12,7 +12,8 @@
   var MAX_EVENTS = 200;
   var EVENT_TYPES = ['started', 'ready', 'exited', 'restarting', 'restarted', 'replaced',
     'cluster-ready', 'start-failed', 'reload-begun', 'reload-ended', 'scaled',
-    'schedule-run', 'logs-rotated', 'stopping', 'stopped', 'fleet', 'leader'];
+    'schedule-run', 'logs-rotated', 'stopping', 'stopped', 'fleet', 'leader',
+    'upgrade-begun', 'upgrade-ended'];
   var SVG = 'http://www.w3.org/2000/svg';
 
   var $ = function (id) { return document.getElementById(id); };
