@@ -157,7 +157,7 @@ func newRoot(ctx context.Context, app *App) *cobra.Command {
 	runCmd.Flags().BoolVar(&opts.Single, "single", opts.Single, "run the agent and one worker in this process (development; env BROOD_SINGLE)")
 	root.Flags().AddFlagSet(runCmd.Flags())
 	root.RunE = runCmd.RunE
-	root.AddCommand(runCmd, newStartCmd(app, &opts), newStopCmd(app, &opts), newStatusCmd(app, &opts), newReloadCmd(app, &opts), newScaleCmd(app, &opts),
+	root.AddCommand(runCmd, newStartCmd(app, &opts), newStopCmd(app, &opts), newStatusCmd(app, &opts), newReloadCmd(app, &opts), newUpgradeCmd(app, &opts), newScaleCmd(app, &opts),
 		newScheduleCmd(app, &opts), newRotateLogsCmd(app, &opts), newEventsCmd(app, &opts), newUnitCmd(app, &opts))
 	return root
 }

@@ -180,6 +180,43 @@ func newReloadCmd(app *App, opts *Options) *cobra.Command {
 	return cmd
 }
 
+func newUpgradeCmd(app *App, opts *Options) *cobra.Command {
+	var timeout time.Duration
+	var keep bool
+	cmd := &cobra.Command{
+		Use:   "upgrade",
+		Short: "Re-execute the master itself in place with the binary on disk now, then roll every process onto it",
+		Long: "In-place upgrade of the master (also SIGUSR2): the binary on disk is first run in a check mode (preflight); " +
+			"if that passes, the master re-executes it under the same pid and hands it its listeners, control socket, children and messages; " +
+			"then every worker and the agent are replaced as by reload (not with --keep-workers). " +
+			"A binary that fails the preflight changes nothing; one that fails while restoring is rolled back to the running binary. " +
+			"Prints the old and new build and the time taken; exits 1 if the upgrade was refused, failed or rolled back.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			var res wire.UpgradeResult
+			if err := call(ctx, app, opts, ExitFailure, "POST", "/upgrade", wire.UpgradeRequest{KeepWorkers: keep}, &res); err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "master pid %d: %s -> %s\n", res.PID, res.From, res.To)
+			for _, r := range res.Replaced {
+				name := r.Role
+				if r.Role == "worker" {
+					name += " " + strconv.Itoa(r.ID)
+				}
+				fmt.Fprintf(out, "%-10s pid %d -> %d\n", name, r.OldPID, r.NewPID)
+			}
+			fmt.Fprintf(out, "upgraded in %s (upgrade %d of this master; %d processes replaced)\n", roundDur(time.Duration(res.Took*float64(time.Second))), res.Upgrades, len(res.Replaced))
+			return nil
+		},
+	}
+	cmd.Flags().DurationVar(&timeout, "timeout", 10*time.Minute, "give up waiting for the upgrade after this long")
+	cmd.Flags().BoolVar(&keep, "keep-workers", false, "keep the running workers and agent (adopted by the new master) instead of rolling them onto the new binary")
+	return cmd
+}
+
 func newScaleCmd(app *App, opts *Options) *cobra.Command {
 	return &cobra.Command{
 		Use:   "scale N",

@@ -41,14 +41,18 @@ func (m *Master) serveAdmin(sock *listener.Socket) (stop func(), err error) {
 		}
 	}()
 	m.adminAddr = socks[0].Bound.String()
-	return func() {
-		m.events.closeAll() // event streams end with the master
+	halt := func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		if srv.Shutdown(ctx) != nil {
 			srv.Close()
 		}
 		<-served
+	}
+	m.adminSock, m.adminHalt = sock, halt
+	return func() {
+		m.events.closeAll() // event streams end with the master
+		halt()
 		listener.CloseAll(socks)
 	}, nil
 }

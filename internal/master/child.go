@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -43,6 +44,14 @@ type child struct {
 	lastSeen  atomic.Int64 // unix nanos of the last frame received
 	pingAt    atomic.Int64 // unix nanos the last heartbeat ping was sent
 	pingSeq   atomic.Uint64
+	// stdout and stderr are the read ends of its output pipes (nil in
+	// single-process mode); an upgrade hands them on.
+	stdout, stderr *os.File
+	// pausing: an upgrade is stopping the channel's reader and the output
+	// pumps (without closing anything); unread is what the reader had read
+	// of a frame it had not decoded yet when it stopped.
+	pausing atomic.Bool
+	unread  []byte
 
 	// Guarded by Master.mu.
 	state      childState
@@ -57,6 +66,8 @@ type child struct {
 	exitReason wire.Reason
 	exitDetail string
 	usage      usage
+	protocol   int  // the IPC version it announced in its Hello
+	inherited  bool // adopted from the previous image of the master by an upgrade, with the binary it ran then
 
 	ready    chan struct{} // closed when it reports Ready
 	exited   chan struct{} // closed once its exit is recorded
@@ -107,12 +118,21 @@ func (e *startError) Error() string {
 
 // readLoop reads one child's frames until its channel closes.
 func (m *Master) readLoop(c *child) {
+	m.readFrames(c, ipc.NewReader(c.conn, m.cfg.MaxFrame))
+}
+
+// readFrames is readLoop with its reader: an adopted child's starts with
+// the bytes the previous image had read.
+func (m *Master) readFrames(c *child, rd *ipc.Reader) {
 	defer close(c.readDone)
-	rd := ipc.NewReader(c.conn, m.cfg.MaxFrame)
 	for {
 		fresh := !rd.HasFrame() // Next will read: a new batch from the child
 		f, err := rd.Next()
 		if err != nil {
+			if c.pausing.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
+				c.unread = rd.Unread() // an upgrade stopped the reader between two reads
+				return
+			}
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, syscall.ECONNRESET) {
 				c.slot.kill(c, wire.ReasonExit, "protocol error: "+err.Error())
 			}
@@ -127,6 +147,7 @@ func (m *Master) readLoop(c *child) {
 		case ipc.KindPong:
 			m.observePong(c, f.ID)
 		case ipc.KindHello:
+			c.protocol, _ = strconv.Atoi(string(f.Payload))
 			if v := string(f.Payload); v != strconv.Itoa(ipc.Version) {
 				m.setFatal(c, fmt.Sprintf("child speaks IPC protocol %s, master speaks %d", v, ipc.Version))
 				c.slot.kill(c, wire.ReasonExit, "protocol version mismatch")
@@ -158,8 +179,12 @@ func (m *Master) setFatal(c *child, msg string) {
 // pumpOutput copies a child's stdout or stderr to the master's, whole lines at
 // a time, until the child and its descendants close it. On stderr it
 // remembers the first panic line for the exit reason.
-func (m *Master) pumpOutput(c *child, r io.ReadCloser, dst *output, stderr bool) {
-	defer r.Close()
+func (m *Master) pumpOutput(c *child, r *os.File, dst *output, stderr bool) {
+	defer func() {
+		if !c.pausing.Load() { // an upgrade hands the pipe on
+			r.Close()
+		}
+	}()
 	var inspect func([]byte)
 	if stderr {
 		inspect = func(line []byte) {
@@ -177,6 +202,13 @@ func (m *Master) pumpOutput(c *child, r io.ReadCloser, dst *output, stderr bool)
 
 // waitChild reaps a child and has its slot record the exit.
 func (m *Master) waitChild(c *child) {
+	if p, ok := c.proc.(exitAwaiter); ok {
+		p.awaitExit() // ended, not yet reaped
+	}
+	// An upgrade that froze the cluster meanwhile leaves this exit to the
+	// next image, which reaps it (the lock is never released then).
+	m.freezeMu.RLock()
+	defer m.freezeMu.RUnlock()
 	how, code, signaled := c.proc.Wait()
 	// Relay what it sent before dying, and collect its last words, within one
 	// bound for both: a grandchild holding its stderr must not hold up the

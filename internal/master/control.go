@@ -75,6 +75,32 @@ func (m *Master) controlHandler() http.Handler {
 		control.WriteJSON(w, http.StatusOK, res)
 		return nil
 	}))
+	mux.HandleFunc("POST /upgrade", m.handle(func(w http.ResponseWriter, r *http.Request) error {
+		var req wire.UpgradeRequest
+		if r.ContentLength != 0 {
+			if err := control.ReadJSON(r, &req); err != nil {
+				return badRequest{err}
+			}
+		}
+		p, err := m.prepareUpgrade(r.Context(), req.KeepWorkers)
+		if err != nil {
+			return err
+		}
+		hj, ok := w.(http.Hijacker)
+		if !ok {
+			p.cancel()
+			return errors.New("brood: upgrade: the control connection cannot be handed over")
+		}
+		conn, _, err := hj.Hijack() // the next image answers on it
+		if err != nil {
+			p.cancel()
+			return fmt.Errorf("brood: upgrade: %w", err)
+		}
+		if err := m.execUpgrade(p, conn); err != nil {
+			answerRaw(conn, errorStatus(err), map[string]string{"error": err.Error()})
+		}
+		return nil
+	}))
 	mux.HandleFunc("POST /scale", m.handle(func(w http.ResponseWriter, r *http.Request) error {
 		var req wire.ScaleRequest
 		if err := control.ReadJSON(r, &req); err != nil {
@@ -167,10 +193,16 @@ func (m *Master) serveEvents(w http.ResponseWriter, r *http.Request) error {
 // acquireRunDir takes the run dir's lock (a second instance with the same
 // name and run dir is refused) and starts serving the control socket.
 func (m *Master) acquireRunDir() (release func(), err error) {
-	inst, err := control.Acquire(m.cfg.RunDir, m.cfg.Name)
+	var inst *control.Instance
+	if m.restore != nil {
+		inst, err = control.Adopt(m.cfg.RunDir, m.restore.st.RunDirLock, m.restore.st.Control)
+	} else {
+		inst, err = control.Acquire(m.cfg.RunDir, m.cfg.Name)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("brood: %w", err)
 	}
+	m.ctl = inst
 	if err := inst.Listen(); err != nil {
 		inst.Close()
 		return nil, fmt.Errorf("brood: control socket: %w", err)

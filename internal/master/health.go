@@ -26,6 +26,10 @@ func (m *Master) heartbeatLoop() {
 		now := time.Now()
 		m.lastBeat.Store(now.UnixNano())
 		m.mu.Lock()
+		if m.frozen { // an upgrade: the channels are being handed over
+			m.mu.Unlock()
+			continue
+		}
 		var hung, heavy []*child
 		for _, c := range m.children {
 			if c.state == childExited {

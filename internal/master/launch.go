@@ -17,6 +17,7 @@ import (
 	"github.com/brood-go/brood/internal/reaper"
 	"github.com/brood-go/brood/internal/sdnotify"
 	"github.com/brood-go/brood/internal/wire"
+	"golang.org/x/sys/unix"
 )
 
 // childProc is how the master runs one child: an OS process, or in
@@ -156,7 +157,7 @@ type forker struct {
 }
 
 type forkRequest struct {
-	cmd *exec.Cmd
+	do  func() error // cmd.Start, or an upgrade's exec
 	err chan error
 }
 
@@ -176,20 +177,30 @@ func (f *forker) run(started chan<- struct{}) {
 	defer runtime.UnlockOSThread()
 	close(started)
 	for r := range f.reqs {
-		r.err <- r.cmd.Start()
+		r.err <- r.do()
 	}
 }
 
 var errForkerClosed = errors.New("the master is shutting down")
 
 // start runs cmd.Start on the forker's thread.
-func (f *forker) start(cmd *exec.Cmd) (err error) {
+func (f *forker) start(cmd *exec.Cmd) error { return f.run1(cmd.Start) }
+
+// exec replaces the master's image (an upgrade) from the forker's thread:
+// the children it forked keep it as their parent thread, which the exec
+// keeps (every other thread ends, and Pdeathsig would fire for the children
+// of any of them). It returns only if the exec failed.
+func (f *forker) exec(path string, argv, env []string) error {
+	return f.run1(func() error { return syscall.Exec(path, argv, env) })
+}
+
+func (f *forker) run1(do func() error) (err error) {
 	defer func() {
 		if recover() != nil { // reqs closed: the master is done
 			err = errForkerClosed
 		}
 	}()
-	r := forkRequest{cmd: cmd, err: make(chan error, 1)}
+	r := forkRequest{do: do, err: make(chan error, 1)}
 	f.reqs <- r
 	return <-r.err
 }
@@ -233,6 +244,22 @@ type osProc struct {
 	reaper *reaper.Reaper // owns the pid until Wait has returned (nil: reaping off)
 }
 
+// exitAwaiter is a childProc that can wait for the end of its process
+// without reaping it (waitChild; see Master.freezeMu).
+type exitAwaiter interface{ awaitExit() }
+
+// awaitExitOf blocks until pid has ended, leaving it a zombie.
+func awaitExitOf(pid int) {
+	var info unix.Siginfo
+	for {
+		err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		if err != unix.EINTR {
+			return // ended, or not a child at all: Wait will say
+		}
+	}
+}
+
+func (p *osProc) awaitExit()                      { awaitExitOf(p.cmd.Process.Pid) }
 func (p *osProc) PID() int                        { return p.cmd.Process.Pid }
 func (p *osProc) Signal(sig syscall.Signal) error { return p.cmd.Process.Signal(sig) }
 func (p *osProc) Wait() (string, int, bool) {
@@ -318,4 +345,47 @@ func (g *goroutineProc) Wait() (string, int, bool) {
 		return "returned: " + g.err.Error(), 1, false
 	}
 	return "returned", 0, false
+}
+
+// adoptedProc is a child the previous image of the master started and an
+// upgrade handed over: still this process's child (the exec kept the pid),
+// but without an exec.Cmd. It is signalled through a pidfd, so a signal can
+// never reach another process that reused the pid.
+type adoptedProc struct {
+	pid    int
+	pidfd  int
+	reaper *reaper.Reaper
+}
+
+func (p *adoptedProc) PID() int { return p.pid }
+
+func (p *adoptedProc) Signal(sig syscall.Signal) error {
+	return unix.PidfdSendSignal(p.pidfd, sig, nil, 0)
+}
+
+func (p *adoptedProc) awaitExit() {
+	var info unix.Siginfo
+	for {
+		if err := unix.Waitid(unix.P_PIDFD, p.pidfd, &info, unix.WEXITED|unix.WNOWAIT, nil); err != unix.EINTR {
+			return
+		}
+	}
+}
+
+func (p *adoptedProc) Wait() (string, int, bool) {
+	defer p.reaper.Forget(p.pid)
+	defer unix.Close(p.pidfd)
+	var ws unix.WaitStatus
+	for {
+		_, err := unix.Wait4(p.pid, &ws, 0, nil)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return "wait: " + err.Error(), -1, false
+		}
+		break
+	}
+	sws := syscall.WaitStatus(ws)
+	return proc.DescribeStatus(sws), sws.ExitStatus(), sws.Signaled()
 }

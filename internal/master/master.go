@@ -28,6 +28,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/brood-go/brood/internal/control"
 	"github.com/brood-go/brood/internal/fleet"
 	"github.com/brood-go/brood/internal/ipc"
 	"github.com/brood-go/brood/internal/listener"
@@ -162,7 +163,21 @@ type Master struct {
 
 	mu       sync.Mutex
 	phase    phase
-	op       string // the operation running: "", "reload", "scale"
+	op       string // the operation running: "", "reload", "scale", "upgrade"
+	// frozen: an upgrade is handing the cluster to the next image. Nothing
+	// is replaced or killed any more, and exits wait (exitGate) to be
+	// reaped by the next image.
+	frozen   bool
+	upgrades int           // upgrades of this master so far
+	restore  *restoreState // the state handed over by the previous image, while this one restores it
+
+	// freezeMu is read-held from a child's exit to its recording, and an
+	// upgrade write-holds it from its freeze to its exec, so that an exit is
+	// either recorded before the state is taken or left to the next image.
+	freezeMu  sync.RWMutex
+	ctl       *control.Instance // the run dir and control socket
+	adminSock *listener.Socket  // the admin listener's socket, if any
+	adminHalt func()            // stops serving the admin listener, leaving its socket open
 	agent    *slot
 	workers  map[int]*slot
 	children map[int]*child // by pid
@@ -314,6 +329,7 @@ func (m *Master) Run(ctx context.Context, force <-chan struct{}) (err error) {
 	}
 	defer m.startReaper()() // before any child starts; stopped after the last, before the logs close
 	m.startedAt = time.Now()
+	m.restoreOrRollBack() // an image started by an upgrade: check what it takes over, or go back
 	release, err := m.acquireRunDir()
 	if err != nil {
 		return err
@@ -330,7 +346,13 @@ func (m *Master) Run(ctx context.Context, force <-chan struct{}) (err error) {
 		m.events.publish(wire.Event{Type: wire.EventFleet, Result: "connected", Detail: fc.Server()})
 	}
 	m.startService()
-	adminSock, socks, err := m.openSockets(ctx)
+	var adminSock *listener.Socket
+	var socks []*listener.Socket
+	if m.restore != nil {
+		adminSock, socks, err = m.adoptSockets()
+	} else {
+		adminSock, socks, err = m.openSockets(ctx)
+	}
 	if err != nil {
 		m.events.publish(wire.Event{Type: wire.EventStartFailed, Detail: err.Error()})
 		return err
@@ -365,17 +387,28 @@ func (m *Master) Run(ctx context.Context, force <-chan struct{}) (err error) {
 		case <-startDone:
 		}
 	}()
-	err = m.startCluster()
+	restored := m.restore != nil
+	if restored {
+		err = m.restoreCluster()
+	} else {
+		err = m.startCluster()
+	}
 	close(startDone)
 	if err != nil {
 		m.events.publish(wire.Event{Type: wire.EventStartFailed, Detail: err.Error()})
 		m.stopAll(force, "the start failed")
 		return err
 	}
-	m.events.publish(wire.Event{Type: wire.EventClusterReady, To: m.cfg.Workers, Took: time.Since(started).Seconds(),
-		Detail: fmt.Sprintf("agent %v, listening on %v", m.cfg.Agent, m.boundAddrs())})
-	if m.cfg.OnReady != nil {
-		m.cfg.OnReady(m.Status())
+	if restored {
+		m.events.publish(wire.Event{Type: wire.EventClusterReady, To: len(m.workers), Took: time.Since(started).Seconds(),
+			Detail: fmt.Sprintf("restored by an upgrade, listening on %v", m.boundAddrs())})
+		m.goOwned("upgrade", m.finishUpgrade)
+	} else {
+		m.events.publish(wire.Event{Type: wire.EventClusterReady, To: m.cfg.Workers, Took: time.Since(started).Seconds(),
+			Detail: fmt.Sprintf("agent %v, listening on %v", m.cfg.Agent, m.boundAddrs())})
+		if m.cfg.OnReady != nil {
+			m.cfg.OnReady(m.Status())
+		}
 	}
 	var why string
 	select {

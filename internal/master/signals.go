@@ -36,7 +36,7 @@ func RunWithSignals(ctx context.Context, cfg Config) error {
 		return err
 	}
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGUSR1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGUSR2)
 	defer signal.Stop(sigs)
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -56,6 +56,12 @@ func RunWithSignals(ctx context.Context, cfg Config) error {
 				switch {
 				case sig == syscall.SIGHUP:
 					m.ReloadInBackground("SIGHUP")
+				case sig == syscall.SIGUSR2:
+					m.goOwned("upgrade", func() {
+						if err := m.Upgrade(ctx, false, nil); err != nil {
+							m.log.Error("SIGUSR2: upgrade not done", "err", err)
+						}
+					})
 				case sig == syscall.SIGUSR1:
 					m.goOwned("log rotation", func() {
 						if err := m.RotateLogs("SIGUSR1"); err != nil {

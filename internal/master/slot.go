@@ -130,7 +130,7 @@ func (s *slot) spawn(held bool) (*child, error) {
 		return nil, errStopping
 	}
 	c := &child{
-		slot: s, pid: l.proc.PID(), proc: l.proc, conn: l.conn, startedAt: time.Now(), held: held,
+		slot: s, pid: l.proc.PID(), proc: l.proc, conn: l.conn, startedAt: time.Now(), held: held, stdout: l.stdout, stderr: l.stderr,
 		ready: make(chan struct{}), exited: make(chan struct{}), readDone: make(chan struct{}), outDone: make(chan struct{}),
 	}
 	c.lastSeen.Store(time.Now().UnixNano())
@@ -150,19 +150,24 @@ func (s *slot) spawn(held bool) (*child, error) {
 	m.mu.Unlock()
 
 	go m.readLoop(c)
+	m.startPumps(c)
+	go m.waitChild(c)
+	return c, nil
+}
+
+// startPumps copies c's output to the master's until it ends.
+func (m *Master) startPumps(c *child) {
 	var pumps sync.WaitGroup
-	if l.stdout != nil {
-		pumps.Go(func() { m.pumpOutput(c, l.stdout, m.stdout, false) })
+	if c.stdout != nil {
+		pumps.Go(func() { m.pumpOutput(c, c.stdout, m.stdout, false) })
 	}
-	if l.stderr != nil {
-		pumps.Go(func() { m.pumpOutput(c, l.stderr, m.stderr, true) })
+	if c.stderr != nil {
+		pumps.Go(func() { m.pumpOutput(c, c.stderr, m.stderr, true) })
 	}
 	go func() {
 		pumps.Wait()
 		close(c.outDone)
 	}()
-	go m.waitChild(c)
-	return c, nil
 }
 
 // startChild starts a process for the slot and waits until it is ready. On
@@ -420,7 +425,7 @@ func (s *slot) beginReplace(old *child, reason wire.Reason, detail string) error
 		return fmt.Errorf("replace %s: %w", old, errStopping)
 	case old.state == childExited:
 		return fmt.Errorf("replace %s: %w", old, errGone)
-	case old.stopWhy != wire.ReasonNone || s.starting != nil || s.removed:
+	case old.stopWhy != wire.ReasonNone || s.starting != nil || s.removed || m.frozen:
 		return fmt.Errorf("replace %s: %w", old, errBusy)
 	}
 	old.stopWhy = reason

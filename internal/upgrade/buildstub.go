@@ -9,3 +9,9 @@ type Build struct {
 	GoVersion string `json:"go"`
 	Time      string `json:"time"`
 }
+
+// CurrentBuild is a stand-in until build.go lands.
+func CurrentBuild() Build { return Build{Version: "stub"} }
+
+// String is a stand-in until build.go lands.
+func (b Build) String() string { return b.Version }
