@@ -161,9 +161,9 @@ type Master struct {
 	leases       leases                                  // the fleet's leader lease and tick claims
 	readyWorkers atomic.Int64                            // as last counted under m.mu
 
-	mu       sync.Mutex
-	phase    phase
-	op       string // the operation running: "", "reload", "scale", "upgrade"
+	mu    sync.Mutex
+	phase phase
+	op    string // the operation running: "", "reload", "scale", "upgrade"
 	// frozen: an upgrade is handing the cluster to the next image. Nothing
 	// is replaced or killed any more, and exits wait (exitGate) to be
 	// reaped by the next image.
@@ -178,11 +178,11 @@ type Master struct {
 	ctl       *control.Instance // the run dir and control socket
 	adminSock *listener.Socket  // the admin listener's socket, if any
 	adminHalt func()            // stops serving the admin listener, leaving its socket open
-	agent    *slot
-	workers  map[int]*slot
-	children map[int]*child // by pid
-	startErr error          // why the first start was aborted, if it was
-	self     usage          // the master's own resource sample
+	agent     *slot
+	workers   map[int]*slot
+	children  map[int]*child // by pid
+	startErr  error          // why the first start was aborted, if it was
+	self      usage          // the master's own resource sample
 
 	life    context.Context // cancelled when stopping starts: restarts and timers end
 	endLife context.CancelFunc

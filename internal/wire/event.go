@@ -80,8 +80,8 @@ const (
 	EventLogsRotated  EventType = "logs-rotated" // detail: who asked
 	EventStopping     EventType = "stopping"     // detail: why
 	EventStopped      EventType = "stopped"
-	EventFleet        EventType = "fleet"  // the fleet connection: result connected or disconnected (detail: server)
-	EventLeader       EventType = "leader" // this member's agent leads the fleet (result start) or stops (stop); detail: token N
+	EventFleet        EventType = "fleet"         // the fleet connection: result connected or disconnected (detail: server)
+	EventLeader       EventType = "leader"        // this member's agent leads the fleet (result start) or stops (stop); detail: token N
 	EventUpgradeBegun EventType = "upgrade-begun" // the master re-executes itself (detail: old → new build)
 	EventUpgradeEnded EventType = "upgrade-ended" // result: ok, failed (nothing changed) or rolled-back (detail)
 )
