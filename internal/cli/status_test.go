@@ -12,7 +12,7 @@ import (
 // The master's row of `status` ends with its build and upgrade count.
 func TestStatusShowsMasterBuild(t *testing.T) {
 	st := wire.Status{Name: "hello", PID: 42, State: "running", StartedAt: time.Now(), Upgrades: 2,
-		Build: wire.Build{Version: "v1.2.3", Revision: "0123abcd4567890", Modified: true, GoVersion: "go1.26.8"},
+		Build:     wire.Build{Version: "v1.2.3", Revision: "0123abcd4567890", Modified: true, GoVersion: "go1.26.8"},
 		Processes: []wire.Process{{Role: "worker", ID: 1, PID: 43, State: "ready"}}}
 	var out bytes.Buffer
 	printStatus(&out, st)
