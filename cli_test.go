@@ -91,7 +91,7 @@ func TestDaemonStartStatusStop(t *testing.T) {
 	var raw map[string]any
 	_, rawOut, _ := cli(t, runDir, "status", "--json")
 	json.Unmarshal([]byte(rawOut), &raw)
-	for _, k := range []string{"name", "pid", "state", "listen", "processes"} {
+	for _, k := range []string{"name", "pid", "state", "listen", "processes", "build", "upgrades"} {
 		if _, ok := raw[k]; !ok {
 			t.Errorf("status --json lacks %q", k)
 		}
@@ -114,6 +114,9 @@ func TestDaemonStartStatusStop(t *testing.T) {
 		if p.RSSBytes == 0 {
 			t.Errorf("process %+v: no RSS", p)
 		}
+	}
+	if st.Build.GoVersion == "" || st.Upgrades != 0 {
+		t.Errorf("status: master build %+v, upgrades %d; want the test binary's build and no upgrade", st.Build, st.Upgrades)
 	}
 	if st.State != "running" || workers != 2 || agents != 1 || st.Name != "hello-test" {
 		t.Fatalf("status: %+v; want running, 2 workers, 1 agent", st)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/brood-go/brood/internal/control"
+	"github.com/brood-go/brood/internal/upgrade"
 	"github.com/brood-go/brood/internal/wire"
 	"github.com/spf13/cobra"
 )
@@ -71,12 +72,24 @@ func newStatusCmd(app *App, opts *Options) *cobra.Command {
 	return cmd
 }
 
+// upgradesText says how many in-place upgrades the master has had.
+func upgradesText(n int) string {
+	if n == 1 {
+		return "1 upgrade"
+	}
+	return fmt.Sprintf("%d upgrades", n)
+}
+
 func printStatus(w io.Writer, st wire.Status) {
 	fmt.Fprintf(w, "%s: %s, master pid %d, up %s, %d workers, listening on %s\n",
 		st.Name, st.State, st.PID, roundDur(time.Since(st.StartedAt)), st.Workers, strings.Join(orNone(st.Listen), ", "))
+
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ROLE\tID\tPID\tSTATE\tUPTIME\tRESTARTS\tLAST RESTART\tRSS\tCPU")
-	fmt.Fprintf(tw, "master\t-\t%d\t%s\t%s\t-\t-\t%s\t%.1f%%\n", st.PID, st.State, roundDur(time.Since(st.StartedAt)), mib(st.RSSBytes), st.CPUPercent)
+	// The master's row alone ends with its build and upgrade count: a cell
+	// without a heading, as the children's builds are not known.
+	fmt.Fprintf(tw, "master\t-\t%d\t%s\t%s\t-\t-\t%s\t%.1f%%\t%s, %s\n", st.PID, st.State, roundDur(time.Since(st.StartedAt)), mib(st.RSSBytes), st.CPUPercent,
+		upgrade.Build(st.Build), upgradesText(st.Upgrades))
 	for _, p := range st.Processes {
 		pid, up := "-", "-"
 		if p.PID != 0 {

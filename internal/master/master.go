@@ -200,6 +200,8 @@ type Master struct {
 	// How the final stop went (guarded by mu; see stopResult).
 	stopForced bool // a forced stop killed what was left
 	stopKilled int  // processes killed after StopTimeout while the cluster stopped
+
+	upgrades int // in-place upgrades of this master process (guarded by mu; see setUpgrades)
 }
 
 // StopError is how a stop that brought the whole cluster down was not clean:

@@ -28,6 +28,7 @@ func (m *Master) Status() wire.Status {
 		RSSBytes: m.self.rss, CPUPercent: m.self.cpuPercent,
 		DroppedOutputLines: m.stdout.Dropped() + m.stderr.Dropped() + m.logs.q.dropped.Load(),
 	}
+	m.statusBuildLocked(&st)
 	row := func(s *slot, c *child) wire.Process {
 		p := wire.Process{Role: wire.RoleName(s.role), ID: s.id, Restarts: s.restarts,
 			LastReason: wire.ReasonText(s.lastReason, s.lastDetail), LastKind: s.lastReason, State: "restarting"}

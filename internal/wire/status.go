@@ -29,6 +29,22 @@ type Status struct {
 	Schedules json.RawMessage `json:"schedules,omitempty"`
 	// Fleet is the fleet connection, if the cluster is in a fleet.
 	Fleet *FleetStatus `json:"fleet,omitempty"`
+	// Build is the binary the master runs now; Upgrades counts the in-place
+	// upgrades (DESIGN §12) this master process has had since it started.
+	Build    Build `json:"build"`
+	Upgrades int   `json:"upgrades"`
+}
+
+// Build describes a binary. It has the fields of upgrade.Build, which
+// converts to it and back (wire cannot import package upgrade, which
+// depends on it); upgrade.Build.String formats it.
+type Build struct {
+	Module    string `json:"module"`
+	Version   string `json:"version"`
+	Revision  string `json:"revision"`
+	Modified  bool   `json:"modified"`
+	GoVersion string `json:"go"`
+	Time      string `json:"time"`
 }
 
 // FleetStatus is the master's connection to its fleet.
