@@ -213,7 +213,7 @@ func newUpgradeCmd(app *App, opts *Options) *cobra.Command {
 				return err
 			}
 			out := cmd.OutOrStdout()
-			fmt.Fprintf(out, "master pid %d: %s -> %s\n", res.PID, res.From, res.To)
+			fmt.Fprintf(out, "master pid %d: %s -> %s\n", res.PID, upgrade.Build(res.From), upgrade.Build(res.To))
 			for _, r := range res.Replaced {
 				name := r.Role
 				if r.Role == "worker" {

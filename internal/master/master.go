@@ -167,9 +167,8 @@ type Master struct {
 	// frozen: an upgrade is handing the cluster to the next image. Nothing
 	// is replaced or killed any more, and exits wait (exitGate) to be
 	// reaped by the next image.
-	frozen   bool
-	upgrades int           // upgrades of this master so far
-	restore  *restoreState // the state handed over by the previous image, while this one restores it
+	frozen  bool
+	restore *restoreState // the state handed over by the previous image, while this one restores it
 
 	// freezeMu is read-held from a child's exit to its recording, and an
 	// upgrade write-holds it from its freeze to its exec, so that an exit is

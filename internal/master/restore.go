@@ -300,7 +300,7 @@ func (m *Master) finishUpgrade() {
 		return
 	}
 	m.log.Info("upgraded: the master runs the new binary", "from", st.From.String(), "to", st.To.String(), "upgrades", st.Upgrades)
-	res := wire.UpgradeResult{PID: m.pid, From: st.From, To: st.To, Upgrades: st.Upgrades}
+	res := wire.UpgradeResult{PID: m.pid, From: wire.Build(st.From), To: wire.Build(st.To), Upgrades: st.Upgrades}
 	var err error
 	if !st.KeepWorkers {
 		m.mu.Lock()

@@ -3,8 +3,6 @@ package wire
 import (
 	"encoding/json"
 	"time"
-
-	"github.com/brood-go/brood/internal/upgrade"
 )
 
 // Status is the body of GET /status (`status --json`).
@@ -140,8 +138,8 @@ type UpgradeRequest struct {
 // the restore and the roll of the children), and the children replaced.
 type UpgradeResult struct {
 	PID      int           `json:"pid"`
-	From     upgrade.Build `json:"from"`
-	To       upgrade.Build `json:"to"`
+	From     Build         `json:"from"`
+	To       Build         `json:"to"`
 	Upgrades int           `json:"upgrades"`
 	Took     float64       `json:"took_seconds"`
 	Replaced []Replacement `json:"replaced"`
