@@ -23,7 +23,16 @@ import (
 // gracefully; SIGINT and SIGHUP are ignored, because the master orchestrates.
 //
 // Run installs no signal handlers in the master; Main does.
+//
+// In check mode (BROOD_PREFLIGHT=1: an upgrading master preflights this
+// binary, see preflight.go) Run checks cfg instead, prints this build as one
+// JSON line and exits the process: 0 if a master could start with cfg, 1 with
+// the reason on stderr if not. It never returns then, so that nothing the
+// program does after Run happens in a check.
 func Run(ctx context.Context, cfg Config) error {
+	if preflightMode() && !isChild() {
+		os.Exit(preflightCode(cfg, os.Stdout, os.Stderr))
+	}
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return err
@@ -40,7 +49,8 @@ func Run(ctx context.Context, cfg Config) error {
 // if the start failed, 2 for bad usage, 4 if a process had to be killed after
 // StopTimeout, 130 after a forced stop (the README's "Exit codes"). In a child
 // process it runs the child and exits with 0 after a clean stop, 1 after an
-// error and 2 after a panic.
+// error and 2 after a panic. In check mode (BROOD_PREFLIGHT=1, see Run) it
+// checks the command line and cfg and exits 0 or 1.
 func Main(cfg Config) {
 	os.Exit(mainCode(context.Background(), cfg, os.Args[1:]))
 }
@@ -63,6 +73,17 @@ func mainCode(ctx context.Context, cfg Config, args []string) int {
 			return runWithSignals(ctx, cfg.withOptions(opts))
 		},
 		DefaultRunDir: DefaultRunDir,
+	}
+	if preflightMode() {
+		// Check mode: the command line as `run` parses it, checked, not run.
+		app.Preflight = true
+		app.Run = func(_ context.Context, opts cli.Options) error {
+			b, err := preflight(cfg.withOptions(opts))
+			if err != nil {
+				return err
+			}
+			return printBuild(os.Stdout, b)
+		}
 	}
 	if app.Defaults.Name == "" {
 		app.Defaults.Name = defaultName()

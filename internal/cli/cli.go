@@ -70,6 +70,13 @@ type App struct {
 	DefaultRunDir func(name string) string
 	// Stdout and Stderr default to the process's.
 	Stdout, Stderr io.Writer
+	// Preflight is check mode (upgrade.EnvPreflight): the command line is
+	// parsed as usual, so a bad flag fails with cobra's own message; the
+	// commands that run a master in this process (run, the default, and
+	// start, which does not detach then even with --daemon) call Run, which
+	// checks instead of running; every other command is refused. Any
+	// failure is one line on Stderr and exit code 1.
+	Preflight bool
 }
 
 // ExitError carries an exit code through cobra.
@@ -97,6 +104,11 @@ func Execute(ctx context.Context, app App, args []string) int {
 	err := root.ExecuteContext(ctx)
 	if err == nil {
 		return ExitOK
+	}
+	if app.Preflight {
+		// One line, whatever failed: the upgrading master shows the last one.
+		fmt.Fprintln(app.Stderr, "Error:", strings.ReplaceAll(strings.TrimSpace(err.Error()), "\n", "; "))
+		return ExitFailure
 	}
 	var ee *ExitError
 	if errors.As(err, &ee) {
@@ -142,6 +154,9 @@ func newRoot(ctx context.Context, app *App) *cobra.Command {
 	pf.BoolVar(&opts.FleetOptional, "fleet-optional", opts.FleetOptional, "start even if no fleet server can be reached, and keep trying (env BROOD_FLEET_OPTIONAL)")
 	pf.DurationVar(&opts.FleetLeaseTTL, "fleet-lease-ttl", opts.FleetLeaseTTL, "lifetime of the fleet's leader and singleton leases; 0 = 10s (env BROOD_FLEET_LEASE_TTL)")
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		if app.Preflight && cmd != root && cmd.Name() != "run" && cmd.Name() != "start" {
+			return fmt.Errorf("preflight: %q runs no master; check the command line the master runs with (run ...)", cmd.CommandPath())
+		}
 		return applyEnv(cmd.Flags(), &opts)
 	}
 

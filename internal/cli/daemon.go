@@ -36,7 +36,9 @@ func newStartCmd(app *App, opts *Options) *cobra.Command {
 			"and exits 1, leaving nothing running.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if !daemon {
+			if !daemon || app.Preflight {
+				// A preflight checks what the detached master would run
+				// (daemonArgs: run with these options), here, detaching nothing.
 				return runForeground(cmd.Context(), app, *opts)
 			}
 			return startDaemon(cmd, app, opts, logDir, timeout)

@@ -233,23 +233,8 @@ func (m *Master) stopResult() error {
 // New prepares a master for cfg. It validates the listen addresses, so a bad
 // one is reported before anything is created.
 func New(cfg Config) (*Master, error) {
-	if cfg.Fleet.URLs != "" {
-		if err := fleet.ValidName(cfg.Name); err != nil {
-			return nil, fmt.Errorf("brood: %w", err)
-		}
-		if err := fleet.ValidNode(cfg.Fleet.Node); err != nil {
-			return nil, fmt.Errorf("brood: fleet: --node: %w", err)
-		}
-	}
-	for _, l := range cfg.Listen {
-		if _, err := listener.Parse(l); err != nil {
-			return nil, fmt.Errorf("brood: %w", err)
-		}
-	}
-	if cfg.Admin != "" {
-		if _, err := listener.Parse(cfg.Admin); err != nil {
-			return nil, fmt.Errorf("brood: admin listener: %w", err)
-		}
+	if err := Check(cfg); err != nil {
+		return nil, err
 	}
 	// Every check comes before the first goroutine (the outputs') starts, so
 	// that a refused configuration leaves nothing behind.
