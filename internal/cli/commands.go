@@ -194,7 +194,7 @@ func newReloadCmd(app *App, opts *Options) *cobra.Command {
 }
 
 func newUpgradeCmd(app *App, opts *Options) *cobra.Command {
-	var timeout time.Duration
+	var timeout, preflight time.Duration
 	var keep bool
 	cmd := &cobra.Command{
 		Use:   "upgrade",
@@ -209,7 +209,7 @@ func newUpgradeCmd(app *App, opts *Options) *cobra.Command {
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
 			var res wire.UpgradeResult
-			if err := call(ctx, app, opts, ExitFailure, "POST", "/upgrade", wire.UpgradeRequest{KeepWorkers: keep}, &res); err != nil {
+			if err := call(ctx, app, opts, ExitFailure, "POST", "/upgrade", wire.UpgradeRequest{KeepWorkers: keep, PreflightTimeout: preflight.Seconds()}, &res); err != nil {
 				return err
 			}
 			out := cmd.OutOrStdout()
@@ -226,6 +226,7 @@ func newUpgradeCmd(app *App, opts *Options) *cobra.Command {
 		},
 	}
 	cmd.Flags().DurationVar(&timeout, "timeout", 10*time.Minute, "give up waiting for the upgrade after this long")
+	cmd.Flags().DurationVar(&preflight, "preflight-timeout", 10*time.Second, "how long the new binary's check run may take")
 	cmd.Flags().BoolVar(&keep, "keep-workers", false, "keep the running workers and agent (adopted by the new master) instead of rolling them onto the new binary")
 	return cmd
 }

@@ -82,7 +82,7 @@ func (m *Master) controlHandler() http.Handler {
 				return badRequest{err}
 			}
 		}
-		p, err := m.prepareUpgrade(r.Context(), req.KeepWorkers)
+		p, err := m.prepareUpgrade(r.Context(), req)
 		if err != nil {
 			return err
 		}

@@ -58,7 +58,7 @@ func RunWithSignals(ctx context.Context, cfg Config) error {
 					m.ReloadInBackground("SIGHUP")
 				case sig == syscall.SIGUSR2:
 					m.goOwned("upgrade", func() {
-						if err := m.Upgrade(ctx, false, nil); err != nil {
+						if err := m.Upgrade(ctx, wire.UpgradeRequest{}, nil); err != nil {
 							m.log.Error("SIGUSR2: upgrade not done", "err", err)
 						}
 					})

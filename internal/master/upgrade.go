@@ -66,7 +66,7 @@ const envUpgradeFailure = "BROOD_UPGRADE_FAILURE"
 // PrepareUpgrade checks that an upgrade can start now and preflights the
 // binary on disk. On success the upgrade holds the cluster's op: call
 // ExecUpgrade next (or the returned cancel).
-func (m *Master) prepareUpgrade(ctx context.Context, keep bool) (*upgradePrep, error) {
+func (m *Master) prepareUpgrade(ctx context.Context, req wire.UpgradeRequest) (*upgradePrep, error) {
 	refuse := func(cause string) error { return &StateError{Op: "upgrade", Cause: cause} }
 	switch {
 	case m.cfg.Single:
@@ -86,7 +86,11 @@ func (m *Master) prepareUpgrade(ctx context.Context, keep bool) (*upgradePrep, e
 		return nil, refuse(cause)
 	}
 	began := time.Now()
-	to, err := upgrade.Preflight(ctx, m.exe, os.Args[1:], upgrade.PreflightEnv(os.Environ(), upgrade.StateVersion), preflightTimeout)
+	timeout := preflightTimeout
+	if req.PreflightTimeout > 0 {
+		timeout = time.Duration(req.PreflightTimeout * float64(time.Second))
+	}
+	to, err := upgrade.Preflight(ctx, m.exe, os.Args[1:], upgrade.PreflightEnv(os.Environ(), upgrade.StateVersion), timeout)
 	if err != nil {
 		end()
 		err = fmt.Errorf("brood: upgrade refused, nothing changed: %w", err)
@@ -98,7 +102,7 @@ func (m *Master) prepareUpgrade(ctx context.Context, keep bool) (*upgradePrep, e
 		end()
 		return nil, fmt.Errorf("brood: upgrade refused, nothing changed: keep the running executable for a rollback: %w", err)
 	}
-	return &upgradePrep{end: end, began: began, to: to, keep: keep, rollback: rb}, nil
+	return &upgradePrep{end: end, began: began, to: to, keep: req.KeepWorkers, rollback: rb}, nil
 }
 
 // unsteadyLocked says why the cluster cannot be frozen now, or "".
@@ -338,8 +342,8 @@ func routerCounters(c upgrade.Counters) relay.Stats {
 // error if the upgrade is refused or fails its preflight, with nothing
 // changed; otherwise it does not return (the process runs the next image,
 // which answers client). client may be nil (SIGUSR2).
-func (m *Master) Upgrade(ctx context.Context, keep bool, client net.Conn) error {
-	p, err := m.prepareUpgrade(ctx, keep)
+func (m *Master) Upgrade(ctx context.Context, req wire.UpgradeRequest, client net.Conn) error {
+	p, err := m.prepareUpgrade(ctx, req)
 	if err != nil {
 		return err
 	}

@@ -131,6 +131,8 @@ type UpgradeRequest struct {
 	// KeepWorkers leaves the children running their old binary (they are
 	// adopted by the new master); otherwise they are rolled like a reload.
 	KeepWorkers bool `json:"keep_workers"`
+	// PreflightTimeout bounds the new binary's check run (0: 10 s).
+	PreflightTimeout float64 `json:"preflight_timeout_seconds,omitempty"`
 }
 
 // UpgradeResult is the answer to POST /upgrade: the master's pid (unchanged),

@@ -2,7 +2,7 @@
 // workers answer with their build's version (set with -ldflags "-X
 // main.version=..."), so a test can tell which binary serves; its agent
 // sends a numbered stream of messages to the workers, which append each
-// number they handle to $UPGRADEAPP_DIR/messages; a task every 200 ms
+// number they handle (after the agent's pid) to $UPGRADEAPP_DIR/messages; a task every 200 ms
 // appends its tick to $UPGRADEAPP_DIR/ticks. The test checks both files for
 // gaps and duplicates across upgrades.
 package main
@@ -63,7 +63,7 @@ func main() {
 					return nil
 				case <-t.C:
 					n++
-					if err := p.Messenger().SendRandom("seq", n); err != nil {
+					if err := p.Messenger().SendRandom("seq", [2]int{p.PID(), n}); err != nil {
 						p.Logger().Error("seq not sent", "n", n, "err", err)
 					}
 				}
@@ -71,9 +71,9 @@ func main() {
 		},
 		Worker: func(ctx context.Context, p *brood.Process) error {
 			p.Messenger().On("seq", func(m brood.Message) {
-				var n int
-				if m.Decode(&n) == nil {
-					appendLine("messages", strconv.Itoa(n))
+				var an [2]int // the agent's pid, the number
+				if m.Decode(&an) == nil {
+					appendLine("messages", strconv.Itoa(an[0])+" "+strconv.Itoa(an[1]))
 				}
 			})
 			mux := http.NewServeMux()

@@ -1,0 +1,363 @@
+package brood_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/brood-go/brood/internal/control"
+	"github.com/brood-go/brood/internal/helperproc"
+	"github.com/brood-go/brood/internal/proc"
+	"github.com/brood-go/brood/internal/wire"
+)
+
+// upgradeApp is a daemon of testdata/upgradeapp, with builds of it to
+// install and a load to run against it.
+type upgradeApp struct {
+	t      *testing.T
+	dir    string // builds, logs and the app's output files
+	app    string // the path the master runs: installs rename a build onto it
+	runDir string
+	env    []string
+	addr   string
+	pid    int
+}
+
+// buildUpgradeApp builds testdata/upgradeapp with version (main.version and
+// the build label) and any extra -X settings into dir/app.<name>.
+func buildUpgradeApp(t *testing.T, dir, name, version string, extra ...string) string {
+	t.Helper()
+	out := filepath.Join(dir, "app."+name)
+	ld := "-X main.version=" + version + " -X github.com/brood-go/brood/internal/upgrade.buildLabel=" + version
+	for _, x := range extra {
+		ld += " -X " + x
+	}
+	cmd := exec.Command("go", "build", "-ldflags", ld, "-o", out, "./testdata/upgradeapp")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", name, err, b)
+	}
+	return out
+}
+
+func startUpgradeApp(t *testing.T, build string) *upgradeApp {
+	t.Helper()
+	dir := filepath.Dir(build)
+	a := &upgradeApp{t: t, dir: dir, app: filepath.Join(dir, "upgradeapp"), runDir: helperproc.ShortTempDir(t)}
+	a.env = append(os.Environ(), "BROOD_RUN_DIR="+a.runDir, "GORACE=atexit_sleep_ms=0", "UPGRADEAPP_DIR="+dir)
+	a.install(build)
+	t.Cleanup(func() {
+		if pid, err := control.ReadPID(a.runDir); err == nil {
+			syscall.Kill(pid, syscall.SIGKILL)
+			proc.WaitGone([]int{pid}, 5*time.Second)
+		}
+	})
+	out, err := a.run("start", "--daemon", "--workers", "2", "--log-dir", dir)
+	if err != nil {
+		t.Fatalf("start: %v\n%s", err, out)
+	}
+	for _, l := range strings.Split(out, "\n") {
+		if s, ok := strings.CutPrefix(strings.TrimSpace(l), "listening on tcp://"); ok {
+			a.addr = s
+		}
+	}
+	if a.addr == "" {
+		t.Fatalf("start printed no address:\n%s", out)
+	}
+	a.pid, err = control.ReadPID(a.runDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// install puts a build where the master's executable is, as a deploy does:
+// a copy renamed over it.
+func (a *upgradeApp) install(build string) {
+	a.t.Helper()
+	b, err := os.ReadFile(build)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	mode := os.FileMode(0o755)
+	if fi, err := os.Stat(build); err == nil {
+		mode = fi.Mode().Perm()
+	}
+	tmp := a.app + ".tmp"
+	if err := os.WriteFile(tmp, b, mode); err != nil {
+		a.t.Fatal(err)
+	}
+	if err := os.Chmod(tmp, mode); err != nil {
+		a.t.Fatal(err)
+	}
+	if err := os.Rename(tmp, a.app); err != nil {
+		a.t.Fatal(err)
+	}
+}
+
+func (a *upgradeApp) run(args ...string) (string, error) {
+	cmd := exec.Command(a.app, args...)
+	cmd.Env = a.env
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// versions asks 10 new connections which build answers.
+func (a *upgradeApp) versions() map[string]int {
+	seen := map[string]int{}
+	for range 10 {
+		b := get(a.t, newConnClient(), "http://"+a.addr+"/")
+		seen[strings.Fields(b)[0]]++
+	}
+	return seen
+}
+
+// upgradeLoad is HTTP load in both connection modes plus a control client
+// asking for the status, all counting failures.
+type upgradeLoad struct {
+	ok, failed, ctlOK, ctlFailed atomic.Int64
+	firstErr                     atomic.Value
+	stop                         chan struct{}
+	wg                           sync.WaitGroup
+}
+
+func (a *upgradeApp) startLoad() *upgradeLoad {
+	l := &upgradeLoad{stop: make(chan struct{})}
+	fail := func(err error) {
+		l.failed.Add(1)
+		l.firstErr.CompareAndSwap(nil, err.Error())
+	}
+	for i := range 4 {
+		l.wg.Go(func() {
+			// Keep-alive GETs, Connection: close GETs, keep-alive POSTs
+			// (which net/http does not retry, so a dropped one shows).
+			client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: i%3 == 1}}
+			defer client.CloseIdleConnections()
+			for {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				var resp *http.Response
+				var err error
+				if i%3 == 2 {
+					resp, err = client.Post("http://"+a.addr+"/", "text/plain", strings.NewReader("x"))
+				} else {
+					resp, err = client.Get("http://" + a.addr + "/")
+				}
+				if err == nil {
+					_, err = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if err == nil && resp.StatusCode != 200 {
+						err = fmt.Errorf("status %d", resp.StatusCode)
+					}
+				}
+				if err != nil {
+					fail(err)
+				} else {
+					l.ok.Add(1)
+				}
+			}
+		})
+	}
+	l.wg.Go(func() {
+		for {
+			select {
+			case <-l.stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			c, err := control.Dial(a.runDir, "upgradeapp")
+			if err == nil {
+				var st wire.Status
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				err = c.Do(ctx, "GET", "/status", nil, &st)
+				cancel()
+				c.Close()
+			}
+			if err != nil {
+				l.ctlFailed.Add(1)
+				l.firstErr.CompareAndSwap(nil, "control: "+err.Error())
+			} else {
+				l.ctlOK.Add(1)
+			}
+		}
+	})
+	return l
+}
+
+func (l *upgradeLoad) end(t *testing.T) {
+	t.Helper()
+	close(l.stop)
+	l.wg.Wait()
+	t.Logf("load: %d requests ok, %d failed; control: %d ok, %d failed", l.ok.Load(), l.failed.Load(), l.ctlOK.Load(), l.ctlFailed.Load())
+	if l.failed.Load() != 0 || l.ctlFailed.Load() != 0 {
+		t.Errorf("%d requests and %d control requests failed (first: %v)", l.failed.Load(), l.ctlFailed.Load(), l.firstErr.Load())
+	}
+	if l.ok.Load() == 0 || l.ctlOK.Load() == 0 {
+		t.Errorf("the load did not run: %d requests, %d control requests", l.ok.Load(), l.ctlOK.Load())
+	}
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, d)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// readNumbers reads a file of one integer per line.
+func readNumbers(t *testing.T, path string) []int64 {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []int64
+	for _, l := range strings.Fields(string(b)) {
+		n, err := strconv.ParseInt(l, 10, 64)
+		if err != nil {
+			t.Fatalf("%s: %q", path, l)
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+// TestUpgradeInPlace: 20 upgrades back to back, alternating two builds,
+// under keep-alive and one-connection-per-request load with a control client
+// asking for the status throughout: no request fails, the master keeps its
+// pid, every answer after an upgrade comes from the new build, the agent's
+// numbered messages to the workers arrive once each, and the 200 ms
+// schedule runs once per tick.
+func TestUpgradeInPlace(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the test app twice and upgrades 20 times")
+	}
+	dir := t.TempDir()
+	builds := []string{buildUpgradeApp(t, dir, "v1", "v1"), buildUpgradeApp(t, dir, "v2", "v2")}
+	a := startUpgradeApp(t, builds[0])
+	if v := a.versions(); v["v1"] != 10 {
+		t.Fatalf("before the upgrades: %v", v)
+	}
+	load := a.startLoad()
+	const upgrades = 20
+	for i := 1; i <= upgrades; i++ {
+		want := "v" + strconv.Itoa(i%2+1)
+		a.install(builds[i%2])
+		out, err := a.run("upgrade")
+		if err != nil {
+			load.end(t)
+			t.Fatalf("upgrade %d: %v\n%s", i, err, out)
+		}
+		if !strings.Contains(out, "-> "+want) || !strings.Contains(out, fmt.Sprintf("upgrade %d of this master", i)) {
+			t.Errorf("upgrade %d printed:\n%s", i, out)
+		}
+		if pid, err := control.ReadPID(a.runDir); err != nil || pid != a.pid {
+			t.Fatalf("upgrade %d: master pid %d (%v), want %d", i, pid, err, a.pid)
+		}
+		if v := a.versions(); v[want] != 10 {
+			t.Fatalf("after upgrade %d: %v, want every answer from %s", i, v, want)
+		}
+	}
+	load.end(t)
+	st := statusOf(t, a)
+	if st.PID != a.pid || st.Upgrades != upgrades || st.Build.Version != "v1" {
+		t.Errorf("status after %d upgrades: pid %d, upgrades %d, build %+v", upgrades, st.PID, st.Upgrades, st.Build)
+	}
+	if out, err := a.run("stop"); err != nil {
+		t.Fatalf("stop: %v\n%s", err, out)
+	}
+
+	checkMessages(t, filepath.Join(dir, "messages"))
+	checkTicks(t, filepath.Join(dir, "ticks"), 200*time.Millisecond)
+}
+
+func statusOf(t *testing.T, a *upgradeApp) wire.Status {
+	t.Helper()
+	c, err := control.Dial(a.runDir, "upgradeapp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var st wire.Status
+	if err := c.Do(context.Background(), "GET", "/status", nil, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// checkMessages: the file holds, per agent, its numbers 1, 2, 3, ...; none
+// repeats and none is missing, but the tail of the last agent's (in flight
+// at the stop).
+func checkMessages(t *testing.T, path string) {
+	t.Helper()
+	ns := readNumbers(t, path)
+	if len(ns)%2 != 0 {
+		t.Fatalf("%s: odd number of fields", path)
+	}
+	runs := map[int64][]int64{}
+	var order []int64
+	for i := 0; i < len(ns); i += 2 {
+		if _, ok := runs[ns[i]]; !ok {
+			order = append(order, ns[i])
+		}
+		runs[ns[i]] = append(runs[ns[i]], ns[i+1])
+	}
+	total := 0
+	for _, agent := range order {
+		r := runs[agent]
+		slices.Sort(r)
+		total += len(r)
+		for j, n := range r {
+			if n != int64(j+1) {
+				if j > 0 && n == r[j-1] {
+					t.Fatalf("agent pid %d's message %d arrived twice", agent, n)
+				}
+				t.Fatalf("agent pid %d's messages: %d missing (got %d, up to %d)", agent, j+1, len(r), r[len(r)-1])
+			}
+		}
+	}
+	t.Logf("messages: %d agents, %d messages, each once", len(runs), total)
+	if len(runs) < 2 {
+		t.Errorf("the agent was never replaced: messages from %d agents", len(runs))
+	}
+}
+
+// checkTicks: consecutive ticks of every, each once.
+func checkTicks(t *testing.T, path string, every time.Duration) {
+	t.Helper()
+	ticks := readNumbers(t, path)
+	if len(ticks) < 10 {
+		t.Fatalf("only %d ticks ran", len(ticks))
+	}
+	seen := map[int64]bool{}
+	slices.Sort(ticks)
+	for i, tk := range ticks {
+		if seen[tk] {
+			t.Fatalf("tick %d ran twice", tk)
+		}
+		seen[tk] = true
+		if i > 0 && time.Duration(tk-ticks[i-1])*time.Millisecond != every {
+			t.Fatalf("ticks %d and %d: %v apart, want %v (ticks: %v)", ticks[i-1], tk, time.Duration(tk-ticks[i-1])*time.Millisecond, every, ticks)
+		}
+	}
+	t.Logf("ticks: %d, each once, none missing", len(ticks))
+}
