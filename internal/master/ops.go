@@ -79,7 +79,7 @@ func (m *Master) Reload() (wire.ReloadResult, error) {
 	defer end()
 	began := time.Now()
 	m.events.publish(wire.Event{Type: wire.EventReloadBegun})
-	res, err := m.reloadSlots(began)
+	res, err := m.reloadSlots(began, wire.ReasonReload)
 	res.Took = time.Since(began).Seconds()
 	ev := wire.Event{Type: wire.EventReloadEnded, Result: "ok", To: len(res.Replaced), Took: res.Took}
 	if err != nil {
@@ -90,7 +90,7 @@ func (m *Master) Reload() (wire.ReloadResult, error) {
 	return res, err
 }
 
-func (m *Master) reloadSlots(began time.Time) (wire.ReloadResult, error) {
+func (m *Master) reloadSlots(began time.Time, why wire.Reason) (wire.ReloadResult, error) {
 	var res wire.ReloadResult
 	m.mu.Lock()
 	slots := m.workerSlotsLocked()
@@ -99,7 +99,7 @@ func (m *Master) reloadSlots(began time.Time) (wire.ReloadResult, error) {
 	}
 	m.mu.Unlock()
 	for _, s := range slots {
-		r, err := m.reloadSlot(s, began)
+		r, err := m.reloadSlot(s, began, why)
 		if err != nil {
 			what := "the old workers keep serving"
 			if s == m.agent {
@@ -118,7 +118,7 @@ func (m *Master) reloadSlots(began time.Time) (wire.ReloadResult, error) {
 // whose process is being replaced already (a guarded panic, recycling) is
 // waited for: its new process runs the new binary. A slot that is restarting
 // needs nothing: its next process runs the new binary too.
-func (m *Master) reloadSlot(s *slot, began time.Time) (*wire.Replacement, error) {
+func (m *Master) reloadSlot(s *slot, began time.Time, why wire.Reason) (*wire.Replacement, error) {
 	for {
 		m.mu.Lock()
 		old, starting := s.serving, s.starting
@@ -148,7 +148,7 @@ func (m *Master) reloadSlot(s *slot, began time.Time) (*wire.Replacement, error)
 		if s == m.agent {
 			replace = s.replaceStopFirst
 		}
-		nc, err := replace(old, wire.ReasonReload, "")
+		nc, err := replace(old, why, "")
 		switch {
 		case err == nil:
 			return &wire.Replacement{Role: wire.RoleName(s.role), ID: s.id, OldPID: old.pid, NewPID: nc.pid}, nil

@@ -66,8 +66,7 @@ func (m *Master) restoreOrRollBack() {
 		m.restore = rs
 		return
 	}
-	rb, _ := strconv.Atoi(os.Getenv(upgrade.EnvRollbackFD))
-	if rb <= 0 || rs == nil {
+	if rs == nil || rs.rollback < 0 {
 		// A rollback that fails too, or no state to go back with.
 		fmt.Fprintf(os.Stderr, "brood: upgrade: cannot restore the state handed over (%v), and cannot roll back; the master exits and the children stop\n", err)
 		os.Exit(1)
@@ -78,7 +77,7 @@ func (m *Master) restoreOrRollBack() {
 	failure := fmt.Sprintf("the new image could not restore the state: %v", err)
 	fmt.Fprintf(os.Stderr, "brood: upgrade: %s; rolling back to the previous executable\n", failure)
 	env := upgradeEnv(rs.fd, -1, failure)
-	err = unix.Exec("/proc/self/fd/"+strconv.Itoa(rb), os.Args, env)
+	err = unix.Exec("/proc/self/fd/"+strconv.Itoa(rs.rollback), os.Args, env)
 	fmt.Fprintf(os.Stderr, "brood: upgrade: roll back: %v; the master exits and the children stop\n", err)
 	os.Exit(1)
 }
@@ -201,7 +200,11 @@ func (m *Master) restoreCluster() error {
 	m.router.Carry(routerCounters(st.Router))
 	m.setScheduleClockFromUpgrade(st.ScheduleClock)
 	for i, sl := range st.Slots {
-		s := m.addSlot(ipc.Role(sl.Role), sl.ID)
+		role := ipc.RoleWorker
+		if sl.Role == "agent" {
+			role = ipc.RoleAgent
+		}
+		s := m.addSlot(role, sl.ID)
 		if err := m.adopt(s, sl, rs.pidfds[i]); err != nil {
 			return fmt.Errorf("brood: upgrade: adopt %s (pid %d): %w", s, sl.Child.PID, err)
 		}
@@ -307,7 +310,7 @@ func (m *Master) finishUpgrade() {
 		m.op = "upgrade"
 		m.mu.Unlock()
 		var rr wire.ReloadResult
-		rr, err = m.reloadSlots(time.Now())
+		rr, err = m.reloadSlots(time.Now(), wire.ReasonUpgrade)
 		res.Replaced = rr.Replaced
 		m.mu.Lock()
 		m.op = ""

@@ -289,7 +289,7 @@ func (m *Master) handOver(p *upgradePrep, client net.Conn, from upgrade.Build) *
 			cs.Stderr = mustDup(c.stderr)
 		}
 		st.Slots = append(st.Slots, upgrade.Slot{
-			Role: int(s.role), ID: s.id, Restarts: s.restarts, LastReason: int(s.lastReason), LastDetail: s.lastDetail,
+			Role: wire.RoleName(s.role), ID: s.id, Restarts: s.restarts, LastReason: int(s.lastReason), LastDetail: s.lastDetail,
 			Crashes: s.crashes, CPURetired: s.cpuRetired + c.usage.cpu.Seconds(), Child: cs,
 		})
 	}

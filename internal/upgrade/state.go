@@ -58,7 +58,7 @@ type Socket struct {
 
 // Slot is a place of the cluster (the agent, or worker N) and its process.
 type Slot struct {
-	Role       int     `json:"role"` // ipc.Role
+	Role       string  `json:"role"` // "agent" or "worker"
 	ID         int     `json:"id"`
 	Restarts   int     `json:"restarts"`
 	LastReason int     `json:"last_reason"` // wire.Reason
@@ -180,17 +180,17 @@ func (s *State) check() error {
 	for i, sl := range s.Slots {
 		what := fmt.Sprintf("slot %d", i)
 		switch {
-		case sl.Role == 1: // ipc.RoleAgent
+		case sl.Role == "agent":
 			agents++
 			if agents > 1 || sl.ID != 0 {
 				return fmt.Errorf("%s: a second agent, or an agent with id %d", what, sl.ID)
 			}
-		case sl.Role == 2: // ipc.RoleWorker
+		case sl.Role == "worker":
 			if sl.ID < 1 {
 				return fmt.Errorf("%s: worker id %d", what, sl.ID)
 			}
 		default:
-			return fmt.Errorf("%s: role %d", what, sl.Role)
+			return fmt.Errorf("%s: role %q", what, sl.Role)
 		}
 		c := sl.Child
 		if c.PID < 2 || pids[c.PID] {

@@ -13,9 +13,9 @@ func sampleState() *State {
 		Sockets: []Socket{{FD: 8, Network: "tcp", Requested: "tcp://:0", Bound: "tcp://127.0.0.1:4000"}},
 		Admin:   &Socket{FD: 9, Network: "tcp", Requested: "tcp://:0", Bound: "tcp://127.0.0.1:4001"},
 		Slots: []Slot{
-			{Role: 1, ID: 0, Restarts: 3, Child: Child{PID: 100, Protocol: 2, IPC: 10, Stdout: 11, Stderr: 12, Sent: 5,
+			{Role: "agent", ID: 0, Restarts: 3, Child: Child{PID: 100, Protocol: 2, IPC: 10, Stdout: 11, Stderr: 12, Sent: 5,
 				Retained: []Frame{{Seq: 4, Raw: []byte("four")}, {Seq: 5, Raw: []byte("five")}}, Unread: []byte{0, 0}}},
-			{Role: 2, ID: 1, Child: Child{PID: 101, Protocol: 2, IPC: 13, Stdout: -1, Stderr: -1}},
+			{Role: "worker", ID: 1, Child: Child{PID: 101, Protocol: 2, IPC: 13, Stdout: -1, Stderr: -1}},
 		},
 		ScheduleClock: []byte(`{"tick":1}`),
 	}
@@ -48,7 +48,7 @@ func TestDecodeRefuses(t *testing.T) {
 		"duplicate fd":   {func(s *State) { s.Slots[1].Child.IPC = 10 }, "descriptor 10 is also"},
 		"stdio fd":       {func(s *State) { s.Control = 1 }, "out of range"},
 		"pid 1":          {func(s *State) { s.Slots[1].Child.PID = 1 }, "pid 1"},
-		"two agents":     {func(s *State) { s.Slots[1].Role = 1 }, "second agent"},
+		"two agents":     {func(s *State) { s.Slots[1].Role = "agent" }, "second agent"},
 		"seq order":      {func(s *State) { s.Slots[0].Child.Retained[0].Seq = 9 }, "out of order"},
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -90,7 +90,7 @@ func FuzzDecodeState(f *testing.F) {
 	b, _ := Encode(sampleState())
 	f.Add(b)
 	f.Add([]byte(`{"version":1}`))
-	f.Add([]byte(`{"version":1,"slots":[{"role":2,"id":1,"child":{"pid":5,"ipc":3,"retained":[{"seq":1}]}}]}`))
+	f.Add([]byte(`{"version":1,"slots":[{"role":"worker","id":1,"child":{"pid":5,"ipc":3,"retained":[{"seq":1}]}}]}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		s, err := Decode(b)
 		if err != nil {
