@@ -29,16 +29,40 @@ type upgradeApp struct {
 	t      *testing.T
 	dir    string // builds, logs and the app's output files
 	app    string // the path the master runs: installs rename a build onto it
+	cli    string // the build the commands run: never a broken one
 	runDir string
 	env    []string
 	addr   string
 	pid    int
 }
 
-// buildUpgradeApp builds testdata/upgradeapp with version (main.version and
-// the build label) and any extra -X settings into dir/app.<name>.
-func buildUpgradeApp(t *testing.T, dir, name, version string, extra ...string) string {
+// buildUpgradeApps builds testdata/upgradeapp once per spec, in parallel:
+// each spec is "name version [-X settings...]"; it returns the paths by name.
+func buildUpgradeApps(t *testing.T, dir string, specs ...string) map[string]string {
 	t.Helper()
+	out := map[string]string{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, spec := range specs {
+		f := strings.Fields(spec)
+		wg.Go(func() {
+			p := buildUpgradeApp(t, dir, f[0], f[1], f[2:]...)
+			mu.Lock()
+			out[f[0]] = p
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	return out
+}
+
+// buildUpgradeApp builds testdata/upgradeapp with version (main.version and
+// the build label) and any extra -X settings into dir/app.<name>. It may
+// run on another goroutine than the test's: it reports with Errorf.
+func buildUpgradeApp(t *testing.T, dir, name, version string, extra ...string) string {
 	out := filepath.Join(dir, "app."+name)
 	ld := "-X main.version=" + version + " -X github.com/brood-go/brood/internal/upgrade.buildLabel=" + version
 	for _, x := range extra {
@@ -46,7 +70,7 @@ func buildUpgradeApp(t *testing.T, dir, name, version string, extra ...string) s
 	}
 	cmd := exec.Command("go", "build", "-ldflags", ld, "-o", out, "./testdata/upgradeapp")
 	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build %s: %v\n%s", name, err, b)
+		t.Errorf("go build %s: %v\n%s", name, err, b)
 	}
 	return out
 }
@@ -54,7 +78,7 @@ func buildUpgradeApp(t *testing.T, dir, name, version string, extra ...string) s
 func startUpgradeApp(t *testing.T, build string) *upgradeApp {
 	t.Helper()
 	dir := filepath.Dir(build)
-	a := &upgradeApp{t: t, dir: dir, app: filepath.Join(dir, "upgradeapp"), runDir: helperproc.ShortTempDir(t)}
+	a := &upgradeApp{t: t, dir: dir, app: filepath.Join(dir, "upgradeapp"), cli: build, runDir: helperproc.ShortTempDir(t)}
 	a.env = append(os.Environ(), "BROOD_RUN_DIR="+a.runDir, "GORACE=atexit_sleep_ms=0", "UPGRADEAPP_DIR="+dir)
 	a.install(build)
 	t.Cleanup(func() {
@@ -63,7 +87,10 @@ func startUpgradeApp(t *testing.T, build string) *upgradeApp {
 			proc.WaitGone([]int{pid}, 5*time.Second)
 		}
 	})
-	out, err := a.run("start", "--daemon", "--workers", "2", "--log-dir", dir)
+	cmd := exec.Command(a.app, "start", "--daemon", "--workers", "2", "--log-dir", dir)
+	cmd.Env = a.env
+	b, err := cmd.CombinedOutput()
+	out := string(b)
 	if err != nil {
 		t.Fatalf("start: %v\n%s", err, out)
 	}
@@ -106,8 +133,9 @@ func (a *upgradeApp) install(build string) {
 	}
 }
 
+// run runs a command of the CLI.
 func (a *upgradeApp) run(args ...string) (string, error) {
-	cmd := exec.Command(a.app, args...)
+	cmd := exec.Command(a.cli, args...)
 	cmd.Env = a.env
 	out, err := cmd.CombinedOutput()
 	return string(out), err
@@ -252,7 +280,8 @@ func TestUpgradeInPlace(t *testing.T) {
 		t.Skip("builds the test app twice and upgrades 20 times")
 	}
 	dir := t.TempDir()
-	builds := []string{buildUpgradeApp(t, dir, "v1", "v1"), buildUpgradeApp(t, dir, "v2", "v2")}
+	bs := buildUpgradeApps(t, dir, "v1 v1", "v2 v2")
+	builds := []string{bs["v1"], bs["v2"]}
 	a := startUpgradeApp(t, builds[0])
 	if v := a.versions(); v["v1"] != 10 {
 		t.Fatalf("before the upgrades: %v", v)
@@ -360,4 +389,62 @@ func checkTicks(t *testing.T, path string, every time.Duration) {
 		}
 	}
 	t.Logf("ticks: %d, each once, none missing", len(ticks))
+}
+
+// TestUpgradeBrokenBinary: a new binary that exits 1 at start, is not
+// executable, hangs, or fails or panics while restoring never costs a
+// request: the upgrade reports why, the old master keeps its pid, its
+// build and its processes, and a good upgrade afterwards works.
+func TestUpgradeBrokenBinary(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the test app five times")
+	}
+	dir := t.TempDir()
+	const restoreFault = "github.com/brood-go/brood/internal/master.restoreFault="
+	bs := buildUpgradeApps(t, dir, "v1 v1", "v2 v2", "exit1 exit1", "hang hang",
+		"restore-error v9 "+restoreFault+"error", "restore-panic v9 "+restoreFault+"panic")
+	good := bs["v1"]
+	a := startUpgradeApp(t, good)
+	pidsBefore := statusOf(t, a).Processes
+	load := a.startLoad()
+	noExec := filepath.Join(dir, "app.noexec")
+	b, _ := os.ReadFile(good)
+	if err := os.WriteFile(noExec, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, build string
+		args        []string
+		want        string
+	}{
+		{"exits 1 at start", bs["exit1"], nil, "this build refuses to start"},
+		{"not executable", noExec, nil, "not executable"},
+		{"hangs", bs["hang"], []string{"--preflight-timeout", "1s"}, "did not finish within 1s"},
+		{"fails while restoring", bs["restore-error"], nil, "rolled back"},
+		{"panics while restoring", bs["restore-panic"], nil, "panic"},
+	} {
+		a.install(tc.build)
+		out, err := a.run(append([]string{"upgrade"}, tc.args...)...)
+		if err == nil || !strings.Contains(out, tc.want) {
+			t.Errorf("%s: upgrade: %v, want an error containing %q:\n%s", tc.name, err, tc.want, out)
+		}
+		st := statusOf(t, a)
+		if st.PID != a.pid || st.Build.Version != "v1" || st.Upgrades != 0 {
+			t.Errorf("%s: master pid %d build %q upgrades %d after the failed upgrade, want pid %d, v1, 0", tc.name, st.PID, st.Build.Version, st.Upgrades, a.pid)
+		}
+		if !slices.EqualFunc(st.Processes, pidsBefore, func(x, y wire.Process) bool { return x.PID == y.PID }) {
+			t.Errorf("%s: the processes changed: %v -> %v", tc.name, pidsBefore, st.Processes)
+		}
+		if v := a.versions(); v["v1"] != 10 {
+			t.Errorf("%s: answers after the failed upgrade: %v", tc.name, v)
+		}
+	}
+	a.install(bs["v2"])
+	if out, err := a.run("upgrade"); err != nil || !strings.Contains(out, "-> v2") {
+		t.Fatalf("a good upgrade after the failed ones: %v\n%s", err, out)
+	}
+	load.end(t)
+	if v := a.versions(); v["v2"] != 10 {
+		t.Fatalf("after the good upgrade: %v", v)
+	}
 }

@@ -169,6 +169,10 @@ type Master struct {
 	// reaped by the next image.
 	frozen  bool
 	restore *restoreState // the state handed over by the previous image, while this one restores it
+	// mainExec runs an upgrade's exec on the main thread, the parent of the
+	// children adopted from the previous image; nil unless this image was
+	// started by an upgrade and Run runs on the main thread.
+	mainExec chan forkRequest
 
 	// freezeMu is read-held from a child's exit to its recording, and an
 	// upgrade write-holds it from its freeze to its exec, so that an exit is
@@ -397,13 +401,17 @@ func (m *Master) Run(ctx context.Context, force <-chan struct{}) (err error) {
 		}
 	}
 	var why string
-	select {
-	case <-ctx.Done():
-		why = fmt.Sprint(context.Cause(ctx))
-	case <-m.stopReq:
-		why = m.stopWhy
-	case <-force:
-		why = "forced stop"
+	for why == "" {
+		select {
+		case <-ctx.Done():
+			why = fmt.Sprint(context.Cause(ctx))
+		case <-m.stopReq:
+			why = m.stopWhy
+		case <-force:
+			why = "forced stop"
+		case r := <-m.mainExec: // an upgrade's exec, on the main thread (see restore.go)
+			r.err <- r.do()
+		}
 	}
 	m.stopAll(force, why)
 	return nil

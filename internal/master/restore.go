@@ -38,10 +38,9 @@ type restoreState struct {
 
 func init() {
 	// An image started by an upgrade keeps its main goroutine on the main
-	// thread until it has restored: its children's parent is that thread
-	// (the exec ran there), and a rollback must exec from it too, or the
-	// thread's end would send them their Pdeathsig. restoreOrRollBack lets
-	// go of it.
+	// thread: its children's parent is that thread (the exec ran there),
+	// and a rollback, or the next upgrade while they remain, must exec
+	// from it too, or the thread's end would send them their Pdeathsig.
 	if os.Getenv(upgrade.EnvStateFD) != "" {
 		runtime.LockOSThread()
 	}
@@ -56,14 +55,15 @@ func (m *Master) restoreOrRollBack() {
 		return
 	}
 	onMain := unix.Gettid() == os.Getpid()
-	defer func() {
-		if onMain {
-			runtime.UnlockOSThread()
-		}
-	}()
 	rs, err := m.checkRestore(stateFD)
 	if err == nil {
 		m.restore = rs
+		if onMain {
+			// The main goroutine stays on the main thread, which the
+			// adopted children have as their parent: the next upgrade's
+			// exec runs there while they remain (Run serves mainExec).
+			m.mainExec = make(chan forkRequest)
+		}
 		return
 	}
 	if rs == nil || rs.rollback < 0 {

@@ -107,8 +107,9 @@ func (m *Master) prepareUpgrade(ctx context.Context, req wire.UpgradeRequest) (*
 
 // unsteadyLocked says why the cluster cannot be frozen now, or "".
 func (m *Master) unsteadyLocked() string {
-	inherited := 0
+	inherited, total := 0, 0
 	for _, s := range m.slotsLocked() {
+		total++
 		switch {
 		case s.restarting || s.serving == nil:
 			return s.String() + " is restarting; try again once it is ready"
@@ -119,12 +120,28 @@ func (m *Master) unsteadyLocked() string {
 			inherited++
 		}
 	}
-	if inherited > 0 {
-		// Their parent is the thread that ran the previous exec; the next
-		// exec runs on the forker's thread and would end that one.
-		return fmt.Sprintf("%d process(es) still run the binary from before the last upgrade (it kept the workers); reload them first", inherited)
+	if inherited > 0 && (inherited < total || m.mainExec == nil) {
+		// The adopted ones have the thread that ran the previous exec as
+		// their parent, the others the forker's: an exec from either thread
+		// ends the other, and its children get their Pdeathsig.
+		return fmt.Sprintf("%d of %d processes were adopted from the previous image and the others started since; reload them first", inherited, total)
 	}
 	return ""
+}
+
+// execThread is where the exec must run: the thread that is the parent of
+// every child (see unsteadyLocked).
+func (m *Master) execThreadLocked() func(path string, argv, env []string) error {
+	for _, s := range m.slotsLocked() {
+		if s.serving.inherited {
+			return func(path string, argv, env []string) error {
+				r := forkRequest{do: func() error { return syscall.Exec(path, argv, env) }, err: make(chan error, 1)}
+				m.mainExec <- r
+				return <-r.err
+			}
+		}
+	}
+	return m.forker.exec
 }
 
 // cancel gives up a prepared upgrade that was not executed.
@@ -147,6 +164,7 @@ func (m *Master) execUpgrade(p *upgradePrep, client net.Conn) error {
 		return &StateError{Op: "upgrade", Cause: cause}
 	}
 	m.frozen = true
+	exec := m.execThreadLocked()
 	from := upgrade.CurrentBuild()
 	m.mu.Unlock()
 	m.events.publish(wire.Event{Type: wire.EventUpgradeBegun, Detail: from.String() + " → " + p.to.String()})
@@ -168,11 +186,11 @@ func (m *Master) execUpgrade(p *upgradePrep, client net.Conn) error {
 	}
 	env := upgradeEnv(int(f.Fd()), p.rollback, "")
 	m.flushLogs()
-	err = m.forker.exec(m.exe, os.Args, env)
+	err = exec(m.exe, os.Args, env)
 	// The exec failed: nothing changed in the process; run the old binary.
 	failure := fmt.Sprintf("exec %s: %v", m.exe, err)
 	fmt.Fprintf(os.Stderr, "brood: upgrade: %s; rolling back\n", failure)
-	err = m.forker.exec("/proc/self/fd/"+strconv.Itoa(p.rollback), os.Args, upgradeEnv(int(f.Fd()), -1, failure))
+	err = exec("/proc/self/fd/"+strconv.Itoa(p.rollback), os.Args, upgradeEnv(int(f.Fd()), -1, failure))
 	m.fatalUpgrade(fmt.Errorf("roll back to the running executable: %w", err))
 	return nil
 }

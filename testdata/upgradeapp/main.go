@@ -4,7 +4,8 @@
 // sends a numbered stream of messages to the workers, which append each
 // number they handle (after the agent's pid) to $UPGRADEAPP_DIR/messages; a task every 200 ms
 // appends its tick to $UPGRADEAPP_DIR/ticks. The test checks both files for
-// gaps and duplicates across upgrades.
+// gaps and duplicates across upgrades. The versions exit1 and hang are
+// broken builds: one exits 1 at once, the other never gets going.
 package main
 
 import (
@@ -36,6 +37,13 @@ func appendLine(name, line string) {
 }
 
 func main() {
+	switch version { // the broken builds of the tests
+	case "exit1":
+		fmt.Fprintln(os.Stderr, "upgradeapp: this build refuses to start")
+		os.Exit(1)
+	case "hang":
+		select {}
+	}
 	brood.Main(brood.Config{
 		Name:   "upgradeapp",
 		Listen: []string{"127.0.0.1:0"},
