@@ -448,3 +448,76 @@ func TestUpgradeBrokenBinary(t *testing.T) {
 		t.Fatalf("after the good upgrade: %v", v)
 	}
 }
+
+// TestUpgradeKeepWorkers: --keep-workers re-executes the master only: the
+// children keep their pids and their old binary, adopted by the new master,
+// through two upgrades in a row (the second execs from the main thread,
+// their parent). A child that crashes meanwhile is restarted from the new
+// binary; with adopted and new children mixed, an upgrade is refused until
+// a reload; then a plain upgrade rolls everything.
+func TestUpgradeKeepWorkers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the test app twice")
+	}
+	dir := t.TempDir()
+	bs := buildUpgradeApps(t, dir, "v1 v1", "v2 v2")
+	a := startUpgradeApp(t, bs["v1"])
+	pids := func() []int {
+		var out []int
+		for _, p := range statusOf(t, a).Processes {
+			out = append(out, p.PID)
+		}
+		slices.Sort(out)
+		return out
+	}
+	before := pids()
+	load := a.startLoad()
+	for i, build := range []string{"v2", "v1"} {
+		a.install(bs[build])
+		out, err := a.run("upgrade", "--keep-workers")
+		if err != nil || !strings.Contains(out, "-> "+build) || !strings.Contains(out, "0 processes replaced") {
+			load.end(t)
+			t.Fatalf("upgrade %d --keep-workers: %v\n%s", i+1, err, out)
+		}
+		if got := pids(); !slices.Equal(got, before) {
+			t.Fatalf("upgrade %d --keep-workers changed the processes: %v -> %v", i+1, before, got)
+		}
+		if st := statusOf(t, a); st.PID != a.pid || st.Build.Version != build {
+			t.Fatalf("upgrade %d: master pid %d build %q", i+1, st.PID, st.Build.Version)
+		}
+		if v := a.versions(); v["v1"] != 10 {
+			t.Fatalf("upgrade %d --keep-workers: answers %v, want the old workers' v1", i+1, v)
+		}
+	}
+	// A kept worker crashes: its replacement comes from the binary on disk.
+	a.install(bs["v2"])
+	victim := 0
+	for _, p := range statusOf(t, a).Processes {
+		if p.Role == "worker" {
+			victim = p.PID
+		}
+	}
+	syscall.Kill(victim, syscall.SIGKILL)
+	waitFor(t, "the crashed worker replaced", 10*time.Second, func() bool {
+		for _, p := range statusOf(t, a).Processes {
+			if p.Role == "worker" && p.PID != victim && !slices.Contains(before, p.PID) && p.State == "ready" {
+				return true
+			}
+		}
+		return false
+	})
+	out, err := a.run("upgrade")
+	if err == nil || !strings.Contains(out, "adopted from the previous image") || !strings.Contains(out, "reload them first") {
+		t.Fatalf("upgrade with adopted and new processes mixed: %v, want a refusal\n%s", err, out)
+	}
+	if out, err := a.run("reload"); err != nil {
+		t.Fatalf("reload: %v\n%s", err, out)
+	}
+	if out, err := a.run("upgrade"); err != nil || !strings.Contains(out, "3 processes replaced") {
+		t.Fatalf("upgrade after the reload: %v\n%s", err, out)
+	}
+	load.end(t)
+	if v := a.versions(); v["v2"] != 10 {
+		t.Fatalf("after the last upgrade: %v", v)
+	}
+}
