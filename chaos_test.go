@@ -154,7 +154,7 @@ func percentile(d []time.Duration, p float64) time.Duration {
 
 func TestChaos(t *testing.T) {
 	if testing.Short() {
-		t.Skip("chaos test runs for about 20 seconds")
+		t.Skip("chaos test runs for about 25 seconds")
 	}
 	c := helperproc.Start(t, "chaos", nil)
 	addr := c.WaitReady(startTimeout)
@@ -176,7 +176,7 @@ func TestChaos(t *testing.T) {
 	killed := map[int]bool{}        // SIGKILLed pids: their connections may fail
 	killedAt := map[int]time.Time{} // when each worker was SIGKILLed
 	var recovery []time.Duration
-	kinds := []string{"kill-worker", "guarded-panic", "kill-agent", "kill-worker", "guarded-panic", "kill-worker", "kill-agent", "guarded-panic", "kill-worker"}
+	kinds := []string{"kill-worker", "guarded-panic", "upgrade", "kill-agent", "kill-worker", "guarded-panic", "upgrade", "kill-worker", "kill-agent", "guarded-panic", "kill-worker", "upgrade"}
 	for i, kind := range kinds {
 		// Let the load and the stream run between faults.
 		pause := time.NewTimer(1500 * time.Millisecond)
@@ -199,6 +199,30 @@ func TestChaos(t *testing.T) {
 			w := c.ChildPIDs("worker")
 			victim = w[i%len(w)]
 			get(t, newConnClient(), fmt.Sprintf("http://%s/tell?pid=%d&action=guarded-panic", addr, victim))
+		case "upgrade":
+			// The master re-executes itself in place and rolls every process.
+			victim = master
+			upgrades := c.Count(helperproc.MasterMsg("upgraded"))
+			syscall.Kill(master, syscall.SIGUSR2)
+			refused := ""
+			c.WaitFor(20*time.Second, "the upgrade", func(l helperproc.Line) bool {
+				if helperproc.MasterMsg("SIGUSR2: upgrade not done")(l) || helperproc.MasterMsg("upgrade failed")(l) {
+					refused = l.Str("err")
+					return true
+				}
+				if helperproc.MasterMsg("upgraded")(l) {
+					upgrades--
+				}
+				return upgrades < 0
+			})
+			if refused != "" {
+				t.Fatalf("upgrade %d: %s", len(faults)+1, refused)
+			}
+			if pid := c.Cmd.Process.Pid; pid != master {
+				t.Fatalf("the master's pid changed: %d -> %d", master, pid)
+			}
+			faults = append(faults, fault{kind, victim})
+			continue
 		}
 		start := time.Now()
 		faults = append(faults, fault{kind, victim})

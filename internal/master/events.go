@@ -163,6 +163,17 @@ func logEvent(log *slog.Logger, ev wire.Event) {
 		log.Info("stopping", "cause", ev.Detail)
 	case wire.EventStopped:
 		log.Info("stopped")
+	case wire.EventUpgradeBegun:
+		log.Info("upgrade: re-executing the master in place", "detail", ev.Detail)
+	case wire.EventUpgradeEnded:
+		switch ev.Result {
+		case "ok":
+			log.Info("upgraded", "detail", ev.Detail, "replaced", ev.To, "took", time.Duration(ev.Took*float64(time.Second)).Round(time.Millisecond))
+		case "rolled-back":
+			log.Error("upgrade rolled back; the master runs its previous binary", "err", ev.Detail)
+		default:
+			log.Error("upgrade failed", "err", ev.Detail)
+		}
 	case wire.EventFleet:
 		// internal/fleet logs the connection's changes itself, with the error.
 	case wire.EventLeader:

@@ -297,12 +297,10 @@ func (m *Master) finishUpgrade() {
 	}
 	if rs.failure != "" {
 		err := fmt.Errorf("brood: upgrade to %s failed, rolled back to %s (pid %d, its processes untouched): %s", st.To, st.From, m.pid, rs.failure)
-		m.log.Error("upgrade rolled back", "err", rs.failure, "from", st.From.String(), "to", st.To.String())
 		m.events.publish(wire.Event{Type: wire.EventUpgradeEnded, Result: "rolled-back", Detail: err.Error()})
 		answerRaw(client, http.StatusInternalServerError, map[string]string{"error": err.Error()})
 		return
 	}
-	m.log.Info("upgraded: the master runs the new binary", "from", st.From.String(), "to", st.To.String(), "upgrades", st.Upgrades)
 	res := wire.UpgradeResult{PID: m.pid, From: wire.Build(st.From), To: wire.Build(st.To), Upgrades: st.Upgrades}
 	var err error
 	if !st.KeepWorkers {

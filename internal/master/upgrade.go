@@ -167,8 +167,7 @@ func (m *Master) execUpgrade(p *upgradePrep, client net.Conn) error {
 	exec := m.execThreadLocked()
 	from := upgrade.CurrentBuild()
 	m.mu.Unlock()
-	m.events.publish(wire.Event{Type: wire.EventUpgradeBegun, Detail: from.String() + " → " + p.to.String()})
-	m.log.Info("upgrading: re-executing the master in place", "from", from.String(), "to", p.to.String(), "exe", m.exe)
+	m.events.publish(wire.Event{Type: wire.EventUpgradeBegun, Detail: from.String() + " → " + p.to.String() + " (" + m.exe + ")"})
 
 	// From here on there is no way back but an exec.
 	st := m.handOver(p, client, from)
