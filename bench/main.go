@@ -148,6 +148,7 @@ var figures = []figure{
 	{"oneway", (*bench).figOneway},
 	{"kill", (*bench).figKill},
 	{"reload", (*bench).figReload},
+	{"upgrade", (*bench).figUpgrade},
 	{"stop", (*bench).figStop},
 	{"rss", (*bench).figRSS},
 	{"flood", (*bench).figFlood},
@@ -163,7 +164,7 @@ func main() { os.Exit(run()) }
 func run() int {
 	var b bench
 	quick := flag.Bool("quick", false, "2 runs, 2 s loads, fewer messages: a smoke test")
-	only := flag.String("only", "", "comma-separated figures to run: start, http, rtt, oneway, kill, reload, stop, rss, flood, scrape, rttscrape, micro, fleet, fleetbcast")
+	only := flag.String("only", "", "comma-separated figures to run: start, http, rtt, oneway, kill, reload, upgrade, stop, rss, flood, scrape, rttscrape, micro, fleet, fleetbcast")
 	runs := flag.Int("runs", 0, "runs per figure (default 5, or 2 with -quick)")
 	flag.IntVar(&b.conns, "conns", 64, "HTTP load: connections")
 	dur := flag.Duration("duration", 0, "HTTP load: duration of one run (default 5s, or 2s with -quick)")
@@ -308,7 +309,7 @@ func selectFigures(only string) ([]figure, error) {
 
 func wantsLoad(fs []figure) bool {
 	for _, f := range fs {
-		if f.name == "http" || f.name == "reload" {
+		if f.name == "http" || f.name == "reload" || f.name == "upgrade" {
 			return true
 		}
 	}

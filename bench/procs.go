@@ -411,3 +411,10 @@ func firstOK(addr string, within time.Duration) (time.Time, error) {
 	}
 	return time.Time{}, fmt.Errorf("%s did not answer 200 within %v", addr, within)
 }
+
+// len is the number of lines read so far: wait from it for a line still to come.
+func (l *lineLog) len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.lines)
+}
