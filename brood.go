@@ -102,8 +102,9 @@ func (c Config) withOptions(o cli.Options) Config {
 // runWithSignals runs the cluster in the foreground with the master's signal
 // handling (see master.RunWithSignals): SIGTERM or SIGINT stops it gracefully,
 // a second SIGINT forces it, SIGHUP reloads every worker, SIGUSR1 rotates and
-// reopens log files. Started by `start --daemon`, it reports readiness (or the
-// start error) to the waiting `start`. A stop that was forced, or had to kill
+// reopens log files, SIGUSR2 re-executes the master in place (upgrade).
+// Started by `start --daemon`, it reports readiness (or the start error) to
+// the waiting `start`. A stop that was forced, or had to kill
 // a process after StopTimeout, is an *cli.ExitError with its exit code.
 func runWithSignals(ctx context.Context, cfg Config) error {
 	cfg, err := cfg.withDefaults()

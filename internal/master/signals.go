@@ -16,7 +16,8 @@ import (
 
 // RunWithSignals runs the cluster in the foreground: SIGTERM or SIGINT stops
 // it gracefully, a second SIGINT forces it, SIGHUP reloads every worker,
-// SIGUSR1 rotates and reopens log files. Started by `start --daemon`, it
+// SIGUSR1 rotates and reopens log files, SIGUSR2 upgrades the master in
+// place (see upgrade.go). Started by `start --daemon`, it
 // reports readiness (or the start error) on the pipe named by
 // wire.EnvNotifyFD. It returns Run's error if the start failed, a *StopError
 // if the stop was forced or had to kill a process after StopTimeout, and nil
