@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"time"
 
@@ -222,6 +223,8 @@ type agentScheduler struct {
 
 	claims tickClaims // OneInFleet ticks claimed through the master
 
+	clockBuf []byte // reportClock's encoding buffer (Run's goroutine only)
+
 	mu       sync.Mutex
 	rr       int
 	inflight map[int][]tickMsg // worker pid -> ticks sent and not reported
@@ -239,12 +242,15 @@ func installAgentSchedules(p *Process, list []Schedule) error {
 	for _, s := range list {
 		a.types[s.Name] = s.Type
 	}
-	a.sched, err = schedule.New(specs, schedule.Options{Logger: p.log, Dispatch: a.dispatch})
+	a.sched, err = schedule.New(specs, schedule.Options{Logger: p.log, Dispatch: a.dispatch, Clock: a.reportClock})
 	if err != nil {
 		return fmt.Errorf("brood: %w", err)
 	}
 	m := p.Messenger()
 	var startOnce sync.Once
+	// The clock of the agent before this one arrives before brood:ready
+	// (handlers run one at a time, in order), which starts the scheduler.
+	m.On(wire.ActScheduleResume, func(msg Message) { a.resume(msg.Data) })
 	m.On(ActionReady, func(Message) {
 		startOnce.Do(func() {
 			p.Go(func(ctx context.Context) {
@@ -282,6 +288,34 @@ func installAgentSchedules(p *Process, list []Schedule) error {
 	})
 	p.runSchedule = func(name string) error { return a.sched.RunNow(name) }
 	return nil
+}
+
+// resume makes the scheduler, which has not started yet, continue the clock of
+// the agent before this one (see Scheduler.Resume). OneInFleet tasks in a
+// fleet are left out: their ticks are claimed fleet-wide, the other members
+// ran those of the gap, and a late claim could outlive the claims' TTL.
+func (a *agentScheduler) resume(b []byte) {
+	clock, err := schedule.ParseClock(b)
+	if err != nil {
+		a.p.log.Error("the previous agent's schedule clock is unreadable; the schedules start afresh", "err", err)
+		return
+	}
+	if a.p.Fleet().Enabled() {
+		clock = slices.DeleteFunc(clock, func(mk schedule.Mark) bool { return a.types[mk.Task] == OneInFleet })
+	}
+	if err := a.sched.Resume(clock); err != nil {
+		a.p.log.Error("schedule clock not resumed", "err", err)
+	}
+}
+
+// reportClock sends the scheduler's clock to the master, which keeps it for
+// the next agent. It is called before the ticks it covers are dispatched, so
+// an agent that dies after dispatching a tick never has it made again.
+func (a *agentScheduler) reportClock(c schedule.Clock) {
+	a.clockBuf, _ = c.AppendBinary(a.clockBuf[:0])
+	if err := a.p.Messenger().tell(ipc.DestMaster, 0, wire.ActScheduleClock, a.clockBuf); err != nil {
+		a.p.log.Debug("schedule clock not sent to the master", "err", err)
+	}
 }
 
 func (a *agentScheduler) dispatch(t schedule.Tick) (int, error) {
