@@ -55,6 +55,28 @@ func (t ScheduleType) String() string { return schedule.Type(t).String() }
 // (up to a minute) instead of being lost. A panic in Task is a guarded panic
 // (see Process.Go): it is reported as the run's error, and the worker is
 // replaced gracefully.
+//
+// Across agents: an agent that replaces another (reload, a restart after a
+// crash, the master's in-place upgrade) continues the schedule clock of the
+// one before it. The agent reports to the master, as each tick starts (before
+// it is sent to a worker or run), the tick's nominal time; the master keeps
+// the latest and hands it to the next agent before that agent's schedules
+// start. So each tick of an Every or Cron task is started once, with one
+// exception: a tick the agent had started when it was killed (SIGKILL, a
+// crash) is not started again, even if its run was cut short (an InAgent run
+// dies with the agent). The ticks that came due while no agent ran (the
+// replacement gap) run late, once each, in order of their nominal times
+// (TickTime), one at a time unless AllowOverlap, and the schedule goes on on
+// the same grid. The catch-up is bounded: only the ticks due within
+// max(2 × the interval, 5s) before the new agent's schedules started, at most
+// 100 of them; older ones are skipped and logged (after a long outage, a
+// thousand ticks do not run). Immediate runs only when a task starts afresh:
+// on the cluster's first start, and for a task that is new or whose Every,
+// Cron or alignment (Type OneInFleet or not) changed. OneInFleet tasks in a
+// fleet are not resumed: their claims already run each tick once in the
+// fleet, and the other members ran the ticks of the gap. The no-overlap rule
+// holds within one agent: a run still going in a worker when the agent is
+// replaced is not known to its successor.
 type Schedule struct {
 	// Name identifies the task (CLI: `schedule run NAME`): [A-Za-z0-9._-]+.
 	Name string
@@ -66,7 +88,8 @@ type Schedule struct {
 	Cron string
 	// Type is where the task runs; OneWorker by default.
 	Type ScheduleType
-	// Immediate also runs the task once as soon as the cluster is ready.
+	// Immediate also runs the task once as soon as the cluster is ready (and
+	// not again when another agent takes over and continues the clock).
 	Immediate bool
 	// Disable keeps the task listed and runnable by hand, never on its schedule.
 	Disable bool
