@@ -63,10 +63,10 @@ func schedClockMain() {
 // isTick matches the tick events of task.
 func isTick(task string) func(string) bool { return hasPrefix("tick " + task + " ") }
 
-// checkTicks checks that the ticks of task recorded in events are consecutive
+// checkClockTicks checks that the ticks of task recorded in events are consecutive
 // nominal ticks: each one Every after the previous, none twice, none missing.
 // It returns how many there are.
-func checkTicks(t *testing.T, events []string, task string) int {
+func checkClockTicks(t *testing.T, events []string, task string) int {
 	t.Helper()
 	var ats []int64
 	for _, ev := range events {
@@ -145,7 +145,7 @@ func TestScheduleClockAcrossReloads(t *testing.T) {
 	stopCluster(t, c)
 
 	events := c.ReadEvents()
-	nw, na := checkTicks(t, events, "w"), checkTicks(t, events, "a")
+	nw, na := checkClockTicks(t, events, "w"), checkClockTicks(t, events, "a")
 	t.Logf("ticks: w %d, a %d; run late after a replacement: %d; requests served %d, failed %d",
 		nw, na, lateTicks(c), served.Load(), failed.Load())
 }
@@ -175,7 +175,7 @@ func TestScheduleClockAfterAgentCrash(t *testing.T) {
 	stopCluster(t, c)
 
 	events := c.ReadEvents()
-	nw, na := checkTicks(t, events, "w"), checkTicks(t, events, "a")
+	nw, na := checkClockTicks(t, events, "w"), checkClockTicks(t, events, "a")
 	late := lateTicks(c)
 	t.Logf("ticks: w %d, a %d; run late after a restart: %d", nw, na, late)
 	if late == 0 {
