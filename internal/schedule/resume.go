@@ -24,8 +24,11 @@ const maxResumeAge = 100 * 365 * 24 * time.Hour
 //     and logged;
 //   - the next tick is the first nominal tick after Run's start, on the grid of
 //     Mark.Last for an Every task, so the successor's ticks continue the
-//     predecessor's (no drift across the replacement); a tick due while late
-//     ticks remain is skipped as a tick during a run in flight is;
+//     predecessor's (no drift across the replacement); a tick that comes due
+//     while a late run is in flight or late ticks remain joins them (it is not
+//     skipped for overlapping: the scheduler is behind, not the task), within
+//     the same window from Run's start and MaxCatchUp; after the window, such
+//     a tick is skipped as a tick during a run in flight is;
 //   - Immediate does not run: the task is not starting, it is continuing.
 //
 // Tasks without a Mark, or whose Mark was made for another timing, start as if
@@ -80,6 +83,9 @@ func (s *Scheduler) resumeTask(t *task, last, now time.Time) (bool, []note) {
 		at = t.nextAfter(last, now)
 	}
 	t.next = at
+	if len(t.backlog) > 0 {
+		t.lateUntil = now.Add(window)
+	}
 	args := []any{"schedule", t.spec.Name, "last", last, "catch_up", len(t.backlog), "next", t.next}
 	notes := []note{{slog.LevelInfo, "schedule resumed from the previous agent's clock", args}}
 	if older || further {
@@ -114,12 +120,30 @@ func (s *Scheduler) catchUp(t *task, now time.Time) []note {
 		if len(t.backlog) == 0 {
 			t.backlog = nil
 		}
-		notes = append(notes, note{slog.LevelInfo, "schedule tick runs late: it came due while no agent ran",
+		notes = append(notes, note{slog.LevelInfo, "schedule tick runs late, catching up after the agent's replacement",
 			[]any{"schedule", t.spec.Name, "due", at, "late", now.Sub(at)}})
 		notes = append(notes, s.tick(t, at, now)...)
+		t.lateSeq = t.seq
 		s.advance(t, at, true)
 	}
 	return notes
+}
+
+// joinCatchUp queues a tick of t's schedule, due at at, behind the late ticks
+// if t is catching up: a late run is in flight or late ticks remain, the
+// catch-up window that began at Run's start has not passed, and the backlog
+// has room. Catching up is the agent being behind, not the task: its ticks
+// are not skipped for overlapping a late run. It reports whether it queued
+// the tick. Called with s.mu held.
+func (s *Scheduler) joinCatchUp(t *task, at, now time.Time) bool {
+	switch {
+	case t.spec.AllowOverlap || !now.Before(t.lateUntil) || len(t.backlog) >= MaxCatchUp:
+		return false
+	case len(t.backlog) == 0 && (len(t.runs) == 0 || t.runs[len(t.runs)-1].tick.Seq != t.lateSeq):
+		return false
+	}
+	t.backlog = append(t.backlog, at)
+	return true
 }
 
 // advance moves t's mark to at, the nominal time of a tick just made. A tick

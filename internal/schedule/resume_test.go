@@ -232,33 +232,73 @@ func TestResumeUnknownAndNewTasks(t *testing.T) {
 	})
 }
 
-func TestResumeTickDuringCatchUpKeepsTheClockBehind(t *testing.T) {
+func TestResumeTickDuringCatchUpJoinsIt(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		// Two late ticks; the first runs past the next regular tick, which is
-		// skipped (a run is in flight) and must not move the clock past the
-		// second late tick, which has not started.
+		// Two late ticks; the first runs past the next regular tick, which
+		// joins the catch-up behind the second instead of being skipped, and
+		// does not move the clock until it starts.
 		job := schedule.Spec{Name: "job", Every: 200 * time.Millisecond}
 		h, cs := resumed(t, []schedule.Spec{job}, schedule.Clock{mark(job, t0.Add(-450*time.Millisecond))}, schedule.Options{})
 		first := h.next()
-		h.advance(300 * time.Millisecond) // the regular tick at +150ms comes and is skipped
+		h.advance(300 * time.Millisecond) // the regular tick at +150ms comes during the first late run
+		h.noTick()
 		if got := lastOf(cs.latest(), "job"); !got.Equal(first.At) {
 			t.Fatalf("clock at %v during the catch-up, want %v", got, first.At)
 		}
 		h.ok(first)
-		second := h.next()
-		if !second.At.Equal(t0.Add(-50 * time.Millisecond)) {
-			t.Fatalf("second late tick at %v", second.At)
+		for _, at := range []time.Time{t0.Add(-50 * time.Millisecond), t0.Add(150 * time.Millisecond)} {
+			tk := h.next()
+			if !tk.At.Equal(at) {
+				t.Fatalf("late tick at %v, want %v", tk.At, at)
+			}
+			if got := lastOf(cs.latest(), "job"); !got.Equal(at) {
+				t.Fatalf("clock at %v when the tick at %v started", got, at)
+			}
+			h.noTick()
+			h.ok(tk)
 		}
-		h.ok(second)
-		if st := h.status("job"); st.Skips != 1 {
-			t.Errorf("skips = %d, want 1 (the regular tick during the catch-up)", st.Skips)
+		if st := h.status("job"); st.Skips != 0 {
+			t.Errorf("skips = %d, want 0", st.Skips)
 		}
-		h.advance(200 * time.Millisecond)
+		h.advance(100 * time.Millisecond)
 		if tk := h.next(); !tk.At.Equal(t0.Add(350 * time.Millisecond)) {
 			t.Fatalf("regular tick at %v, want +350ms", tk.At)
 		}
-		if got := lastOf(cs.latest(), "job"); !got.Equal(t0.Add(350 * time.Millisecond)) {
-			t.Errorf("clock at %v, want +350ms", got)
+	})
+}
+
+func TestResumeCatchUpOfASlowTaskEnds(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		// Every 1s, two ticks missed; the first late run lasts 10s. The
+		// regular ticks due within the catch-up window (5s from the start)
+		// join the catch-up; later ones are skipped, as overlapping ticks are.
+		job := schedule.Spec{Name: "job", Every: time.Second}
+		h, cs := resumed(t, []schedule.Spec{job}, schedule.Clock{mark(job, t0.Add(-2500*time.Millisecond))}, schedule.Options{})
+		first := h.next()
+		h.advance(10 * time.Second)
+		h.noTick()
+		if got := lastOf(cs.latest(), "job"); !got.Equal(first.At) {
+			t.Fatalf("clock at %v while the first late run lasts, want %v", got, first.At)
+		}
+		h.ok(first)
+		want := []time.Time{t0.Add(-500 * time.Millisecond)}
+		for k := range 5 {
+			want = append(want, t0.Add(500*time.Millisecond+time.Duration(k)*time.Second))
+		}
+		for _, at := range want {
+			tk := h.next()
+			if !tk.At.Equal(at) {
+				t.Fatalf("late tick at %v, want %v", tk.At, at)
+			}
+			h.ok(tk)
+		}
+		h.noTick()
+		if st := h.status("job"); st.Skips != 5 {
+			t.Errorf("skips = %d, want 5 (the ticks at +5.5s .. +9.5s)", st.Skips)
+		}
+		h.advance(time.Second)
+		if tk := h.next(); !tk.At.Equal(t0.Add(10500 * time.Millisecond)) {
+			t.Fatalf("regular tick at %v, want +10.5s", tk.At)
 		}
 	})
 }

@@ -155,9 +155,12 @@ type task struct {
 
 	// last is the nominal time of the latest tick made from the schedule
 	// (its Mark in the Clock); zero before the first. backlog holds the ticks
-	// a resumed task missed and is still to run late, oldest first.
-	last    time.Time
-	backlog []time.Time
+	// a resumed task is still to run late, oldest first; until lateUntil, a
+	// tick due while the late run lateSeq is in flight joins them.
+	last      time.Time
+	backlog   []time.Time
+	lateUntil time.Time
+	lateSeq   uint64
 
 	lastRun      time.Time
 	lastResult   string
@@ -399,15 +402,18 @@ func (s *Scheduler) due(t *task, now time.Time) []note {
 		following := t.cron.Next(at)
 		behind = !following.IsZero() && !following.After(now)
 	}
-	s.advance(t, at, false)
 	var notes []note
-	if behind {
-		notes = append(notes, note{slog.LevelWarn, "scheduler fell behind; missed times make one run",
-			[]any{"schedule", t.spec.Name, "due", at, "now", now}})
-	}
 	if t.next.IsZero() {
 		notes = append(notes, note{slog.LevelWarn, "cron expression has no next time; the task will not run on its schedule again",
 			[]any{"schedule", t.spec.Name, "cron", t.spec.Cron}})
+	}
+	if s.joinCatchUp(t, at, now) {
+		return notes
+	}
+	s.advance(t, at, false)
+	if behind {
+		notes = append(notes, note{slog.LevelWarn, "scheduler fell behind; missed times make one run",
+			[]any{"schedule", t.spec.Name, "due", at, "now", now}})
 	}
 	return append(notes, s.tick(t, at, now)...)
 }
