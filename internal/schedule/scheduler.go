@@ -584,7 +584,8 @@ func (s *Scheduler) finish(r *run, res result, text string, d time.Duration) not
 	t.runs = slices.DeleteFunc(t.runs, func(x *run) bool { return x == r })
 	t.lastResult = text
 	t.lastDuration = d
-	args := []any{"schedule", t.spec.Name, "seq", r.tick.Seq, "duration", d}
+	// at, the tick's nominal time, tells which tick of the schedule ended so.
+	args := []any{"schedule", t.spec.Name, "seq", r.tick.Seq, "at", r.tick.At, "duration", d}
 	switch res {
 	case failed:
 		t.runsDone++
@@ -595,7 +596,7 @@ func (s *Scheduler) finish(r *run, res result, text string, d time.Duration) not
 		return note{slog.LevelWarn, "schedule run skipped", append(args, "result", text)}
 	case elsewhere:
 		t.skips++
-		return note{slog.LevelInfo, "schedule tick runs elsewhere", append(args, "result", text, "at", r.tick.At)}
+		return note{slog.LevelInfo, "schedule tick runs elsewhere", append(args, "result", text)}
 	}
 	t.runsDone++
 	return note{slog.LevelInfo, "schedule run finished", args}
