@@ -63,10 +63,14 @@ func schedClockMain() {
 // isTick matches the tick events of task.
 func isTick(task string) func(string) bool { return hasPrefix("tick " + task + " ") }
 
-// checkClockTicks checks that the ticks of task recorded in events are consecutive
-// nominal ticks: each one Every after the previous, none twice, none missing.
-// It returns how many there are.
-func checkClockTicks(t *testing.T, events []string, task string) int {
+// checkClockTicks checks that the ticks of task recorded in events are
+// consecutive nominal ticks: each one Every after the previous, none twice,
+// none missing. A tick the agent started and sent to a worker that exited
+// before running it is not missing (the agent's clock did its part; the
+// agent logs the run as failed, with the tick's nominal time): those are in
+// lost, and checkClockTicks returns how many of them it needed, and how many
+// ticks ran.
+func checkClockTicks(t *testing.T, events []string, task string, lost map[int64]bool) (ran, excused int) {
 	t.Helper()
 	var ats []int64
 	for _, ev := range events {
@@ -79,20 +83,45 @@ func checkClockTicks(t *testing.T, events []string, task string) int {
 	}
 	slices.Sort(ats)
 	for i := 1; i < len(ats); i++ {
-		switch d := time.Duration(ats[i] - ats[i-1]); {
-		case d == 0:
+		d := time.Duration(ats[i] - ats[i-1])
+		if d == 0 {
 			t.Errorf("task %s: the tick at %v ran twice", task, time.Unix(0, ats[i]))
-		case d != clockEvery:
+			continue
+		}
+		next := ats[i-1] + int64(clockEvery)
+		for ; next < ats[i] && lost[next]; next += int64(clockEvery) {
+			excused++
+		}
+		if next != ats[i] {
 			t.Errorf("task %s: %v from the tick at %v to the next, want %v (a gap, or a new grid)", task, d, time.Unix(0, ats[i-1]), clockEvery)
 		}
 	}
-	return len(ats)
+	return len(ats), excused
 }
 
-// waitMoreTicks waits until n more ticks of each task than now are recorded.
+// lostToExitingWorkers returns the nominal times of the ticks of task whose
+// worker exited before reporting, from the agents' logs.
+func lostToExitingWorkers(c *helperproc.Cluster, task string) map[int64]bool {
+	lost := map[int64]bool{}
+	for _, l := range c.Lines() {
+		if l.Str("role") != "agent" || l.Msg() != "schedule run failed" || l.Str("schedule") != task ||
+			!strings.Contains(l.Str("result"), "worker exited before reporting") {
+			continue
+		}
+		if at, err := time.Parse(time.RFC3339Nano, l.Str("at")); err == nil {
+			lost[at.UnixNano()] = true
+		}
+	}
+	return lost
+}
+
+// waitMoreTicks waits until n more ticks of each task than now are recorded,
+// those of "w" last: when it returns, the agent has just sent a tick to a
+// worker (it makes the ticks of "a" and "w" in one pass, in name order), so it
+// is between ticks.
 func waitMoreTicks(t *testing.T, c *helperproc.Cluster, n int) {
 	t.Helper()
-	for _, task := range []string{"w", "a"} {
+	for _, task := range []string{"a", "w"} {
 		c.WaitEvents(10*time.Second, fmt.Sprintf("%d more ticks of %s", n, task), c.EventCount(isTick(task))+n, isTick(task))
 	}
 }
@@ -145,14 +174,17 @@ func TestScheduleClockAcrossReloads(t *testing.T) {
 	stopCluster(t, c)
 
 	events := c.ReadEvents()
-	nw, na := checkClockTicks(t, events, "w"), checkClockTicks(t, events, "a")
-	t.Logf("ticks: w %d, a %d; run late after a replacement: %d; requests served %d, failed %d",
-		nw, na, lateTicks(c), served.Load(), failed.Load())
+	nw, lw := checkClockTicks(t, events, "w", lostToExitingWorkers(c, "w"))
+	na, _ := checkClockTicks(t, events, "a", nil)
+	t.Logf("ticks: w %d (+%d sent to a worker that exited first), a %d; run late after a replacement: %d; requests served %d, failed %d",
+		nw, lw, na, lateTicks(c), served.Load(), failed.Load())
 }
 
 // An agent killed with SIGKILL is restarted; its replacement continues its
 // clock: the ticks that came due while it started run late, and no tick is
-// run twice or skipped.
+// run twice or skipped. The kill comes between ticks (see waitMoreTicks): a
+// kill in the middle of the agent's pass may leave the tick it had started
+// unsent, the exception the guarantee states.
 func TestScheduleClockAfterAgentCrash(t *testing.T) {
 	c := helperproc.Start(t, "schedclock", nil, helperproc.Options{Env: []string{"SCHED_AGENT_DELAY=500ms"}})
 	c.WaitReady(startTimeout)
@@ -175,9 +207,10 @@ func TestScheduleClockAfterAgentCrash(t *testing.T) {
 	stopCluster(t, c)
 
 	events := c.ReadEvents()
-	nw, na := checkClockTicks(t, events, "w"), checkClockTicks(t, events, "a")
+	nw, lw := checkClockTicks(t, events, "w", lostToExitingWorkers(c, "w"))
+	na, _ := checkClockTicks(t, events, "a", nil)
 	late := lateTicks(c)
-	t.Logf("ticks: w %d, a %d; run late after a restart: %d", nw, na, late)
+	t.Logf("ticks: w %d (+%d sent to a worker that exited first), a %d; run late after a restart: %d", nw, lw, na, late)
 	if late == 0 {
 		t.Error("no tick ran late, although each restart took over 500ms (2 ticks of each task)")
 	}
