@@ -66,7 +66,8 @@ func (t ScheduleType) String() string { return schedule.Type(t).String() }
 // crash) is not started again, even if its run was cut short (an InAgent run
 // dies with the agent). The ticks that came due while no agent ran (the
 // replacement gap) run late, once each, in order of their nominal times
-// (TickTime), one at a time unless AllowOverlap, and the schedule goes on on
+// (TickTime), one at a time unless AllowOverlap (a tick that comes due while
+// they run joins them instead of being skipped), and the schedule goes on on
 // the same grid. The catch-up is bounded: only the ticks due within
 // max(2 × the interval, 5s) before the new agent's schedules started, at most
 // 100 of them; older ones are skipped and logged (after a long outage, a
