@@ -31,6 +31,7 @@ func registerHelpers() {
 	helperproc.Register("orphans", orphansMain)
 	helperproc.Register("fleet", fleetMain)
 	helperproc.Register("leader", leaderMain)
+	helperproc.Register("schedclock", schedClockMain)
 }
 
 // helloConfig is a small HTTP cluster that records what it does in the events

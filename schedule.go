@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"time"
 
@@ -54,6 +55,29 @@ func (t ScheduleType) String() string { return schedule.Type(t).String() }
 // (up to a minute) instead of being lost. A panic in Task is a guarded panic
 // (see Process.Go): it is reported as the run's error, and the worker is
 // replaced gracefully.
+//
+// Across agents: an agent that replaces another (reload, a restart after a
+// crash, the master's in-place upgrade) continues the schedule clock of the
+// one before it. The agent reports to the master, as each tick starts (before
+// it is sent to a worker or run), the tick's nominal time; the master keeps
+// the latest and hands it to the next agent before that agent's schedules
+// start. So each tick of an Every or Cron task is started once, with one
+// exception: a tick the agent had started when it was killed (SIGKILL, a
+// crash) is not started again, even if its run was cut short (an InAgent run
+// dies with the agent). The ticks that came due while no agent ran (the
+// replacement gap) run late, once each, in order of their nominal times
+// (TickTime), one at a time unless AllowOverlap (a tick that comes due while
+// they run joins them instead of being skipped), and the schedule goes on on
+// the same grid. The catch-up is bounded: only the ticks due within
+// max(2 × the interval, 5s) before the new agent's schedules started, at most
+// 100 of them; older ones are skipped and logged (after a long outage, a
+// thousand ticks do not run). Immediate runs only when a task starts afresh:
+// on the cluster's first start, and for a task that is new or whose Every,
+// Cron or alignment (Type OneInFleet or not) changed. OneInFleet tasks in a
+// fleet are not resumed: their claims already run each tick once in the
+// fleet, and the other members ran the ticks of the gap. The no-overlap rule
+// holds within one agent: a run still going in a worker when the agent is
+// replaced is not known to its successor.
 type Schedule struct {
 	// Name identifies the task (CLI: `schedule run NAME`): [A-Za-z0-9._-]+.
 	Name string
@@ -65,7 +89,8 @@ type Schedule struct {
 	Cron string
 	// Type is where the task runs; OneWorker by default.
 	Type ScheduleType
-	// Immediate also runs the task once as soon as the cluster is ready.
+	// Immediate also runs the task once as soon as the cluster is ready (and
+	// not again when another agent takes over and continues the clock).
 	Immediate bool
 	// Disable keeps the task listed and runnable by hand, never on its schedule.
 	Disable bool
@@ -222,6 +247,8 @@ type agentScheduler struct {
 
 	claims tickClaims // OneInFleet ticks claimed through the master
 
+	clockBuf []byte // reportClock's encoding buffer (Run's goroutine only)
+
 	mu       sync.Mutex
 	rr       int
 	inflight map[int][]tickMsg // worker pid -> ticks sent and not reported
@@ -239,12 +266,15 @@ func installAgentSchedules(p *Process, list []Schedule) error {
 	for _, s := range list {
 		a.types[s.Name] = s.Type
 	}
-	a.sched, err = schedule.New(specs, schedule.Options{Logger: p.log, Dispatch: a.dispatch})
+	a.sched, err = schedule.New(specs, schedule.Options{Logger: p.log, Dispatch: a.dispatch, Clock: a.reportClock})
 	if err != nil {
 		return fmt.Errorf("brood: %w", err)
 	}
 	m := p.Messenger()
 	var startOnce sync.Once
+	// The clock of the agent before this one arrives before brood:ready
+	// (handlers run one at a time, in order), which starts the scheduler.
+	m.On(wire.ActScheduleResume, func(msg Message) { a.resume(msg.Data) })
 	m.On(ActionReady, func(Message) {
 		startOnce.Do(func() {
 			p.Go(func(ctx context.Context) {
@@ -282,6 +312,34 @@ func installAgentSchedules(p *Process, list []Schedule) error {
 	})
 	p.runSchedule = func(name string) error { return a.sched.RunNow(name) }
 	return nil
+}
+
+// resume makes the scheduler, which has not started yet, continue the clock of
+// the agent before this one (see Scheduler.Resume). OneInFleet tasks in a
+// fleet are left out: their ticks are claimed fleet-wide, the other members
+// ran those of the gap, and a late claim could outlive the claims' TTL.
+func (a *agentScheduler) resume(b []byte) {
+	clock, err := schedule.ParseClock(b)
+	if err != nil {
+		a.p.log.Error("the previous agent's schedule clock is unreadable; the schedules start afresh", "err", err)
+		return
+	}
+	if a.p.Fleet().Enabled() {
+		clock = slices.DeleteFunc(clock, func(mk schedule.Mark) bool { return a.types[mk.Task] == OneInFleet })
+	}
+	if err := a.sched.Resume(clock); err != nil {
+		a.p.log.Error("schedule clock not resumed", "err", err)
+	}
+}
+
+// reportClock sends the scheduler's clock to the master, which keeps it for
+// the next agent. It is called before the ticks it covers are dispatched, so
+// an agent that dies after dispatching a tick never has it made again.
+func (a *agentScheduler) reportClock(c schedule.Clock) {
+	a.clockBuf, _ = c.AppendBinary(a.clockBuf[:0])
+	if err := a.p.Messenger().tell(ipc.DestMaster, 0, wire.ActScheduleClock, a.clockBuf); err != nil {
+		a.p.log.Debug("schedule clock not sent to the master", "err", err)
+	}
 }
 
 func (a *agentScheduler) dispatch(t schedule.Tick) (int, error) {

@@ -60,6 +60,17 @@ func (in *Instance) Handoff(grace time.Duration) (lock, ln *os.File, err error) 
 	if serveDone != nil {
 		<-serveDone
 	}
+	if srv != nil {
+		// A connection accepted in the instant the listener closed is
+		// tracked only once Serve has seen it, maybe after the first
+		// Shutdown found nothing active: now that Serve has returned, wait
+		// for it too, so no request is cut by the exec that follows.
+		ctx, cancel := context.WithTimeout(context.Background(), grace)
+		if err := srv.Shutdown(ctx); err != nil {
+			srv.Close()
+		}
+		cancel()
+	}
 	in.refusals.Wait()
 	in.lock.Close() // the duplicate holds the flock: it belongs to the open file description
 	return lock, ln, nil

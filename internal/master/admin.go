@@ -48,6 +48,11 @@ func (m *Master) serveAdmin(sock *listener.Socket) (stop func(), err error) {
 			srv.Close()
 		}
 		<-served
+		// A connection Serve took in the instant the listener closed: wait
+		// for it as well (an upgrade execs next).
+		if srv.Shutdown(ctx) != nil {
+			srv.Close()
+		}
 	}
 	m.adminSock, m.adminHalt = sock, halt
 	return func() {

@@ -86,6 +86,8 @@ func (m *Master) onMasterMessage(from *relay.Endpoint, f ipc.Frame) {
 		m.onLeaderWant(from)
 	case wire.ActTickClaim:
 		m.onTickClaim(from, f.Payload)
+	case wire.ActScheduleClock:
+		m.onScheduleClock(from, f.Payload)
 	default:
 		m.log.Warn("unknown message to the master", "action", string(f.Action), "from_pid", from.PID)
 	}

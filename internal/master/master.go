@@ -154,6 +154,7 @@ type Master struct {
 	adminAddr string           // the admin listener as bound
 	svc       *service         // the service manager (systemd), if any
 	askID     atomic.Uint64
+	clock     schedClock // the agent slot's schedule clock (schedclock.go)
 
 	fleet        atomic.Pointer[fleet.Conn]              // the fleet connection, if in a fleet
 	fleetAsks    ipc.Pending[fleetAnswer]                // requests from the fleet awaiting a worker's reply

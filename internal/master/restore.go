@@ -198,7 +198,7 @@ func (m *Master) restoreCluster() error {
 	st := rs.st
 	m.startedAt = st.Started
 	m.router.Carry(routerCounters(st.Router))
-	m.setScheduleClockFromUpgrade(st.ScheduleClock)
+	m.setScheduleClock(st.ScheduleClock)
 	for i, sl := range st.Slots {
 		role := ipc.RoleWorker
 		if sl.Role == "agent" {

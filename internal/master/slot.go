@@ -145,6 +145,7 @@ func (s *slot) spawn(held bool) (*child, error) {
 	c.ep = ep
 	s.starting = c
 	m.children[c.pid] = c
+	m.handScheduleClockLocked(c)
 	m.sendMembersLocked()
 	m.events.publish(c.event(wire.EventStarted))
 	m.mu.Unlock()

@@ -264,7 +264,7 @@ func (m *Master) handOver(p *upgradePrep, client net.Conn, from upgrade.Build) *
 	st := &upgrade.State{
 		Started: m.startedAt, Upgrades: m.upgradeCountLocked() + 1, From: from, To: p.to,
 		Client: -1, Began: p.began, KeepWorkers: p.keep,
-		ScheduleClock: m.scheduleClockForUpgrade(),
+		ScheduleClock: m.scheduleClock(),
 	}
 	if client != nil {
 		st.Client = mustDup(client)
@@ -367,8 +367,3 @@ func (m *Master) Upgrade(ctx context.Context, req wire.UpgradeRequest, client ne
 	return m.execUpgrade(p, client)
 }
 
-// scheduleClockForUpgrade and setScheduleClockFromUpgrade carry the agent's
-// schedule clock.
-func (m *Master) scheduleClockForUpgrade() []byte { return nil }
-
-func (m *Master) setScheduleClockFromUpgrade(b []byte) {}

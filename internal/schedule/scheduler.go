@@ -118,6 +118,13 @@ type Options struct {
 	// RetryInterval is how often a waiting tick is retried; WorkersAvailable
 	// retries at once. Zero means DefaultRetryInterval.
 	RetryInterval time.Duration
+	// Clock, if set, is given the scheduler's Clock each time it moves: when
+	// Run makes a tick from a schedule (to dispatch, or skipped because a run
+	// is in flight), before that tick is dispatched, so that a successor given
+	// that Clock (Resume) never makes a tick this scheduler has started. It is
+	// called from Run's goroutine, one call at a time, with no lock held, at
+	// most once per pass of the loop; it should not block.
+	Clock func(Clock)
 }
 
 // Scheduler runs tasks on their schedules. Its methods are safe for concurrent
@@ -127,13 +134,16 @@ type Scheduler struct {
 	dispatch func(Tick) (int, error)
 	maxWait  time.Duration
 	retry    time.Duration
-	wake     chan struct{} // nudges Run after RunNow and WorkersAvailable
+	wake     chan struct{} // nudges Run after RunNow, WorkersAvailable and a catch-up run's Report
+	onClock  func(Clock)
 
-	mu      sync.Mutex
-	tasks   []*task // sorted by name
-	byName  map[string]*task
-	started bool
-	stopped bool
+	mu         sync.Mutex
+	tasks      []*task // sorted by name
+	byName     map[string]*task
+	started    bool
+	stopped    bool
+	resume     map[string]Mark // given by Resume, applied by Run's start
+	clockMoved bool            // a task's last moved since onClock was last called
 }
 
 type task struct {
@@ -142,6 +152,15 @@ type task struct {
 	next time.Time     // zero: never (disabled, not started, cron exhausted)
 	seq  uint64
 	runs []*run // in flight, in Seq order
+
+	// last is the nominal time of the latest tick made from the schedule
+	// (its Mark in the Clock); zero before the first. backlog holds the ticks
+	// a resumed task is still to run late, oldest first; until lateUntil, a
+	// tick due while the late run lateSeq is in flight joins them.
+	last      time.Time
+	backlog   []time.Time
+	lateUntil time.Time
+	lateSeq   uint64
 
 	lastRun      time.Time
 	lastResult   string
@@ -193,6 +212,7 @@ func New(specs []Spec, opts Options) (*Scheduler, error) {
 		maxWait:  orDuration(opts.MaxWait, DefaultMaxWait),
 		retry:    orDuration(opts.RetryInterval, DefaultRetryInterval),
 		wake:     make(chan struct{}, 1),
+		onClock:  opts.Clock,
 		byName:   make(map[string]*task, len(specs)),
 	}
 	if s.log == nil {
@@ -238,7 +258,10 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	}
 	defer s.stop()
 	for ctx.Err() == nil {
-		batch, wakeAt := s.collect()
+		batch, wakeAt, clock := s.collect()
+		if clock != nil {
+			s.onClock(clock) // before the ticks it covers are dispatched
+		}
 		for _, r := range batch {
 			n, err := s.dispatch(r.tick)
 			s.dispatched(r, n, err)
@@ -269,6 +292,12 @@ func (s *Scheduler) start() error {
 	for _, t := range s.tasks {
 		if t.spec.Disable {
 			continue
+		}
+		if m, ok := s.resume[t.spec.Name]; ok && m.matches(t.spec) {
+			if resumed, rn := s.resumeTask(t, m.Last, now); resumed {
+				notes = append(notes, rn...)
+				continue
+			}
 		}
 		switch {
 		case t.cron == nil && t.spec.Aligned:
@@ -306,9 +335,10 @@ func (s *Scheduler) stop() {
 }
 
 // collect handles everything due at the current time: it makes the ticks of due
-// schedules, fails runs past their MaxWait or Timeout, and returns the runs to
-// dispatch now (marked dispatching) and when to look again.
-func (s *Scheduler) collect() (batch []*run, wakeAt time.Time) {
+// schedules and of catch-ups, fails runs past their MaxWait or Timeout, and
+// returns the runs to dispatch now (marked dispatching), when to look again,
+// and the Clock if it moved and Options.Clock wants it.
+func (s *Scheduler) collect() (batch []*run, wakeAt time.Time, clock Clock) {
 	s.mu.Lock()
 	now := time.Now()
 	wakeAt = now.Add(idleWait)
@@ -329,6 +359,7 @@ func (s *Scheduler) collect() (batch []*run, wakeAt time.Time) {
 				notes = append(notes, s.timeout(r, now))
 			}
 		}
+		notes = append(notes, s.catchUp(t, now)...)
 		if !t.next.IsZero() && !now.Before(t.next) {
 			notes = append(notes, s.due(t, now)...)
 		}
@@ -347,9 +378,13 @@ func (s *Scheduler) collect() (batch []*run, wakeAt time.Time) {
 			}
 		}
 	}
+	if s.clockMoved && s.onClock != nil {
+		clock = s.clockLocked()
+	}
+	s.clockMoved = false
 	s.mu.Unlock()
 	s.emit(notes)
-	return batch, wakeAt
+	return batch, wakeAt, clock
 }
 
 // due makes the tick of t's schedule that is due at now and moves t.next on.
@@ -368,13 +403,17 @@ func (s *Scheduler) due(t *task, now time.Time) []note {
 		behind = !following.IsZero() && !following.After(now)
 	}
 	var notes []note
-	if behind {
-		notes = append(notes, note{slog.LevelWarn, "scheduler fell behind; missed times make one run",
-			[]any{"schedule", t.spec.Name, "due", at, "now", now}})
-	}
 	if t.next.IsZero() {
 		notes = append(notes, note{slog.LevelWarn, "cron expression has no next time; the task will not run on its schedule again",
 			[]any{"schedule", t.spec.Name, "cron", t.spec.Cron}})
+	}
+	if s.joinCatchUp(t, at, now) {
+		return notes
+	}
+	s.advance(t, at, false)
+	if behind {
+		notes = append(notes, note{slog.LevelWarn, "scheduler fell behind; missed times make one run",
+			[]any{"schedule", t.spec.Name, "due", at, "now", now}})
 	}
 	return append(notes, s.tick(t, at, now)...)
 }
@@ -458,8 +497,13 @@ func (s *Scheduler) dispatched(r *run, n int, err error) {
 func (s *Scheduler) Report(o Outcome) {
 	s.mu.Lock()
 	notes := s.report(o)
+	t := s.byName[o.Task]
+	catchingUp := t != nil && len(t.backlog) > 0
 	s.mu.Unlock()
 	s.emit(notes)
+	if catchingUp {
+		s.signal() // the next late tick may start now
+	}
 }
 
 func (s *Scheduler) report(o Outcome) []note {
@@ -540,7 +584,8 @@ func (s *Scheduler) finish(r *run, res result, text string, d time.Duration) not
 	t.runs = slices.DeleteFunc(t.runs, func(x *run) bool { return x == r })
 	t.lastResult = text
 	t.lastDuration = d
-	args := []any{"schedule", t.spec.Name, "seq", r.tick.Seq, "duration", d}
+	// at, the tick's nominal time, tells which tick of the schedule ended so.
+	args := []any{"schedule", t.spec.Name, "seq", r.tick.Seq, "at", r.tick.At, "duration", d}
 	switch res {
 	case failed:
 		t.runsDone++
@@ -551,7 +596,7 @@ func (s *Scheduler) finish(r *run, res result, text string, d time.Duration) not
 		return note{slog.LevelWarn, "schedule run skipped", append(args, "result", text)}
 	case elsewhere:
 		t.skips++
-		return note{slog.LevelInfo, "schedule tick runs elsewhere", append(args, "result", text, "at", r.tick.At)}
+		return note{slog.LevelInfo, "schedule tick runs elsewhere", append(args, "result", text)}
 	}
 	t.runsDone++
 	return note{slog.LevelInfo, "schedule run finished", args}

@@ -28,6 +28,11 @@
 //     Options.MaxWait, after which it fails. A dispatched run ends when its
 //     outcomes are in or its Timeout passes; the caller reports the ticks of
 //     processes that die (see Scheduler.Report).
+//   - Continuity across schedulers: Options.Clock is given the Clock (each
+//     task's last tick) before the ticks it covers are dispatched, and a
+//     successor given it (Scheduler.Resume) makes each later tick once: the
+//     ones missed in between late, within the catch-up bounds (CatchUpWindow,
+//     MaxCatchUp), then the rest on the same grid.
 //
 // Time comes from the time package (time.Now, time.NewTimer); tests run the
 // scheduler inside a testing/synctest bubble, whose fake clock makes them

@@ -37,6 +37,19 @@ const (
 	ActTickClaimed = "brood:tick-claimed" // master -> agent: the claim's outcome (TickClaim)
 )
 
+// The schedule clock: what lets an agent that takes over continue the
+// schedules of the one before it (across reload, crash restart and upgrade).
+const (
+	// ActScheduleClock (agent -> master) carries the agent's schedule clock,
+	// raw bytes encoded by internal/schedule (Clock.AppendBinary), sent each
+	// time a tick starts; the master keeps the latest, uninterpreted.
+	ActScheduleClock = "brood:schedule-clock"
+	// ActScheduleResume (master -> a starting agent) hands it the clock the
+	// agent before it sent last, ahead of its brood:ready, so that its
+	// scheduler continues that clock.
+	ActScheduleResume = "brood:schedule-resume"
+)
+
 // LeaderTerm is the data of ActLeaderStart and ActLeaderStop: the lease's
 // fencing token (its KV revision at acquisition).
 type LeaderTerm struct {
