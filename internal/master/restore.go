@@ -193,47 +193,69 @@ func (m *Master) adoptSockets() (admin *listener.Socket, socks []*listener.Socke
 
 // restoreCluster adopts every child of the state, in its slot, as the ready
 // process it is, with what the router kept for it. Then the cluster runs.
+// Every slot exists, and every process is attached with its messages,
+// before the first channel is read: the agent's backlog from the exec is
+// routed at once, to every worker.
 func (m *Master) restoreCluster() error {
 	rs := m.restore
 	st := rs.st
 	m.startedAt = st.Started
 	m.router.Carry(routerCounters(st.Router))
 	m.setScheduleClock(st.ScheduleClock)
+	slots := make([]*slot, len(st.Slots))
 	for i, sl := range st.Slots {
 		role := ipc.RoleWorker
 		if sl.Role == "agent" {
 			role = ipc.RoleAgent
 		}
-		s := m.addSlot(role, sl.ID)
-		if err := m.adopt(s, sl, rs.pidfds[i]); err != nil {
-			return fmt.Errorf("brood: upgrade: adopt %s (pid %d): %w", s, sl.Child.PID, err)
+		slots[i] = m.addSlot(role, sl.ID)
+	}
+	var adopted []*child
+	var err error
+	for i, sl := range st.Slots {
+		c, aerr := m.adopt(slots[i], sl, rs.pidfds[i])
+		if aerr != nil {
+			err = fmt.Errorf("brood: upgrade: adopt %s (pid %d): %w", slots[i], sl.Child.PID, aerr)
+			break
 		}
+		adopted = append(adopted, c)
 	}
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	m.upgrades = st.Upgrades
 	if rs.failure != "" {
 		m.upgrades-- // the upgrade did not happen
 	}
-	m.phase = phaseRunning
-	m.sendMembersLocked()
-	m.sendPidsLocked()
-	return nil
+	if err == nil {
+		m.phase = phaseRunning
+		m.sendMembersLocked()
+		m.sendPidsLocked()
+	}
+	m.mu.Unlock()
+	// On an error too: what was adopted is watched, so that the stop that
+	// follows can end it.
+	for i, c := range adopted {
+		go m.readFrames(c, ipc.NewReaderWith(c.conn, m.cfg.MaxFrame, st.Slots[i].Child.Unread))
+		m.startPumps(c)
+		go m.waitChild(c)
+	}
+	return err
 }
 
-// adopt makes the child of a slot of the state this image's.
-func (m *Master) adopt(s *slot, sl upgrade.Slot, pidfd int) error {
+// adopt makes the child of a slot of the state this image's: attached,
+// ready, with what the router kept for it. The caller starts its reader,
+// output pumps and wait.
+func (m *Master) adopt(s *slot, sl upgrade.Slot, pidfd int) (*child, error) {
 	cs := sl.Child
 	for _, fd := range []int{cs.IPC, cs.Stdout, cs.Stderr} {
 		if fd >= 0 {
 			if err := upgrade.Adopt(fd); err != nil {
-				return err
+				return nil, err
 			}
 		}
 	}
 	conn, err := proc.ConnFromFD(cs.IPC, "ipc")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	c := &child{
 		slot: s, pid: cs.PID, proc: &adoptedProc{pid: cs.PID, pidfd: pidfd, reaper: m.reaper}, conn: conn,
@@ -264,18 +286,14 @@ func (m *Master) adopt(s *slot, sl upgrade.Slot, pidfd int) error {
 		m.mu.Unlock()
 		w.Close(time.Now())
 		conn.Close()
-		return err
+		return nil, err
 	}
 	c.ep = ep
 	m.router.MarkReady(ep) // writes what was queued, after what the previous image wrote
 	s.serving = c
 	m.children[c.pid] = c
 	m.mu.Unlock()
-
-	go m.readFrames(c, ipc.NewReaderWith(c.conn, m.cfg.MaxFrame, cs.Unread))
-	m.startPumps(c)
-	go m.waitChild(c)
-	return nil
+	return c, nil
 }
 
 // finishUpgrade runs once the cluster is restored: it rolls the children
