@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -57,6 +56,7 @@ type child struct {
 	exitReason wire.Reason
 	exitDetail string
 	usage      usage
+	protocol   int // the IPC protocol version it speaks, from its KindHello (0 before it); see protocol.go
 
 	ready    chan struct{} // closed when it reports Ready
 	exited   chan struct{} // closed once its exit is recorded
@@ -127,12 +127,13 @@ func (m *Master) readLoop(c *child) {
 		case ipc.KindPong:
 			m.observePong(c, f.ID)
 		case ipc.KindHello:
-			if v := string(f.Payload); v != strconv.Itoa(ipc.Version) {
-				m.setFatal(c, fmt.Sprintf("child speaks IPC protocol %s, master speaks %d", v, ipc.Version))
-				c.slot.kill(c, wire.ReasonExit, "protocol version mismatch")
+			if !m.onHello(c, f.Payload) { // protocol.go
 				return
 			}
 		case ipc.KindReady:
+			if m.readyBeforeHello(c) {
+				return
+			}
 			c.slot.markReady(c)
 		case ipc.KindFatal:
 			m.setFatal(c, string(f.Payload))
