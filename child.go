@@ -37,6 +37,7 @@ type childSpec struct {
 	metrics   bool // the master serves /metrics: answer gathers, send the last one at exit
 	masterPID uint32
 	fleetNode string // this member's node id, if the cluster is in a fleet
+	protocol  int    // the IPC protocol version spoken with the master (0: this build's newest)
 }
 
 // childFromEnv reads (and removes) the contract variables and opens the
@@ -60,9 +61,8 @@ func childFromEnv(cfg *Config) (childSpec, error) {
 	if cs.id, err = strconv.Atoi(get(wire.EnvID)); err != nil {
 		return cs, fmt.Errorf("brood: %s: %w", wire.EnvID, err)
 	}
-	if v := get(wire.EnvProtocol); v != strconv.Itoa(ipc.Version) {
-		return cs, fmt.Errorf("brood: the master speaks IPC protocol %q, this binary speaks %d", v, ipc.Version)
-	}
+	var protoErr error
+	cs.protocol, protoErr = negotiateProtocol(get(wire.EnvProtocol), get(wire.EnvProtocolMax))
 	if pid, err := strconv.ParseUint(get(wire.EnvMasterPID), 10, 32); err == nil {
 		cs.masterPID = uint32(pid)
 	}
@@ -88,6 +88,14 @@ func childFromEnv(cfg *Config) (childSpec, error) {
 	if cs.conn, err = proc.ConnFromFD(fd, "brood ipc"); err != nil {
 		return cs, fmt.Errorf("brood: %w", err)
 	}
+	if protoErr != nil {
+		refuseProtocol(cs, protoErr)
+		cs.conn.Close()
+		return cs, protoErr
+	}
+	if cs.protocol < ipc.FleetVersion {
+		cs.fleetNode = "" // the fleet needs a newer protocol than this master's: fleet sends fail with ErrNoFleet
+	}
 	fds := make([]int, n)
 	for i := range fds {
 		fds[i] = fd + 1 + i
@@ -105,6 +113,9 @@ func childFromEnv(cfg *Config) (childSpec, error) {
 func runChildProcess(ctx context.Context, cfg Config) error {
 	cs, err := childFromEnv(&cfg)
 	if err != nil {
+		// Nothing of the child runs: say why here, as the master may not
+		// have heard it (its log is where this line goes).
+		cfg.Logger.Error("cannot run as a child of this master", "err", err)
 		return err
 	}
 	// The master orchestrates stops: it alone reacts to Ctrl-C (SIGINT reaches the
@@ -195,7 +206,11 @@ func runChild(ctx context.Context, cfg Config, cs childSpec) error {
 		setupErr = errors.Join(installAgentSchedules(p, cfg.Schedules), installAgentRotation(p, cfg.LogRotation))
 	}
 
-	if err := w.Append(header(ipc.KindHello), "", []byte(strconv.Itoa(ipc.Version))); err != nil {
+	protocol := cs.protocol
+	if protocol == 0 {
+		_, protocol = ipc.Speaks()
+	}
+	if err := w.Append(header(ipc.KindHello), "", []byte(strconv.Itoa(protocol))); err != nil {
 		w.Close(time.Now())
 		m.close(0)
 		return fmt.Errorf("brood: %s %d: hello: %w", cs.role, cs.id, err)

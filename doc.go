@@ -74,10 +74,12 @@
 //
 // The contract is defined once, in internal/wire: BROOD_ROLE (agent|worker), BROOD_ID (slot), BROOD_IPC_FD (3, the child's end of
 // the socketpair), BROOD_LISTEN_FDS (count n; the listeners are fds 4..3+n in
-// Config.Listen order), BROOD_MASTER_PID, BROOD_PROTOCOL (IPC version),
-// BROOD_NAME and BROOD_STOP_TIMEOUT. The child removes the first six from its
-// environment once read, so programs it starts are not mistaken for brood
-// children. The wire format is documented in internal/ipc.
+// Config.Listen order), BROOD_MASTER_PID, BROOD_PROTOCOL and
+// BROOD_PROTOCOL_MAX (the range of IPC versions the master speaks),
+// BROOD_NAME and BROOD_STOP_TIMEOUT. The child removes the first seven from
+// its environment once read, so programs it starts are not mistaken for brood
+// children. The wire format, and how the two sides agree on a version, is
+// documented in internal/ipc.
 //
 // # Caveats
 //

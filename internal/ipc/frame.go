@@ -50,9 +50,30 @@
 //
 // # Handshake and version
 //
-// The first frame a child sends is KindHello whose payload is the decimal protocol
-// Version. The master closes the channel of a child that speaks another version (a
-// rolling reload to a binary with an incompatible protocol then fails cleanly).
+// Versions form a range: a build speaks every version from MinVersion to Version
+// (see Speaks). Version 1 is the protocol without the fleet; version 2 adds it
+// (DestFleet, FleetScope, FlagFleet and the origin, FleetVersion), with no other
+// change. A master announces its range to a child in the environment: BROOD_PROTOCOL
+// is the lowest version it speaks and BROOD_PROTOCOL_MAX the highest (absent: the
+// same; a binary older than ranges reads BROOD_PROTOCOL alone, as the one version
+// its master speaks, so that it keeps working under a newer master while
+// MinVersion is 1). The child picks the highest version both speak (Negotiate) and
+// sends it as the payload, in decimal, of its first frame, KindHello; if there is
+// none, it sends its own highest version in KindHello, then KindFatal saying why,
+// and exits.
+//
+// The master records the version a child speaks and never sends it a frame that
+// version cannot decode. A child whose KindHello names a version outside the
+// master's range is killed, and its exit detail is "child speaks IPC protocol 7,
+// this master speaks 1 to 2": a rolling reload onto such a binary fails with that
+// error and the old processes keep serving. A cluster in a fleet refuses children
+// below FleetVersion the same way, so fleet frames never reach a process that
+// cannot decode them; a cluster not in a fleet sends no fleet frames at all. A
+// child must send KindHello before KindReady.
+//
+// For tests, a build can be made to speak only one version, at link time:
+//
+//	go build -ldflags "-X github.com/brood-go/brood/internal/ipc.versionOverride=7"
 //
 // # Ordering
 //
@@ -65,10 +86,53 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strconv"
 )
 
-// Version is the protocol version carried by KindHello.
-const Version = 1
+// Version is the newest protocol version this build speaks (see "Handshake
+// and version"): 2, version 1 plus fleet messages.
+const Version = 2
+
+// MinVersion is the oldest protocol version this build speaks.
+const MinVersion = 1
+
+// FleetVersion is the first version with fleet messages (DestFleet,
+// FlagFleet).
+const FleetVersion = 2
+
+// versionOverride, set at link time (-ldflags -X), makes this build speak that
+// one version only, in place of MinVersion to Version: tests build a second
+// binary with it to play a build of another protocol.
+var versionOverride string
+
+// Speaks returns the range of protocol versions this build speaks:
+// MinVersion to Version, unless versionOverride names one.
+func Speaks() (lo, hi int) {
+	if v, err := strconv.Atoi(versionOverride); err == nil && v > 0 {
+		return v, v
+	}
+	return MinVersion, Version
+}
+
+// RangeText renders a range of versions for messages: "1 to 2", or "2".
+func RangeText(lo, hi int) string {
+	if lo == hi {
+		return strconv.Itoa(lo)
+	}
+	return strconv.Itoa(lo) + " to " + strconv.Itoa(hi)
+}
+
+// Negotiate returns the version a child of this build speaks with a master
+// that speaks masterLo to masterHi: the highest version both speak, or an
+// error naming both ranges if there is none.
+func Negotiate(masterLo, masterHi int) (int, error) {
+	lo, hi := Speaks()
+	v := min(hi, masterHi)
+	if masterLo > masterHi || v < max(lo, masterLo) {
+		return 0, fmt.Errorf("the master speaks IPC protocol %s, this binary speaks %s", RangeText(masterLo, masterHi), RangeText(lo, hi))
+	}
+	return v, nil
+}
 
 // HeaderSize is the size of the fixed frame header, size field included.
 const HeaderSize = 36
@@ -85,7 +149,8 @@ type Kind uint8
 // Frame kinds.
 const (
 	KindInvalid Kind = iota
-	// KindHello is the child's first frame: payload is the decimal protocol version.
+	// KindHello is the child's first frame: payload is the decimal protocol
+	// version it speaks (see "Handshake and version").
 	KindHello
 	// KindReady says the child finished initialising (Process.Ready).
 	KindReady

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -66,7 +65,7 @@ type child struct {
 	exitReason wire.Reason
 	exitDetail string
 	usage      usage
-	protocol   int  // the IPC version it announced in its Hello
+	protocol   int  // the IPC protocol version it speaks, from its KindHello (0 before it); see protocol.go
 	inherited  bool // adopted from the previous image of the master by an upgrade, with the binary it ran then
 
 	ready    chan struct{} // closed when it reports Ready
@@ -147,13 +146,13 @@ func (m *Master) readFrames(c *child, rd *ipc.Reader) {
 		case ipc.KindPong:
 			m.observePong(c, f.ID)
 		case ipc.KindHello:
-			c.protocol, _ = strconv.Atoi(string(f.Payload))
-			if v := string(f.Payload); v != strconv.Itoa(ipc.Version) {
-				m.setFatal(c, fmt.Sprintf("child speaks IPC protocol %s, master speaks %d", v, ipc.Version))
-				c.slot.kill(c, wire.ReasonExit, "protocol version mismatch")
+			if !m.onHello(c, f.Payload) { // protocol.go
 				return
 			}
 		case ipc.KindReady:
+			if m.readyBeforeHello(c) {
+				return
+			}
 			c.slot.markReady(c)
 		case ipc.KindFatal:
 			m.setFatal(c, string(f.Payload))

@@ -31,6 +31,7 @@ type script struct {
 	stopGate  <-chan struct{} // on stop, exit only once this is closed
 	reply     func(f ipc.Frame) (handled bool)
 	forge     <-chan uint64 // send the master a reply with each of these request ids
+	hello     string        // the KindHello payload ("": ipc.Version; "-": send none)
 }
 
 type harness struct {
@@ -194,7 +195,13 @@ func (h *harness) child(ctx context.Context, ip InProcess) error {
 	defer ip.Conn.Close()
 	defer w.Close(time.Now().Add(time.Second))
 	header := func(k ipc.Kind) *ipc.Header { return &ipc.Header{Kind: k, Role: ip.Role, From: ip.PID} }
-	w.Append(header(ipc.KindHello), "", []byte(strconv.Itoa(ipc.Version)))
+	switch sc.hello {
+	case "":
+		w.Append(header(ipc.KindHello), "", []byte(strconv.Itoa(ipc.Version)))
+	case "-":
+	default:
+		w.Append(header(ipc.KindHello), "", []byte(sc.hello))
+	}
 	welcomed := make(chan struct{})
 	go func() {
 		var once sync.Once

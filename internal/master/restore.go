@@ -238,6 +238,15 @@ func (m *Master) restoreCluster() error {
 		m.startPumps(c)
 		go m.waitChild(c)
 	}
+	// A child whose protocol this build no longer speaks is replaced at
+	// once (its slot restarts it from this binary), never kept wedged.
+	for _, c := range adopted {
+		if perr := m.checkProtocol(c.protocol); perr != nil && err == nil {
+			m.log.Warn("upgrade: an adopted process speaks a protocol this build does not; replacing it", "child_pid", c.pid, "slot", c.slot.String(), "err", perr)
+			m.setFatal(c, perr.Error())
+			c.slot.kill(c, wire.ReasonUpgrade, perr.Error())
+		}
+	}
 	return err
 }
 

@@ -72,6 +72,11 @@ func Preflight(ctx context.Context, exe string, args, env []string, timeout time
 	}
 	err = cmd.Wait()
 	_ = killGroup(cmd) // whatever it left in its group
+	if errors.Is(err, exec.ErrWaitDelay) && cmd.ProcessState.Success() {
+		// It exited 0, but something it started held its output open
+		// past preflightWaitDelay: what it printed until then counts.
+		err = nil
+	}
 	switch {
 	case ctx.Err() != nil && (err != nil || cmd.ProcessState == nil || !cmd.ProcessState.Success()):
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {

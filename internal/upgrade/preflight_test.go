@@ -45,9 +45,19 @@ func TestMain(m *testing.M) {
 			os.Exit(3)
 		}
 		fmt.Println(c.Process.Pid)
-		select {}
+		time.Sleep(time.Hour) // the behaviour under test: hang
 	case "sleep":
-		select {}
+		time.Sleep(time.Hour)
+	case "linger":
+		// Exit 0 with the build printed, leaving a child that holds stdout.
+		c := exec.Command(os.Args[0])
+		c.Env = append(os.Environ(), envHelper+"=sleep")
+		c.Stdout = os.Stdout
+		if err := c.Start(); err != nil {
+			os.Exit(3)
+		}
+		json.NewEncoder(os.Stdout).Encode(CurrentBuild())
+		os.Exit(0)
 	}
 	os.Exit(2)
 }
@@ -61,6 +71,18 @@ func TestPreflightGoodBinary(t *testing.T) {
 	}
 	if b != CurrentBuild() {
 		t.Fatalf("Preflight returned %+v, want %+v", b, CurrentBuild())
+	}
+}
+
+// A check that exits 0 but leaves a process holding its stdout still
+// succeeds, within the wait delay, and the process is killed.
+func TestPreflightLingeringChild(t *testing.T) {
+	b, err := Preflight(context.Background(), os.Args[0], nil, helperEnv("linger"), 30*time.Second)
+	if err != nil || b != CurrentBuild() {
+		t.Fatalf("Preflight: %+v, %v", b, err)
+	}
+	for _, pid := range groupOf(t, os.Args[0]) {
+		t.Errorf("pid %d (%s) still runs after the preflight", pid, state(pid))
 	}
 }
 

@@ -11,7 +11,8 @@ const (
 	EnvIPCFD       = "BROOD_IPC_FD"       // the child's end of the socketpair: 3
 	EnvListenFDs   = "BROOD_LISTEN_FDS"   // number of listeners, at fds IPC_FD+1 ... in Config.Listen order
 	EnvMasterPID   = "BROOD_MASTER_PID"   // for logs and sanity checks
-	EnvProtocol    = "BROOD_PROTOCOL"     // ipc.Version the master speaks
+	EnvProtocol    = "BROOD_PROTOCOL"     // the lowest IPC protocol version the master speaks (what a binary older than version ranges takes as its only one)
+	EnvProtocolMax = "BROOD_PROTOCOL_MAX" // the highest (unset: EnvProtocol's); see package ipc, "Handshake and version"
 	EnvName        = "BROOD_NAME"         // Config.Name as the master resolved it (also the --name flag's variable)
 	EnvStopTimeout = "BROOD_STOP_TIMEOUT" // Config.StopTimeout as the master resolved it
 	EnvMetrics     = "BROOD_METRICS"      // "1" when the master serves /metrics: send final metrics when stopping
@@ -42,7 +43,7 @@ const EnvLogFiles = "BROOD_LOG_FILES"
 
 // childOnlyEnv are the variables a master never passes on from its own
 // environment: the child contract, and the master's own markers.
-var childOnlyEnv = []string{EnvRole, EnvID, EnvIPCFD, EnvListenFDs, EnvMasterPID, EnvProtocol, EnvNotifyFD, EnvMetrics, EnvFleetNode, EnvFleetPassword, EnvFleetToken}
+var childOnlyEnv = []string{EnvRole, EnvID, EnvIPCFD, EnvListenFDs, EnvMasterPID, EnvProtocol, EnvProtocolMax, EnvNotifyFD, EnvMetrics, EnvFleetNode, EnvFleetPassword, EnvFleetToken}
 
 // IsChildOnly reports whether kv ("KEY=value") is a variable the master must not
 // pass on to a child from its own environment.

@@ -282,6 +282,12 @@
     if (st.operation) setBadge(op, st.operation + ' in progress', 'violet', true);
 
     setText($('m-pid'), st.pid || '–');
+    // The master's build and in-place upgrades, as `status` shows them.
+    var b = st.build || {};
+    var build = [b.version === '(devel)' ? 'devel' : b.version, b.revision ? 'rev ' + b.revision.slice(0, 12) : '',
+      b.modified ? 'modified' : '', b.go].filter(Boolean).join(' ') || 'unknown build';
+    var ups = st.upgrades || 0;
+    setText($('m-build'), build + ' · ' + ups + (ups === 1 ? ' upgrade' : ' upgrades'));
     var started = validTime(st.started_at);
     setText($('m-uptime'), started ? fmtDur((now - started.getTime()) / 1000) : '–');
     setText($('m-started'), started ? 'since ' + fmtStamp(started) : '');
