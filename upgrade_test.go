@@ -490,6 +490,8 @@ func TestUpgradeKeepWorkers(t *testing.T) {
 		}
 	}
 	// A kept worker crashes: its replacement comes from the binary on disk.
+	// (Requests on its connections fail: the load pauses.)
+	load.end(t)
 	a.install(bs["v2"])
 	victim := 0
 	for _, p := range statusOf(t, a).Processes {
@@ -506,6 +508,7 @@ func TestUpgradeKeepWorkers(t *testing.T) {
 		}
 		return false
 	})
+	load = a.startLoad()
 	out, err := a.run("upgrade")
 	if err == nil || !strings.Contains(out, "adopted from the previous image") || !strings.Contains(out, "reload them first") {
 		t.Fatalf("upgrade with adopted and new processes mixed: %v, want a refusal\n%s", err, out)
@@ -515,6 +518,51 @@ func TestUpgradeKeepWorkers(t *testing.T) {
 	}
 	if out, err := a.run("upgrade"); err != nil || !strings.Contains(out, "3 processes replaced") {
 		t.Fatalf("upgrade after the reload: %v\n%s", err, out)
+	}
+	load.end(t)
+	if v := a.versions(); v["v2"] != 10 {
+		t.Fatalf("after the last upgrade: %v", v)
+	}
+}
+
+// TestUpgradeProtocolVersions: a cluster whose binary speaks only IPC
+// protocol 1 is upgraded, keeping its workers, to a build that speaks only
+// 2: the new master cannot talk to the adopted processes, so it replaces
+// each at once from its own binary (never a wedged slot), with no failed
+// request. A build speaking 1 to 2 then adopts and rolls them as usual.
+func TestUpgradeProtocolVersions(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the test app three times")
+	}
+	const override = "github.com/brood-go/brood/internal/ipc.versionOverride="
+	dir := t.TempDir()
+	bs := buildUpgradeApps(t, dir, "p1 p1 "+override+"1", "p2 p2 "+override+"2", "v2 v2")
+	a := startUpgradeApp(t, bs["p1"])
+	before := statusOf(t, a).Processes
+	a.install(bs["p2"])
+	out, err := a.run("upgrade", "--keep-workers")
+	if err != nil {
+		t.Fatalf("upgrade to a build that speaks only protocol 2: %v\n%s", err, out)
+	}
+	waitFor(t, "every process replaced from the p2 build", 20*time.Second, func() bool {
+		st := statusOf(t, a)
+		if len(st.Processes) != len(before) {
+			return false
+		}
+		for _, p := range st.Processes {
+			if p.State != "ready" || slices.ContainsFunc(before, func(q wire.Process) bool { return q.PID == p.PID }) {
+				return false
+			}
+		}
+		return true
+	})
+	if v := a.versions(); v["p2"] != 10 {
+		t.Fatalf("after the protocol change: answers %v, want p2", v)
+	}
+	load := a.startLoad()
+	a.install(bs["v2"])
+	if out, err := a.run("upgrade"); err != nil || !strings.Contains(out, "3 processes replaced") {
+		t.Fatalf("upgrade to a build that speaks 1 to 2: %v\n%s", err, out)
 	}
 	load.end(t)
 	if v := a.versions(); v["v2"] != 10 {
