@@ -96,9 +96,9 @@ func (m *Master) controlHandler() http.Handler {
 			p.cancel()
 			return fmt.Errorf("brood: upgrade: %w", err)
 		}
-		if err := m.execUpgrade(p, conn); err != nil {
-			answerRaw(conn, errorStatus(err), map[string]string{"error": err.Error()})
-		}
+		// execUpgrade returns only if the cluster changed before the freeze.
+		err = m.execUpgrade(p, conn)
+		answerRaw(conn, errorStatus(err), map[string]string{"error": err.Error()})
 		return nil
 	}))
 	mux.HandleFunc("POST /scale", m.handle(func(w http.ResponseWriter, r *http.Request) error {

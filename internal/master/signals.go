@@ -59,9 +59,8 @@ func RunWithSignals(ctx context.Context, cfg Config) error {
 					m.ReloadInBackground("SIGHUP")
 				case sig == syscall.SIGUSR2:
 					m.goOwned("upgrade", func() {
-						if err := m.Upgrade(ctx, wire.UpgradeRequest{}, nil); err != nil {
-							m.log.Error("SIGUSR2: upgrade not done", "err", err)
-						}
+						// Upgrade returns only if the upgrade was not done.
+						m.log.Error("SIGUSR2: upgrade not done", "err", m.Upgrade(ctx, wire.UpgradeRequest{}, nil))
 					})
 				case sig == syscall.SIGUSR1:
 					m.goOwned("log rotation", func() {

@@ -151,8 +151,8 @@ func (p *upgradePrep) cancel() {
 }
 
 // execUpgrade freezes the cluster and re-executes the master. It returns
-// only if the cluster changed before the freeze (then nothing was done and
-// the error says why); client, if not nil, is the connection of the
+// only if the cluster changed before the freeze, with the error that says
+// why (nothing was done); client, if not nil, is the connection of the
 // request, which the image that restores answers.
 func (m *Master) execUpgrade(p *upgradePrep, client net.Conn) error {
 	m.freezeMu.Lock() // exits in progress are recorded first; later ones wait for the next image
@@ -191,7 +191,7 @@ func (m *Master) execUpgrade(p *upgradePrep, client net.Conn) error {
 	fmt.Fprintf(os.Stderr, "brood: upgrade: %s; rolling back\n", failure)
 	err = exec("/proc/self/fd/"+strconv.Itoa(p.rollback), os.Args, upgradeEnv(int(f.Fd()), -1, failure))
 	m.fatalUpgrade(fmt.Errorf("roll back to the running executable: %w", err))
-	return nil
+	panic("unreachable: fatalUpgrade exits")
 }
 
 // upgradeEnv is the environment of the next image: this one's, less what
@@ -315,11 +315,7 @@ func (m *Master) handOver(p *upgradePrep, client net.Conn, from upgrade.Build) *
 
 // keepFile leaves the descriptors of fs open for the exec: an *os.File
 // that is garbage collected closes its descriptor.
-func keepFile(fs ...*os.File) {
-	for _, f := range fs {
-		kept = append(kept, f)
-	}
-}
+func keepFile(fs ...*os.File) { kept = append(kept, fs...) }
 
 // kept holds the files whose descriptors an upgrade hands over.
 var kept []*os.File
@@ -355,9 +351,9 @@ func routerCounters(c upgrade.Counters) relay.Stats {
 	return relay.Stats{Relayed: c.Relayed, Held: c.Held, Redelivered: c.Redelivered, Dropped: c.Dropped, LostReplies: c.LostReplies, Unreachable: c.Unreachable}
 }
 
-// Upgrade re-executes the master in place (DESIGN §12): it returns an
-// error if the upgrade is refused or fails its preflight, with nothing
-// changed; otherwise it does not return (the process runs the next image,
+// Upgrade re-executes the master in place (DESIGN §12). It returns only if
+// the upgrade is refused or fails its preflight, with the error (nothing
+// changed); otherwise it does not return (the process runs the next image,
 // which answers client). client may be nil (SIGUSR2).
 func (m *Master) Upgrade(ctx context.Context, req wire.UpgradeRequest, client net.Conn) error {
 	p, err := m.prepareUpgrade(ctx, req)
@@ -366,4 +362,3 @@ func (m *Master) Upgrade(ctx context.Context, req wire.UpgradeRequest, client ne
 	}
 	return m.execUpgrade(p, client)
 }
-
