@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -42,34 +44,13 @@ func (in *Instance) Handoff(grace time.Duration) (lock, ln *os.File, err error) 
 		return nil, nil, fmt.Errorf("control: hand off %s: %w", SocketPath(in.runDir), err)
 	}
 	in.closed = true
-	l, srv, serveDone := in.ln, in.srv, in.serveDone
+	l, srv, serveDone, open := in.ln, in.srv, in.serveDone, in.open
 	in.mu.Unlock()
 
-	if srv != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), grace)
-		if err := srv.Shutdown(ctx); err != nil {
-			srv.Close()
-		}
-		cancel()
-	}
-	if err := l.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+	if err := Quiesce(srv, l, serveDone, open, grace); err != nil {
 		lock.Close()
 		ln.Close()
 		return nil, nil, fmt.Errorf("control: hand off %s: %w", SocketPath(in.runDir), err)
-	}
-	if serveDone != nil {
-		<-serveDone
-	}
-	if srv != nil {
-		// A connection accepted in the instant the listener closed is
-		// tracked only once Serve has seen it, maybe after the first
-		// Shutdown found nothing active: now that Serve has returned, wait
-		// for it too, so no request is cut by the exec that follows.
-		ctx, cancel := context.WithTimeout(context.Background(), grace)
-		if err := srv.Shutdown(ctx); err != nil {
-			srv.Close()
-		}
-		cancel()
 	}
 	in.refusals.Wait()
 	in.lock.Close() // the duplicate holds the flock: it belongs to the open file description
@@ -104,4 +85,79 @@ func Adopt(runDir string, lockFD, lnFD int) (*Instance, error) {
 		return nil, fmt.Errorf("control: adopt the lock of %s: %w", runDir, err)
 	}
 	return &Instance{runDir: runDir, lock: lock, ln: ul}, nil
+}
+
+// ConnCount counts a server's open connections: set Track as the
+// http.Server's ConnState hook.
+type ConnCount struct {
+	mu      sync.Mutex
+	open    int
+	changed chan struct{}
+}
+
+// Track is an http.Server ConnState hook.
+func (n *ConnCount) Track(_ net.Conn, s http.ConnState) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	switch s {
+	case http.StateNew:
+		n.open++
+	case http.StateClosed, http.StateHijacked:
+		n.open--
+	default:
+		return
+	}
+	if n.changed != nil {
+		close(n.changed)
+		n.changed = nil
+	}
+}
+
+// waitZero waits until no connection is open, or ctx is done.
+func (n *ConnCount) waitZero(ctx context.Context) error {
+	for {
+		n.mu.Lock()
+		if n.open <= 0 {
+			n.mu.Unlock()
+			return nil
+		}
+		if n.changed == nil {
+			n.changed = make(chan struct{})
+		}
+		ch := n.changed
+		n.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Quiesce stops srv serving on ln so that another process can take the
+// listening socket over (an upgrade): ln is closed (the socket lives on in
+// a duplicate), keep-alives end, and every connection srv accepted gets
+// its request answered and is closed, within grace; after grace the rest
+// are dropped. Unlike Shutdown, a connection accepted just before ln closed
+// whose request arrives later is still answered (Shutdown closes it
+// unanswered). served is closed when srv's Serve has returned; open counts
+// srv's connections (its ConnState hook).
+func Quiesce(srv *http.Server, ln net.Listener, served <-chan struct{}, open *ConnCount, grace time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	if srv == nil {
+		if err := ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			return err
+		}
+		return nil
+	}
+	srv.SetKeepAlivesEnabled(false) // closes idle connections; the others close after their answer
+	if err := ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+		return err
+	}
+	<-served // Serve's Accept failed: it returns, nothing is shut down
+	if open.waitZero(ctx) != nil {
+		srv.Close()
+	}
+	return nil
 }

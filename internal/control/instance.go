@@ -60,6 +60,7 @@ type Instance struct {
 	closed    bool
 	ln        *net.UnixListener // set by Listen
 	srv       *http.Server      // set by Serve
+	open      *ConnCount        // srv's open connections
 	serveDone chan struct{}     // closed when Serve returns
 	refusals  sync.WaitGroup    // goroutines answering refused connections
 }

@@ -123,8 +123,10 @@ func (in *Instance) Serve(h http.Handler, log *slog.Logger) error {
 		return errors.New("control: Serve called twice")
 	}
 	pl := &peerListener{UnixListener: in.ln, uid: os.Geteuid(), log: log, refusals: &in.refusals, maxConns: maxConns}
+	open := new(ConnCount)
 	srv := &http.Server{
 		Handler:           h,
+		ConnState:         open.Track,
 		ReadHeaderTimeout: requestReadTimeout,
 		// ReadTimeout bounds headers and body together. It does not bound
 		// the handler: net/http clears the read deadline when it starts
@@ -140,13 +142,16 @@ func (in *Instance) Serve(h http.Handler, log *slog.Logger) error {
 			return ctx
 		},
 	}
-	in.srv = srv
+	in.srv, in.open = srv, open
 	in.serveDone = make(chan struct{})
 	defer close(in.serveDone)
 	in.mu.Unlock()
 
 	err := srv.Serve(pl)
-	if errors.Is(err, http.ErrServerClosed) {
+	in.mu.Lock()
+	handedOff := in.closed && errors.Is(err, net.ErrClosed) // Handoff closed the listener
+	in.mu.Unlock()
+	if errors.Is(err, http.ErrServerClosed) || handedOff {
 		return nil
 	}
 	return fmt.Errorf("control: serve on %s: %w", SocketPath(in.runDir), err)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/brood-go/brood/internal/admin"
+	"github.com/brood-go/brood/internal/control"
 	"github.com/brood-go/brood/internal/listener"
 	"github.com/brood-go/brood/internal/wire"
 )
@@ -29,9 +30,11 @@ func (m *Master) serveAdmin(sock *listener.Socket) (stop func(), err error) {
 		return nil, fmt.Errorf("brood: admin listener: %w", err)
 	}
 	m.log.Info("admin listener", "addr", socks[0].Bound.String())
+	open := new(control.ConnCount)
 	srv := &http.Server{
 		Handler:           admin.Handler(m, admin.Options{Name: m.cfg.Name, Logger: m.log}),
 		ReadHeaderTimeout: 10 * time.Second,
+		ConnState:         open.Track,
 	}
 	served := make(chan struct{})
 	go func() {
@@ -41,23 +44,18 @@ func (m *Master) serveAdmin(sock *listener.Socket) (stop func(), err error) {
 		}
 	}()
 	m.adminAddr = socks[0].Bound.String()
-	halt := func() {
+	// An upgrade hands the socket on: every request accepted is answered,
+	// the ones still to come wait in the backlog.
+	m.adminSock = sock
+	m.adminHalt = func() { _ = control.Quiesce(srv, l, served, open, time.Second) }
+	return func() {
+		m.events.closeAll() // event streams end with the master
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		if srv.Shutdown(ctx) != nil {
 			srv.Close()
 		}
 		<-served
-		// A connection Serve took in the instant the listener closed: wait
-		// for it as well (an upgrade execs next).
-		if srv.Shutdown(ctx) != nil {
-			srv.Close()
-		}
-	}
-	m.adminSock, m.adminHalt = sock, halt
-	return func() {
-		m.events.closeAll() // event streams end with the master
-		halt()
 		listener.CloseAll(socks)
 	}, nil
 }

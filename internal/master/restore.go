@@ -77,6 +77,10 @@ func (m *Master) restoreOrRollBack() {
 	failure := fmt.Sprintf("the new image could not restore the state: %v", err)
 	fmt.Fprintf(os.Stderr, "brood: upgrade: %s; rolling back to the previous executable\n", failure)
 	env := upgradeEnv(rs.fd, -1, failure)
+	if err := upgrade.Inherit([]int{rs.fd}); err != nil {
+		fmt.Fprintf(os.Stderr, "brood: upgrade: roll back: %v; the master exits and the children stop\n", err)
+		os.Exit(1)
+	}
 	err = unix.Exec("/proc/self/fd/"+strconv.Itoa(rs.rollback), os.Args, env)
 	fmt.Fprintf(os.Stderr, "brood: upgrade: roll back: %v; the master exits and the children stop\n", err)
 	os.Exit(1)
@@ -108,6 +112,15 @@ func (m *Master) checkRestore(stateFD string) (rs *restoreState, err error) {
 			rs.pidfds = nil
 		}
 	}()
+	// Close-on-exec from now on, so that a process started before the
+	// restore is done does not inherit them; a rollback clears it again.
+	for _, d := range []int{fd, rs.rollback} {
+		if d >= 0 {
+			if err := upgrade.Adopt(d); err != nil {
+				return rs, err
+			}
+		}
+	}
 	b, err := upgrade.ReadFD(fd)
 	if err != nil {
 		return rs, err
@@ -221,6 +234,7 @@ func (m *Master) restoreCluster() error {
 		adopted = append(adopted, c)
 	}
 	m.mu.Lock()
+	m.op = "upgrade" // until finishUpgrade has rolled the processes and answered
 	m.upgrades = st.Upgrades
 	if rs.failure != "" {
 		m.upgrades-- // the upgrade did not happen
@@ -311,6 +325,11 @@ func (m *Master) adopt(s *slot, sl upgrade.Slot, pidfd int) (*child, error) {
 func (m *Master) finishUpgrade() {
 	rs := m.restore
 	st := rs.st
+	defer func() {
+		m.mu.Lock()
+		m.op = ""
+		m.mu.Unlock()
+	}()
 	if rs.rollback >= 0 {
 		unix.Close(rs.rollback)
 	}
@@ -331,15 +350,9 @@ func (m *Master) finishUpgrade() {
 	res := wire.UpgradeResult{PID: m.pid, From: wire.Build(st.From), To: wire.Build(st.To), Upgrades: st.Upgrades}
 	var err error
 	if !st.KeepWorkers {
-		m.mu.Lock()
-		m.op = "upgrade"
-		m.mu.Unlock()
 		var rr wire.ReloadResult
 		rr, err = m.reloadSlots(time.Now(), wire.ReasonUpgrade)
 		res.Replaced = rr.Replaced
-		m.mu.Lock()
-		m.op = ""
-		m.mu.Unlock()
 	}
 	res.Took = time.Since(st.Began).Seconds()
 	ev := wire.Event{Type: wire.EventUpgradeEnded, Result: "ok", Took: res.Took, To: len(res.Replaced), Detail: st.From.String() + " → " + st.To.String()}

@@ -239,8 +239,20 @@ func (m *Master) handOver(p *upgradePrep, client net.Conn, from upgrade.Build) *
 	}
 	m.mu.Unlock()
 
-	// Stop the readers and output pumps between two reads, and write out
-	// what is queued for each child.
+	// First the control socket and the admin listener: the requests in
+	// flight finish while the channels still work (a status asks the agent),
+	// and new ones wait in the backlogs for the next image.
+	m.events.closeAll() // followers of the event stream end here; they reconnect to the next image
+	lock, ctl, err := m.ctl.Handoff(handoffGrace)
+	if err != nil {
+		m.fatalUpgrade(err)
+	}
+	if m.adminSock != nil {
+		m.adminHalt()
+	}
+
+	// Then stop the readers and output pumps between two reads, and write
+	// out what is queued for each child.
 	past := time.Unix(1, 0)
 	for _, c := range children {
 		c.pausing.Store(true)
@@ -269,18 +281,12 @@ func (m *Master) handOver(p *upgradePrep, client net.Conn, from upgrade.Build) *
 	if client != nil {
 		st.Client = mustDup(client)
 	}
-	m.events.closeAll() // followers of the event stream end here; they reconnect to the next image
-	lock, ctl, err := m.ctl.Handoff(handoffGrace)
-	if err != nil {
-		m.fatalUpgrade(err)
-	}
 	st.RunDirLock, st.Control = int(lock.Fd()), int(ctl.Fd())
 	keepFile(lock, ctl)
 	for _, s := range m.socks {
 		st.Sockets = append(st.Sockets, socketState(s))
 	}
 	if m.adminSock != nil {
-		m.adminHalt()
 		a := socketState(m.adminSock)
 		st.Admin = &a
 	}
