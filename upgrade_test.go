@@ -412,6 +412,24 @@ func TestUpgradeBrokenBinary(t *testing.T) {
 	if err := os.WriteFile(noExec, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// While an upgrade runs (here: the preflight of a binary that hangs),
+	// other operations and a second upgrade are refused.
+	a.install(bs["hang"])
+	first := make(chan string, 1)
+	go func() {
+		out, _ := a.run("upgrade", "--preflight-timeout", "3s")
+		first <- out
+	}()
+	waitFor(t, "a scale refused during the upgrade", 3*time.Second, func() bool {
+		out, err := a.run("scale", "2")
+		return err != nil && strings.Contains(out, "an upgrade is in progress")
+	})
+	if out, err := a.run("upgrade"); err == nil || !strings.Contains(out, "upgrade refused: an upgrade is in progress") {
+		t.Errorf("a second upgrade during the first: %v\n%s", err, out)
+	}
+	if out := <-first; !strings.Contains(out, "did not finish within 3s") {
+		t.Errorf("the hanging preflight: %s", out)
+	}
 	for _, tc := range []struct {
 		name, build string
 		args        []string

@@ -391,6 +391,9 @@ func (m *Master) Run(ctx context.Context, force <-chan struct{}) (err error) {
 		return err
 	}
 	if restored {
+		if why := m.restore.st.StopRequested; why != "" {
+			m.RequestStop(why + " (asked during the upgrade)")
+		}
 		m.events.publish(wire.Event{Type: wire.EventClusterReady, To: len(m.workers), Took: time.Since(started).Seconds(),
 			Detail: fmt.Sprintf("restored by an upgrade, listening on %v", m.boundAddrs())})
 		m.goOwned("upgrade", m.finishUpgrade)
@@ -649,6 +652,15 @@ func (m *Master) goOwned(what string, f func()) bool {
 // then the master's own goroutines end. A value on force kills what is left.
 func (m *Master) stopAll(force <-chan struct{}, why string) {
 	m.mu.Lock()
+	if m.frozen {
+		// An upgrade is handing the cluster over: the exec comes next, and
+		// the next image stops (the state says a stop was asked).
+		m.mu.Unlock()
+		for r := range m.mainExec { // nil unless the exec runs on this goroutine's thread
+			r.err <- r.do()
+		}
+		select {}
+	}
 	if m.phase >= phaseStopping {
 		m.mu.Unlock()
 		return

@@ -13,13 +13,19 @@ import (
 // The operations: reload, scale, stop, rotate-logs, each with a defined
 // outcome in every state of the cluster:
 //
-//	state \ op       reload / SIGHUP   scale     stop          rotate-logs / SIGUSR1
-//	starting         refused           refused   aborts start  done
-//	running          done              done      done          done
-//	reloading        refused           refused   done (ends it) done
-//	scaling          refused           refused   done (ends it) done
-//	replacing a slot done (waits)      done      done          done
-//	stopping         refused           refused   done (no-op)  done
+//	state \ op       reload / SIGHUP   scale     upgrade / SIGUSR2  stop          rotate-logs / SIGUSR1
+//	starting         refused           refused   refused            aborts start  done
+//	running          done              done      done               done          done
+//	reloading        refused           refused   refused            done (ends it) done
+//	scaling          refused           refused   refused            done (ends it) done
+//	upgrading        refused           refused   refused            done (*)      done
+//	replacing a slot done (waits)      done      refused (retry)    done          done
+//	stopping         refused           refused   refused            done (no-op)  done
+//
+// (*) during the preflight a stop ends the upgrade before it froze anything;
+// from the freeze to the exec (milliseconds) the stop waits for the next
+// image, which then stops; during the new image's roll it ends the roll at
+// its next step, as for a reload.
 //
 // A refusal is a *StateError (409 on the control socket); a stop during a
 // reload or scale ends it at the next step, which reports errStopping.
@@ -48,7 +54,11 @@ func (m *Master) beginOp(op string) (end func(), err error) {
 	case m.phase >= phaseStopping:
 		return nil, &StateError{Op: op, Cause: "the cluster is stopping"}
 	case m.op != "":
-		return nil, &StateError{Op: op, Cause: "a " + m.op + " is in progress"}
+		article := "a "
+		if m.op == "upgrade" {
+			article = "an "
+		}
+		return nil, &StateError{Op: op, Cause: article + m.op + " is in progress"}
 	}
 	m.op = op
 	return func() {

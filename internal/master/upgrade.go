@@ -90,6 +90,10 @@ func (m *Master) prepareUpgrade(ctx context.Context, req wire.UpgradeRequest) (*
 	if req.PreflightTimeout > 0 {
 		timeout = time.Duration(req.PreflightTimeout * float64(time.Second))
 	}
+	// A stop meanwhile ends the preflight, and so the upgrade.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(m.life, cancel)()
 	to, err := upgrade.Preflight(ctx, m.exe, os.Args[1:], upgrade.PreflightEnv(os.Environ(), upgrade.StateVersion), timeout)
 	if err != nil {
 		end()
@@ -157,13 +161,17 @@ func (p *upgradePrep) cancel() {
 func (m *Master) execUpgrade(p *upgradePrep, client net.Conn) error {
 	m.freezeMu.Lock() // exits in progress are recorded first; later ones wait for the next image
 	m.mu.Lock()
-	if cause := m.unsteadyLocked(); cause != "" {
+	cause := m.unsteadyLocked()
+	if m.phase != phaseRunning {
+		cause = "the cluster is stopping"
+	}
+	if cause != "" {
 		m.mu.Unlock()
 		m.freezeMu.Unlock()
 		p.cancel()
 		return &StateError{Op: "upgrade", Cause: cause}
 	}
-	m.frozen = true
+	m.frozen = true // stopAll waits for the exec from now on
 	exec := m.execThreadLocked()
 	from := upgrade.CurrentBuild()
 	m.mu.Unlock()
@@ -171,6 +179,11 @@ func (m *Master) execUpgrade(p *upgradePrep, client net.Conn) error {
 
 	// From here on there is no way back but an exec.
 	st := m.handOver(p, client, from)
+	select {
+	case <-m.stopReq: // asked since the freeze: the next image stops
+		st.StopRequested = m.stopWhy
+	default:
+	}
 	b, err := upgrade.Encode(st)
 	if err != nil {
 		m.fatalUpgrade(err)

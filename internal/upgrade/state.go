@@ -43,6 +43,9 @@ type State struct {
 	KeepWorkers bool      `json:"keep_workers"`
 	To          Build     `json:"to"`
 	Failure     string    `json:"failure,omitempty"`
+	// StopRequested is why a stop was asked while the upgrade was under
+	// way; the next image stops once restored.
+	StopRequested string `json:"stop_requested,omitempty"`
 }
 
 // Socket is one listening socket.
