@@ -269,45 +269,16 @@ func TestReloadUnderLoadPicksUpNewBinary(t *testing.T) {
 	dir := t.TempDir()
 	app := filepath.Join(dir, "reloadapp")
 	buildApp(t, "v1", app)
-	runDir := helperproc.ShortTempDir(t)
-	env := append(os.Environ(), "BROOD_RUN_DIR="+runDir, "GORACE=atexit_sleep_ms=0")
-	run := func(args ...string) (string, error) {
-		cmd := exec.Command(app, args...)
-		cmd.Env = env
-		out, err := cmd.CombinedOutput()
-		return string(out), err
-	}
-	t.Cleanup(func() {
-		if pid, err := control.ReadPID(runDir); err == nil {
-			syscall.Kill(pid, syscall.SIGKILL)
-			proc.WaitGone([]int{pid}, 5*time.Second)
-		}
-	})
-	out, err := run("start", "--daemon", "--workers", "2", "--log-dir", dir)
-	if err != nil {
-		t.Fatalf("start: %v\n%s", err, out)
-	}
-	addr := ""
-	for _, l := range strings.Split(out, "\n") {
-		if a, ok := strings.CutPrefix(strings.TrimSpace(l), "listening on tcp://"); ok {
-			addr = a
-		}
-	}
-	versions := func() map[string]int {
-		seen := map[string]int{}
-		for range 20 {
-			b := get(t, newConnClient(), "http://"+addr+"/")
-			seen[strings.Fields(b)[0]]++
-		}
-		return seen
-	}
+	a := startDaemon(t, dir, "reloadapp", app)
+	run, addr := a.run, a.addr
+	versions := func() map[string]int { return a.versions(20) }
 	if v := versions(); v["v1"] != 20 {
 		t.Fatalf("before the reload: %v", v)
 	}
 
 	// A new build whose workers cannot start: the reload aborts, v1 keeps serving.
 	buildApp(t, "broken", app)
-	out, err = run("reload")
+	out, err := run("reload")
 	if err == nil || !strings.Contains(out, "reload aborted") || !strings.Contains(out, "version broken cannot start") {
 		t.Fatalf("reload to a broken build: %v\n%s", err, out)
 	}
@@ -413,16 +384,8 @@ func TestReloadUnderLoadPicksUpNewBinary(t *testing.T) {
 
 func statusPIDs(t *testing.T, run func(...string) (string, error)) map[string][]int {
 	t.Helper()
-	out, err := run("status", "--json")
-	if err != nil {
-		t.Fatalf("status: %v\n%s", err, out)
-	}
-	var st wire.Status
-	if err := json.Unmarshal([]byte(out), &st); err != nil {
-		t.Fatal(err)
-	}
 	pids := map[string][]int{}
-	for _, p := range st.Processes {
+	for _, p := range statusJSONOf(t, run).Processes {
 		pids[p.Role] = append(pids[p.Role], p.PID)
 	}
 	return pids

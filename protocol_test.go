@@ -3,17 +3,11 @@ package brood_test
 import (
 	"encoding/json"
 	"fmt"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
-	"github.com/brood-go/brood/internal/control"
 	"github.com/brood-go/brood/internal/ipc"
-	"github.com/brood-go/brood/internal/proc"
 	"github.com/brood-go/brood/internal/wire"
 )
 
@@ -31,41 +25,12 @@ func TestReloadOntoOtherIPCProtocol(t *testing.T) {
 		return fmt.Sprintf(" -X github.com/brood-go/brood/internal/ipc.versionOverride=%d", v)
 	}
 	buildAppWith(t, app, "-X main.version=v1")
-	runDir := t.TempDir()
-	env := append(os.Environ(), "BROOD_RUN_DIR="+runDir, "GORACE=atexit_sleep_ms=0")
-	run := func(args ...string) (string, error) {
-		cmd := exec.Command(app, args...)
-		cmd.Env = env
-		out, err := cmd.CombinedOutput()
-		return string(out), err
-	}
-	t.Cleanup(func() {
-		if pid, err := control.ReadPID(runDir); err == nil {
-			syscall.Kill(pid, syscall.SIGKILL)
-			proc.WaitGone([]int{pid}, 5*time.Second)
-		}
-	})
-	out, err := run("start", "--daemon", "--workers", "2", "--log-dir", dir)
-	if err != nil {
-		t.Fatalf("start: %v\n%s", err, out)
-	}
-	addr := ""
-	for _, l := range strings.Split(out, "\n") {
-		if a, ok := strings.CutPrefix(strings.TrimSpace(l), "listening on tcp://"); ok {
-			addr = a
-		}
-	}
-	versions := func() map[string]int {
-		seen := map[string]int{}
-		for range 20 {
-			seen[strings.Fields(get(t, newConnClient(), "http://"+addr+"/"))[0]]++
-		}
-		return seen
-	}
+	a := startDaemon(t, dir, "reloadapp", app)
+	run, versions := a.run, func() map[string]int { return a.versions(20) }
 	before := statusPIDs(t, run)
 
 	buildAppWith(t, app, "-X main.version=v7"+override(7))
-	out, err = run("reload")
+	out, err := run("reload")
 	want := fmt.Sprintf("child speaks IPC protocol 7, this master speaks %d to %d", ipc.MinVersion, ipc.Version)
 	if err == nil || !strings.Contains(out, "reload aborted at worker 1; the old workers keep serving") || !strings.Contains(out, want) {
 		t.Fatalf("reload onto a build of protocol 7: %v\n%s\nwant it aborted with %q", err, out, want)

@@ -18,23 +18,8 @@ import (
 	"time"
 
 	"github.com/brood-go/brood/internal/control"
-	"github.com/brood-go/brood/internal/helperproc"
-	"github.com/brood-go/brood/internal/proc"
 	"github.com/brood-go/brood/internal/wire"
 )
-
-// upgradeApp is a daemon of testdata/upgradeapp, with builds of it to
-// install and a load to run against it.
-type upgradeApp struct {
-	t      *testing.T
-	dir    string // builds, logs and the app's output files
-	app    string // the path the master runs: installs rename a build onto it
-	cli    string // the build the commands run: never a broken one
-	runDir string
-	env    []string
-	addr   string
-	pid    int
-}
 
 // buildUpgradeApps builds testdata/upgradeapp once per spec, in parallel:
 // each spec is "name version [-X settings...]"; it returns the paths by name.
@@ -75,80 +60,12 @@ func buildUpgradeApp(t *testing.T, dir, name, version string, extra ...string) s
 	return out
 }
 
-func startUpgradeApp(t *testing.T, build string) *upgradeApp {
+// startUpgradeApp starts testdata/upgradeapp from build, in build's folder,
+// which also receives its output files.
+func startUpgradeApp(t *testing.T, build string) *daemonApp {
 	t.Helper()
 	dir := filepath.Dir(build)
-	a := &upgradeApp{t: t, dir: dir, app: filepath.Join(dir, "upgradeapp"), cli: build, runDir: helperproc.ShortTempDir(t)}
-	a.env = append(os.Environ(), "BROOD_RUN_DIR="+a.runDir, "GORACE=atexit_sleep_ms=0", "UPGRADEAPP_DIR="+dir)
-	a.install(build)
-	t.Cleanup(func() {
-		if pid, err := control.ReadPID(a.runDir); err == nil {
-			syscall.Kill(pid, syscall.SIGKILL)
-			proc.WaitGone([]int{pid}, 5*time.Second)
-		}
-	})
-	cmd := exec.Command(a.app, "start", "--daemon", "--workers", "2", "--log-dir", dir)
-	cmd.Env = a.env
-	b, err := cmd.CombinedOutput()
-	out := string(b)
-	if err != nil {
-		t.Fatalf("start: %v\n%s", err, out)
-	}
-	for _, l := range strings.Split(out, "\n") {
-		if s, ok := strings.CutPrefix(strings.TrimSpace(l), "listening on tcp://"); ok {
-			a.addr = s
-		}
-	}
-	if a.addr == "" {
-		t.Fatalf("start printed no address:\n%s", out)
-	}
-	a.pid, err = control.ReadPID(a.runDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a
-}
-
-// install puts a build where the master's executable is, as a deploy does:
-// a copy renamed over it.
-func (a *upgradeApp) install(build string) {
-	a.t.Helper()
-	b, err := os.ReadFile(build)
-	if err != nil {
-		a.t.Fatal(err)
-	}
-	mode := os.FileMode(0o755)
-	if fi, err := os.Stat(build); err == nil {
-		mode = fi.Mode().Perm()
-	}
-	tmp := a.app + ".tmp"
-	if err := os.WriteFile(tmp, b, mode); err != nil {
-		a.t.Fatal(err)
-	}
-	if err := os.Chmod(tmp, mode); err != nil {
-		a.t.Fatal(err)
-	}
-	if err := os.Rename(tmp, a.app); err != nil {
-		a.t.Fatal(err)
-	}
-}
-
-// run runs a command of the CLI.
-func (a *upgradeApp) run(args ...string) (string, error) {
-	cmd := exec.Command(a.cli, args...)
-	cmd.Env = a.env
-	out, err := cmd.CombinedOutput()
-	return string(out), err
-}
-
-// versions asks 10 new connections which build answers.
-func (a *upgradeApp) versions() map[string]int {
-	seen := map[string]int{}
-	for range 10 {
-		b := get(a.t, newConnClient(), "http://"+a.addr+"/")
-		seen[strings.Fields(b)[0]]++
-	}
-	return seen
+	return startDaemon(t, dir, "upgradeapp", build, "UPGRADEAPP_DIR="+dir)
 }
 
 // upgradeLoad is HTTP load in both connection modes plus a control client
@@ -160,7 +77,7 @@ type upgradeLoad struct {
 	wg                           sync.WaitGroup
 }
 
-func (a *upgradeApp) startLoad() *upgradeLoad {
+func (a *daemonApp) startLoad() *upgradeLoad {
 	l := &upgradeLoad{stop: make(chan struct{})}
 	fail := func(err error) {
 		l.failed.Add(1)
@@ -207,7 +124,7 @@ func (a *upgradeApp) startLoad() *upgradeLoad {
 				return
 			case <-time.After(20 * time.Millisecond):
 			}
-			c, err := control.Dial(a.runDir, "upgradeapp")
+			c, err := control.Dial(a.runDir, a.name)
 			if err == nil {
 				var st wire.Status
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -283,7 +200,7 @@ func TestUpgradeInPlace(t *testing.T) {
 	bs := buildUpgradeApps(t, dir, "v1 v1", "v2 v2")
 	builds := []string{bs["v1"], bs["v2"]}
 	a := startUpgradeApp(t, builds[0])
-	if v := a.versions(); v["v1"] != 10 {
+	if v := a.versions(10); v["v1"] != 10 {
 		t.Fatalf("before the upgrades: %v", v)
 	}
 	load := a.startLoad()
@@ -302,7 +219,7 @@ func TestUpgradeInPlace(t *testing.T) {
 		if pid, err := control.ReadPID(a.runDir); err != nil || pid != a.pid {
 			t.Fatalf("upgrade %d: master pid %d (%v), want %d", i, pid, err, a.pid)
 		}
-		if v := a.versions(); v[want] != 10 {
+		if v := a.versions(10); v[want] != 10 {
 			t.Fatalf("after upgrade %d: %v, want every answer from %s", i, v, want)
 		}
 	}
@@ -319,9 +236,9 @@ func TestUpgradeInPlace(t *testing.T) {
 	checkTicks(t, filepath.Join(dir, "ticks"), 200*time.Millisecond)
 }
 
-func statusOf(t *testing.T, a *upgradeApp) wire.Status {
+func statusOf(t *testing.T, a *daemonApp) wire.Status {
 	t.Helper()
-	c, err := control.Dial(a.runDir, "upgradeapp")
+	c, err := control.Dial(a.runDir, a.name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -453,7 +370,7 @@ func TestUpgradeBrokenBinary(t *testing.T) {
 		if !slices.EqualFunc(st.Processes, pidsBefore, func(x, y wire.Process) bool { return x.PID == y.PID }) {
 			t.Errorf("%s: the processes changed: %v -> %v", tc.name, pidsBefore, st.Processes)
 		}
-		if v := a.versions(); v["v1"] != 10 {
+		if v := a.versions(10); v["v1"] != 10 {
 			t.Errorf("%s: answers after the failed upgrade: %v", tc.name, v)
 		}
 	}
@@ -462,7 +379,7 @@ func TestUpgradeBrokenBinary(t *testing.T) {
 		t.Fatalf("a good upgrade after the failed ones: %v\n%s", err, out)
 	}
 	load.end(t)
-	if v := a.versions(); v["v2"] != 10 {
+	if v := a.versions(10); v["v2"] != 10 {
 		t.Fatalf("after the good upgrade: %v", v)
 	}
 }
@@ -503,7 +420,7 @@ func TestUpgradeKeepWorkers(t *testing.T) {
 		if st := statusOf(t, a); st.PID != a.pid || st.Build.Version != build {
 			t.Fatalf("upgrade %d: master pid %d build %q", i+1, st.PID, st.Build.Version)
 		}
-		if v := a.versions(); v["v1"] != 10 {
+		if v := a.versions(10); v["v1"] != 10 {
 			t.Fatalf("upgrade %d --keep-workers: answers %v, want the old workers' v1", i+1, v)
 		}
 	}
@@ -538,7 +455,7 @@ func TestUpgradeKeepWorkers(t *testing.T) {
 		t.Fatalf("upgrade after the reload: %v\n%s", err, out)
 	}
 	load.end(t)
-	if v := a.versions(); v["v2"] != 10 {
+	if v := a.versions(10); v["v2"] != 10 {
 		t.Fatalf("after the last upgrade: %v", v)
 	}
 }
@@ -574,7 +491,7 @@ func TestUpgradeProtocolVersions(t *testing.T) {
 		}
 		return true
 	})
-	if v := a.versions(); v["p2"] != 10 {
+	if v := a.versions(10); v["p2"] != 10 {
 		t.Fatalf("after the protocol change: answers %v, want p2", v)
 	}
 	load := a.startLoad()
@@ -583,7 +500,7 @@ func TestUpgradeProtocolVersions(t *testing.T) {
 		t.Fatalf("upgrade to a build that speaks 1 to 2: %v\n%s", err, out)
 	}
 	load.end(t)
-	if v := a.versions(); v["v2"] != 10 {
+	if v := a.versions(10); v["v2"] != 10 {
 		t.Fatalf("after the last upgrade: %v", v)
 	}
 }

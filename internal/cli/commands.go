@@ -178,19 +178,24 @@ func newReloadCmd(app *App, opts *Options) *cobra.Command {
 			if err := call(ctx, app, opts, ExitFailure, "POST", "/reload", nil, &res); err != nil {
 				return err
 			}
-			for _, r := range res.Replaced {
-				name := r.Role
-				if r.Role == "worker" {
-					name += " " + strconv.Itoa(r.ID)
-				}
-				fmt.Fprintf(cmd.OutOrStdout(), "%-10s pid %d -> %d\n", name, r.OldPID, r.NewPID)
-			}
+			printReplaced(cmd.OutOrStdout(), res.Replaced)
 			fmt.Fprintf(cmd.OutOrStdout(), "reloaded %d processes in %s\n", len(res.Replaced), roundDur(time.Duration(res.Took*float64(time.Second))))
 			return nil
 		},
 	}
 	cmd.Flags().DurationVar(&timeout, "timeout", 10*time.Minute, "give up waiting for the reload after this long")
 	return cmd
+}
+
+// printReplaced prints one line per process a reload or upgrade replaced.
+func printReplaced(w io.Writer, rs []wire.Replacement) {
+	for _, r := range rs {
+		name := r.Role
+		if r.Role == "worker" {
+			name += " " + strconv.Itoa(r.ID)
+		}
+		fmt.Fprintf(w, "%-10s pid %d -> %d\n", name, r.OldPID, r.NewPID)
+	}
 }
 
 func newUpgradeCmd(app *App, opts *Options) *cobra.Command {
@@ -214,13 +219,7 @@ func newUpgradeCmd(app *App, opts *Options) *cobra.Command {
 			}
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "master pid %d: %s -> %s\n", res.PID, upgrade.Build(res.From), upgrade.Build(res.To))
-			for _, r := range res.Replaced {
-				name := r.Role
-				if r.Role == "worker" {
-					name += " " + strconv.Itoa(r.ID)
-				}
-				fmt.Fprintf(out, "%-10s pid %d -> %d\n", name, r.OldPID, r.NewPID)
-			}
+			printReplaced(out, res.Replaced)
 			fmt.Fprintf(out, "upgraded in %s (upgrade %d of this master; %d processes replaced)\n", roundDur(time.Duration(res.Took*float64(time.Second))), res.Upgrades, len(res.Replaced))
 			return nil
 		},

@@ -20,6 +20,8 @@ import (
 	"github.com/brood-go/brood/internal/control"
 	"github.com/brood-go/brood/internal/helperproc"
 	"github.com/brood-go/brood/internal/wire"
+
+	"github.com/brood-go/brood/internal/proc"
 )
 
 // The test binary doubles as a fake master (the os/exec helper pattern, with
@@ -162,16 +164,11 @@ func startVictim(t *testing.T) int {
 // "gone". A process killed but not yet reaped is Z: kill -0 would still
 // succeed on it.
 func state(pid int) string {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	st, err := proc.ReadStat(pid)
 	if err != nil {
 		return "gone"
 	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 || i+2 >= len(s) {
-		return "?"
-	}
-	return s[i+2 : i+3]
+	return string(st.State)
 }
 
 // running reports whether pid exists and is not a zombie.

@@ -9,7 +9,6 @@ import (
 	"os"
 	"runtime"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/brood-go/brood/internal/ipc"
@@ -147,30 +146,12 @@ func (m *Master) checkRestore(stateFD string) (rs *restoreState, err error) {
 			return rs, fmt.Errorf("pid %d: %w", sl.Child.PID, err)
 		}
 		rs.pidfds = append(rs.pidfds, pfd)
-		if ppid, err := parentOf(sl.Child.PID); err != nil || ppid != os.Getpid() {
+		if ppid, err := proc.ParentPID(sl.Child.PID); err != nil || ppid != os.Getpid() {
 			return rs, fmt.Errorf("pid %d is not a child of this process (parent %d, %v)", sl.Child.PID, ppid, err)
 		}
 	}
 	rs.st = st
 	return rs, nil
-}
-
-// parentOf reads the parent pid of pid from /proc.
-func parentOf(pid int) (int, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, err
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 2 {
-		return 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
-	}
-	return strconv.Atoi(f[1])
 }
 
 // adoptSockets makes the listeners and the admin listener of the state.

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/brood-go/brood/internal/proc"
 )
 
 // The tests run this test binary as the checked program (the helper-process
@@ -180,16 +182,11 @@ func groupOf(t *testing.T, exe string) []int {
 
 // state is the process state letter of pid from /proc/PID/stat, "" if it is gone.
 func state(pid int) string {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	st, err := proc.ReadStat(pid)
 	if err != nil {
 		return ""
 	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 || i+2 >= len(s) {
-		return ""
-	}
-	return s[i+2 : i+3]
+	return string(st.State)
 }
 
 func TestPreflightCancelled(t *testing.T) {
