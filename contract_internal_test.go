@@ -42,7 +42,7 @@ func TestScheduleTypesMatchTheScheduler(t *testing.T) {
 // The member table the master sends (wire.Member) decodes into the public
 // Member with every field.
 func TestMemberTableMatchesTheWire(t *testing.T) {
-	in := wire.Member{PID: 42, Role: ipc.RoleWorker, ID: 3, Ready: true}
+	in := wire.Member{PID: 42, Role: ipc.RoleWorker, ID: 3, Ready: true, Stopping: true}
 	b, err := json.Marshal([]wire.Member{in})
 	if err != nil {
 		t.Fatal(err)
@@ -51,7 +51,7 @@ func TestMemberTableMatchesTheWire(t *testing.T) {
 	if err := json.Unmarshal(b, &out); err != nil {
 		t.Fatal(err)
 	}
-	if want := (Member{PID: 42, Role: Worker, ID: 3, Ready: true}); len(out) != 1 || out[0] != want {
+	if want := (Member{PID: 42, Role: Worker, ID: 3, Ready: true, Stopping: true}); len(out) != 1 || out[0] != want {
 		t.Fatalf("%s decoded as %+v, want %+v", b, out, want)
 	}
 }

@@ -136,6 +136,10 @@ type Member struct {
 	Role  Role `json:"role"`
 	ID    int  `json:"id"`
 	Ready bool `json:"ready"`
+	// Stopping: the process drains before it exits (a reload, a scale
+	// down, a replacement). It still handles what it was sent and is
+	// reachable by pid, but new work belongs elsewhere.
+	Stopping bool `json:"stopping,omitempty"`
 }
 
 // Messenger sends messages to other processes of the cluster, through the master,

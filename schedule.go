@@ -359,7 +359,7 @@ func (a *agentScheduler) dispatch(t schedule.Tick) (int, error) {
 	}
 	var ready []int
 	for _, mb := range m.Members() {
-		if mb.Role == Worker && mb.Ready {
+		if mb.Role == Worker && mb.Ready && !mb.Stopping { // a draining worker would not report the run
 			ready = append(ready, mb.PID)
 		}
 	}

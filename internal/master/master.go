@@ -563,7 +563,7 @@ func (m *Master) sendMembersLocked() {
 	list := make([]wire.Member, 0, len(m.children))
 	for _, c := range m.children {
 		if c.state != childExited {
-			list = append(list, wire.Member{PID: c.pid, Role: c.slot.role, ID: c.slot.id, Ready: c.state == childReady || c.state == childStopping})
+			list = append(list, wire.Member{PID: c.pid, Role: c.slot.role, ID: c.slot.id, Ready: c.state == childReady || c.state == childStopping, Stopping: c.state == childStopping})
 		}
 	}
 	slices.SortFunc(list, func(a, b wire.Member) int {

@@ -473,6 +473,7 @@ func (s *slot) stopChild(c *child, why wire.Reason) {
 	}
 	if c.state == childReady {
 		c.state = childStopping
+		m.sendMembersLocked() // the others stop giving it new work (a schedule's tick)
 	}
 	m.mu.Unlock()
 	_ = c.proc.Signal(syscall.SIGTERM)

@@ -76,6 +76,9 @@ type Member struct {
 	Role  ipc.Role `json:"role"`
 	ID    int      `json:"id"`
 	Ready bool     `json:"ready"`
+	// Stopping: it drains before it exits (a reload, a scale down, a
+	// replacement): still reachable by pid, but no place for new work.
+	Stopping bool `json:"stopping,omitempty"`
 }
 
 // ProcessEvent is the data of the brood:*-start and brood:*-exit events.
