@@ -287,7 +287,7 @@ func (m *Master) handOver(p *upgradePrep, client net.Conn, from upgrade.Build) *
 	}
 
 	st := &upgrade.State{
-		Started: m.startedAt, Upgrades: m.upgradeCountLocked() + 1, From: from, To: p.to,
+		Started: m.startedAt, Upgrades: m.upgradeCount() + 1, From: from, To: p.to,
 		Client: -1, Began: p.began, KeepWorkers: p.keep,
 		ScheduleClock: m.scheduleClock(),
 	}
@@ -362,8 +362,6 @@ func socketState(s *listener.Socket) upgrade.Socket {
 	return upgrade.Socket{FD: s.FD(), Network: s.Bound.Network, Requested: s.Requested.String(), Bound: s.Bound.String(),
 		Passed: s.Passed, Name: s.Name, Unlink: s.Unlinks()}
 }
-
-func (m *Master) upgradeCountLocked() int { return m.upgrades }
 
 // routerCounters turns carried counters back into the router's.
 func routerCounters(c upgrade.Counters) relay.Stats {
