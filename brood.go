@@ -65,7 +65,7 @@ func mainCode(ctx context.Context, cfg Config, args []string) int {
 		return childExitCode(runChildProcess(ctx, cfg))
 	}
 	app := cli.App{
-		Defaults: cli.Options{Name: cfg.Name, Workers: cfg.Workers, Listen: cfg.Listen, RunDir: cfg.RunDir, StopTimeout: cfg.StopTimeout, Single: cfg.Single, Admin: cfg.Admin, DrainDelay: cfg.DrainDelay,
+		Defaults: cli.Options{Name: cfg.Name, Workers: cfg.Workers, Listen: cfg.Listen, RunDir: cfg.RunDir, StopTimeout: cfg.StopTimeout, Single: cfg.Single, RelayOnly: cfg.RelayOnly, Admin: cfg.Admin, DrainDelay: cfg.DrainDelay,
 			Fleet: cfg.Fleet, Node: cfg.Node, FleetOptional: cfg.FleetOptional, FleetLeaseTTL: cfg.FleetLeaseTTL,
 			FleetUser: cfg.FleetAuth.User, FleetPassword: cfg.FleetAuth.Password, FleetToken: cfg.FleetAuth.Token, FleetCreds: cfg.FleetAuth.Creds,
 			FleetTLSCA: cfg.FleetAuth.TLSCA, FleetTLSCert: cfg.FleetAuth.TLSCert, FleetTLSKey: cfg.FleetAuth.TLSKey},
@@ -93,6 +93,7 @@ func mainCode(ctx context.Context, cfg Config, args []string) int {
 
 func (c Config) withOptions(o cli.Options) Config {
 	c.Name, c.Workers, c.Listen, c.RunDir, c.StopTimeout, c.Single, c.Admin, c.DrainDelay = o.Name, o.Workers, o.Listen, o.RunDir, o.StopTimeout, o.Single, o.Admin, o.DrainDelay
+	c.RelayOnly = o.RelayOnly
 	c.Fleet, c.Node, c.FleetOptional, c.FleetLeaseTTL = o.Fleet, o.Node, o.FleetOptional, o.FleetLeaseTTL
 	c.FleetAuth = FleetAuth{User: o.FleetUser, Password: o.FleetPassword, Token: o.FleetToken, Creds: o.FleetCreds,
 		TLSCA: o.FleetTLSCA, TLSCert: o.FleetTLSCert, TLSKey: o.FleetTLSKey}

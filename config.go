@@ -124,6 +124,17 @@ type Config struct {
 	// Workers is ignored. (`run --single` on the command line.)
 	Single bool
 
+	// RelayOnly sends every message through the master, as Egg does. By
+	// default the agent and each worker also get a direct channel between
+	// them (a socketpair the master makes and hands to both), and agent<->worker
+	// messages take it once both are ready: a round trip crosses two
+	// processes instead of three. Every guarantee of the Messenger holds on
+	// either path and across the switch between them (DESIGN §3a); the
+	// master still counts the direct traffic (status "messages.direct",
+	// brood_messages_direct_total). Set it to compare, or to have the master
+	// see every byte. (`--relay-only`, BROOD_RELAY_ONLY=1.)
+	RelayOnly bool
+
 	// Admin, if set, is the address of the master's admin listener ("127.0.0.1:9090",
 	// ":9090", "unix:///run/app-admin.sock"; `--admin`, BROOD_ADMIN): /metrics
 	// (the master's metrics and every process's prometheus.DefaultGatherer,
@@ -227,7 +238,7 @@ func (c Config) master() master.Config {
 	return master.Config{
 		Name: c.Name, Workers: c.Workers, Listen: c.Listen, ReusePort: c.ReusePort, Agent: c.Agent != nil,
 		Args:   os.Args[1:],
-		Single: c.Single,
+		Single: c.Single, RelayOnly: c.RelayOnly,
 		RunInProcess: func(ctx context.Context, ip master.InProcess) error {
 			return runChild(ctx, c, childSpec{role: Role(ip.Role), id: ip.ID, pid: ip.PID, conn: ip.Conn, listeners: ip.Listeners, single: true,
 				masterPID: uint32(os.Getpid()), fleetNode: ip.FleetNode})

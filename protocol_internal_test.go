@@ -19,8 +19,8 @@ func TestChildRefusesMasterProtocol(t *testing.T) {
 		lo, hi string
 		want   string
 	}{
-		{"5", "6", "brood: the master speaks IPC protocol 5 to 6, this binary speaks 1 to 2"},
-		{"9", "", "brood: the master speaks IPC protocol 9, this binary speaks 1 to 2"},
+		{"5", "6", "brood: the master speaks IPC protocol 5 to 6, this binary speaks 1 to 3"},
+		{"9", "", "brood: the master speaks IPC protocol 9, this binary speaks 1 to 3"},
 		{"x", "2", `brood: BROOD_PROTOCOL="x": not an IPC protocol version`},
 	} {
 		master, childEnd, err := proc.Socketpair()

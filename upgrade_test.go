@@ -464,7 +464,7 @@ func TestUpgradeKeepWorkers(t *testing.T) {
 // protocol 1 is upgraded, keeping its workers, to a build that speaks only
 // 2: the new master cannot talk to the adopted processes, so it replaces
 // each at once from its own binary (never a wedged slot), with no failed
-// request. A build speaking 1 to 2 then adopts and rolls them as usual.
+// request. A build speaking its whole range (1 to ipc.Version) then adopts and rolls them as usual.
 func TestUpgradeProtocolVersions(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the test app three times")
@@ -497,7 +497,7 @@ func TestUpgradeProtocolVersions(t *testing.T) {
 	load := a.startLoad()
 	a.install(bs["v2"])
 	if out, err := a.run("upgrade"); err != nil || !strings.Contains(out, "3 processes replaced") {
-		t.Fatalf("upgrade to a build that speaks 1 to 2: %v\n%s", err, out)
+		t.Fatalf("upgrade to a build that speaks its whole range: %v\n%s", err, out)
 	}
 	load.end(t)
 	if v := a.versions(10); v["v2"] != 10 {

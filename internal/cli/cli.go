@@ -47,6 +47,7 @@ type Options struct {
 	RunDir      string
 	StopTimeout time.Duration
 	Single      bool
+	RelayOnly   bool
 	Admin       string
 	DrainDelay  time.Duration
 
@@ -170,6 +171,7 @@ func newRoot(ctx context.Context, app *App) *cobra.Command {
 		},
 	}
 	runCmd.Flags().BoolVar(&opts.Single, "single", opts.Single, "run the agent and one worker in this process (development; env BROOD_SINGLE)")
+	runCmd.Flags().BoolVar(&opts.RelayOnly, "relay-only", opts.RelayOnly, "send every message through the master: no direct agent-worker channels (env BROOD_RELAY_ONLY)")
 	root.Flags().AddFlagSet(runCmd.Flags())
 	root.RunE = runCmd.RunE
 	root.AddCommand(runCmd, newStartCmd(app, &opts), newStopCmd(app, &opts), newStatusCmd(app, &opts), newReloadCmd(app, &opts), newUpgradeCmd(app, &opts), newScaleCmd(app, &opts),
@@ -211,6 +213,7 @@ func applyEnv(fs *pflag.FlagSet, opts *Options) error {
 		env("drain-delay", "BROOD_DRAIN_DELAY", func(v string) (err error) { opts.DrainDelay, err = time.ParseDuration(v); return }),
 		env("admin", "BROOD_ADMIN", func(v string) error { opts.Admin = v; return nil }),
 		env("single", "BROOD_SINGLE", func(v string) (err error) { opts.Single, err = strconv.ParseBool(v); return }),
+		env("relay-only", "BROOD_RELAY_ONLY", func(v string) (err error) { opts.RelayOnly, err = strconv.ParseBool(v); return }),
 		env("fleet", "BROOD_FLEET", func(v string) error { opts.Fleet = v; return nil }),
 		env("node", "BROOD_NODE", func(v string) error { opts.Node = v; return nil }),
 		env("fleet-user", "BROOD_FLEET_USER", func(v string) error { opts.FleetUser = v; return nil }),

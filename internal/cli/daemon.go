@@ -136,6 +136,9 @@ func runArgs(opts *Options) []string {
 	if opts.Single {
 		args = append(args, "--single")
 	}
+	if opts.RelayOnly {
+		args = append(args, "--relay-only")
+	}
 	if opts.Admin != "" {
 		args = append(args, "--admin", opts.Admin)
 	}

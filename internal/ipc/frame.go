@@ -48,6 +48,21 @@
 //	   6+n    1 role      the sending process's Role
 //	   7+n    m data      the message's data
 //
+// # Direct channels
+//
+// Version 3 adds direct channels (DESIGN §3a). The master gives the agent and
+// each worker a socketpair between them, over a second channel each child has,
+// the channel socket (see package direct), and the two exchange KindMessage,
+// KindReply and KindAck frames on it in this same format, addressed DestPID,
+// with no master in between. The master stays the router of record: a sender
+// that has served a slot directly names it in the FlagExcept list of its
+// relayed DestApp or DestAll copy, so the master skips it, and it hands what a
+// dead peer did not acknowledge back to the master addressed DestAgent,
+// DestWorker (to = the worker id) or DestRandom, which hold it for the slot as
+// any role-addressed message. A FlagExcept payload starts with the list:
+//
+//	uvarint n, then n uvarints: 0 for the agent, k for worker k
+//
 // # Handshake and version
 //
 // Versions form a range: a build speaks every version from MinVersion to Version
@@ -90,8 +105,8 @@ import (
 )
 
 // Version is the newest protocol version this build speaks (see "Handshake
-// and version"): 2, version 1 plus fleet messages.
-const Version = 2
+// and version"): 3, version 2 plus direct channels.
+const Version = 3
 
 // MinVersion is the oldest protocol version this build speaks.
 const MinVersion = 1
@@ -99,6 +114,10 @@ const MinVersion = 1
 // FleetVersion is the first version with fleet messages (DestFleet,
 // FlagFleet).
 const FleetVersion = 2
+
+// DirectVersion is the first version with direct agent-worker channels
+// (DestWorker, FlagExcept, the channel socket; see "Direct channels").
+const DirectVersion = 3
 
 // versionOverride, set at link time (-ldflags -X), makes this build speak that
 // one version only, in place of MinVersion to Version: tests build a second
@@ -199,10 +218,11 @@ const (
 	DestRandom      // one worker picked by the master
 	DestMaster      // the master itself (brood's own coordination)
 	DestFleet       // the fleet, through the master; to holds the FleetScope
+	DestWorker      // worker slot to, held for whichever process fills it (a direct channel's unacknowledged messages)
 	destEnd
 )
 
-var destNames = [...]string{"none", "pid", "agent", "app", "all", "random", "master", "fleet"}
+var destNames = [...]string{"none", "pid", "agent", "app", "all", "random", "master", "fleet", "worker"}
 
 // FleetScope says where in the fleet a DestFleet message goes.
 type FleetScope uint32
@@ -251,7 +271,11 @@ const (
 	// FlagFleet marks a message (or reply) that came from the fleet: its
 	// payload starts with the origin (see AppendOrigin).
 	FlagFleet
-	flagsAll = FlagRaw | FlagHeld | FlagRequest | FlagFleet
+	// FlagExcept marks a DestApp or DestAll message whose payload starts with
+	// the slots its sender served over direct channels (see AppendExcept):
+	// the master strips the list and skips those slots.
+	FlagExcept
+	flagsAll = FlagRaw | FlagHeld | FlagRequest | FlagFleet | FlagExcept
 )
 
 // Header is the fixed part of a frame, without the size field.
@@ -414,4 +438,39 @@ func SplitOrigin(payload []byte) (node string, pid uint32, role Role, data []byt
 		return "", 0, 0, nil, fmt.Errorf("ipc: fleet origin: unknown role %d: %w", role, ErrMalformed)
 	}
 	return node, pid, role, payload[7+n:], nil
+}
+
+// MaxExcept bounds the slots a FlagExcept list names: the agent and every
+// worker id an operator could configure.
+const MaxExcept = 1 << 16
+
+// AppendExcept appends a FlagExcept list (see "Direct channels") naming the
+// slots in except (0 the agent, k worker k) to dst.
+func AppendExcept(dst []byte, except []int) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(except)))
+	for _, s := range except {
+		dst = binary.AppendUvarint(dst, uint64(s))
+	}
+	return dst
+}
+
+// SplitExcept parses the FlagExcept list at the start of payload, appending
+// its slots to into, and returns them and the data after the list (aliasing
+// payload). It never panics; any inconsistency is an error wrapping
+// ErrMalformed.
+func SplitExcept(payload []byte, into []int) (except []int, data []byte, err error) {
+	n, k := binary.Uvarint(payload)
+	if k <= 0 || n > MaxExcept {
+		return into, nil, fmt.Errorf("ipc: except list: bad count: %w", ErrMalformed)
+	}
+	payload = payload[k:]
+	for range n {
+		s, k := binary.Uvarint(payload)
+		if k <= 0 || s > MaxExcept {
+			return into, nil, fmt.Errorf("ipc: except list overruns the payload: %w", ErrMalformed)
+		}
+		into = append(into, int(s))
+		payload = payload[k:]
+	}
+	return into, payload, nil
 }

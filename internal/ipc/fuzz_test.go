@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"slices"
 	"testing"
 )
 
@@ -116,6 +117,31 @@ func FuzzSplitOrigin(f *testing.F) {
 		again := append(AppendOrigin(nil, node, pid, role), data...)
 		if !bytes.Equal(again, payload) {
 			t.Fatalf("re-encoded %x, parsed from %x", again, payload)
+		}
+	})
+}
+
+func FuzzSplitExcept(f *testing.F) {
+	f.Add(AppendExcept(nil, []int{0, 2, 3}))                 // the agent and two workers, no data
+	f.Add(append(AppendExcept(nil, []int{1}), `{"k":1}`...)) // with JSON data
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0x0f})              // a count beyond MaxExcept
+	f.Add([]byte{3, 1})                                      // a list longer than the payload
+	f.Add([]byte{})                                          // nothing
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		except, data, err := SplitExcept(payload, nil)
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("error %v does not wrap ErrMalformed", err)
+			}
+			return
+		}
+		if len(except) > MaxExcept {
+			t.Fatalf("%d slots, bound %d", len(except), MaxExcept)
+		}
+		// Uvarints have more than one encoding; the parse must be stable.
+		again, rest, err := SplitExcept(append(AppendExcept(nil, except), data...), nil)
+		if err != nil || !slices.Equal(again, except) || !bytes.Equal(rest, data) {
+			t.Fatalf("re-encoded list %v parsed as %v, %q, %v", except, again, rest, err)
 		}
 	})
 }

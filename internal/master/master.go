@@ -49,7 +49,9 @@ type Config struct {
 	Args      []string // argv after argv[0], passed to every child
 
 	// Single runs children as goroutines of this process through RunInProcess.
-	Single       bool
+	Single bool
+	// RelayOnly: no direct agent-worker channels (see direct.go).
+	RelayOnly    bool
 	RunInProcess func(ctx context.Context, c InProcess) error
 
 	ReadyTimeout      time.Duration

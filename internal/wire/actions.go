@@ -131,3 +131,10 @@ const ActFleetNoResponders = "brood:fleet-no-responders"
 // ActRefused is the action of a reply that says the request was not
 // handled; the payload is the reason.
 const ActRefused = "brood:refused"
+
+// ActDirectOpen is the message a sender relays, addressed by pid, to a peer
+// before its first frame on their direct channel: everything it relayed to
+// that peer before comes before it, so the peer hands the channel's messages
+// to its handlers only once this has arrived (per-sender order across the
+// switch from the relay to the channel; DESIGN §3a).
+const ActDirectOpen = "brood:direct-open"

@@ -17,6 +17,7 @@ const (
 	EnvStopTimeout = "BROOD_STOP_TIMEOUT" // Config.StopTimeout as the master resolved it
 	EnvMetrics     = "BROOD_METRICS"      // "1" when the master serves /metrics: send final metrics when stopping
 	EnvFleetNode   = "BROOD_FLEET_NODE"   // this member's node id when the cluster is in a fleet (else unset)
+	EnvDirectFD    = "BROOD_DIRECT_FD"    // the child's end of its channel socket (package direct); unset: no direct channels
 )
 
 // Secrets of the fleet connection: the master reads them (they mirror flags)
@@ -43,7 +44,7 @@ const EnvLogFiles = "BROOD_LOG_FILES"
 
 // childOnlyEnv are the variables a master never passes on from its own
 // environment: the child contract, and the master's own markers.
-var childOnlyEnv = []string{EnvRole, EnvID, EnvIPCFD, EnvListenFDs, EnvMasterPID, EnvProtocol, EnvProtocolMax, EnvNotifyFD, EnvMetrics, EnvFleetNode, EnvFleetPassword, EnvFleetToken}
+var childOnlyEnv = []string{EnvRole, EnvID, EnvIPCFD, EnvListenFDs, EnvMasterPID, EnvProtocol, EnvProtocolMax, EnvNotifyFD, EnvMetrics, EnvFleetNode, EnvDirectFD, EnvFleetPassword, EnvFleetToken}
 
 // IsChildOnly reports whether kv ("KEY=value") is a variable the master must not
 // pass on to a child from its own environment.
