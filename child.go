@@ -36,8 +36,9 @@ type childSpec struct {
 	single    bool
 	metrics   bool // the master serves /metrics: answer gathers, send the last one at exit
 	masterPID uint32
-	fleetNode string // this member's node id, if the cluster is in a fleet
-	protocol  int    // the IPC protocol version spoken with the master (0: this build's newest)
+	fleetNode string        // this member's node id, if the cluster is in a fleet
+	protocol  int           // the IPC protocol version spoken with the master (0: this build's newest)
+	direct    *net.UnixConn // the channel socket the master offers direct channels on; nil: none
 }
 
 // childFromEnv reads (and removes) the contract variables and opens the
@@ -67,6 +68,7 @@ func childFromEnv(cfg *Config) (childSpec, error) {
 		cs.masterPID = uint32(pid)
 	}
 	cs.fleetNode = get(wire.EnvFleetNode)
+	directFD := get(wire.EnvDirectFD)
 	cs.metrics = get(wire.EnvMetrics) == "1"
 	if v := os.Getenv(wire.EnvName); v != "" {
 		cfg.Name = v
@@ -92,6 +94,16 @@ func childFromEnv(cfg *Config) (childSpec, error) {
 		refuseProtocol(cs, protoErr)
 		cs.conn.Close()
 		return cs, protoErr
+	}
+	if directFD != "" {
+		if cs.direct, err = directConn(directFD); err != nil {
+			cs.conn.Close()
+			return cs, err
+		}
+		if cs.protocol < ipc.DirectVersion {
+			cs.direct.Close() // this master makes no channels for a protocol this old
+			cs.direct = nil
+		}
 	}
 	if cs.protocol < ipc.FleetVersion {
 		cs.fleetNode = "" // the fleet needs a newer protocol than this master's: fleet sends fail with ErrNoFleet
@@ -179,6 +191,9 @@ func runChild(ctx context.Context, cfg Config, cs childSpec) error {
 	m.p = p
 	p.messenger = m
 	p.fleet = &Fleet{m: m, node: cs.fleetNode, p: p}
+	if cs.direct != nil {
+		m.enableDirect(cs.direct, cfg.MaxFrame)
+	}
 	header := func(k ipc.Kind) *ipc.Header {
 		return &ipc.Header{Kind: k, Role: ipc.Role(cs.role), From: cs.pid}
 	}
@@ -213,6 +228,7 @@ func runChild(ctx context.Context, cfg Config, cs childSpec) error {
 	if err := w.Append(header(ipc.KindHello), "", []byte(strconv.Itoa(protocol))); err != nil {
 		w.Close(time.Now())
 		m.close(0)
+		m.closeDirect(time.Now())
 		return fmt.Errorf("brood: %s %d: hello: %w", cs.role, cs.id, err)
 	}
 	readDone := make(chan struct{})
@@ -245,6 +261,7 @@ func runChild(ctx context.Context, cfg Config, cs childSpec) error {
 			_ = w.Append(header(ipc.KindFatal), "", []byte(msg))
 		}
 		m.close(max(time.Until(deadline), 0))
+		m.closeDirect(time.Now().Add(time.Second)) // after the handlers' last acknowledgements
 		if cs.metrics {
 			sendFinalMetrics(p) // after the handlers: all they counted is in
 		}

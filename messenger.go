@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -81,7 +82,8 @@ type Message struct {
 	size    int64  // its frame's size, as counted against Config.MaxPendingBytes
 	request bool
 	raw     bool
-	held    bool // the master keeps a copy until we acknowledge it
+	held    bool  // the sender (the master, or the peer of src) keeps a copy until we acknowledge it
+	src     *peer // the direct channel it came over; nil: from the master
 	m       *Messenger
 }
 
@@ -123,6 +125,17 @@ func (msg Message) Reply(data any) error {
 	h := ipc.Header{Kind: ipc.KindReply, Dest: ipc.DestPID, Role: m.role, From: m.self, To: msg.replyTo, Ref: msg.id}
 	if raw {
 		h.Flags |= ipc.FlagRaw
+	}
+	if msg.src != nil { // answered on the channel it came over
+		if err := msg.src.w.Append(&h, msg.Action, payload); err != nil {
+			if errors.Is(err, ipc.ErrTooLarge) {
+				return m.sendError("reply to", msg.Action, fmt.Sprintf("pid %d", msg.From), err)
+			}
+			m.log.Debug("reply lost: the requester's direct channel ended", "action", msg.Action, "to_pid", msg.From)
+			return nil
+		}
+		m.directSent.Add(1)
+		return nil
 	}
 	if err := m.w.Append(&h, msg.Action, payload); err != nil {
 		return m.sendError("reply to", msg.Action, fmt.Sprintf("pid %d", msg.From), err)
@@ -220,6 +233,23 @@ type Messenger struct {
 	dropLogged   time.Time
 
 	sent, received, refused, unhandled, dropped atomic.Uint64
+
+	// Direct channels (direct.go); all guarded by dmu unless atomic.
+	dmu        sync.Mutex
+	chanSock   *net.UnixConn // the channel socket; nil: no direct channels
+	offersDone chan struct{}
+	peers      map[uint32]*peer
+	openedBy   map[uint32]bool // ActDirectOpen from pids whose channel has not arrived
+	dclosed    bool
+	hasPeers   atomic.Bool // a channel arrived once: route sends through dmu
+	directSent atomic.Uint64
+	pong       []byte // scratch for the pong's payload (reader goroutine only)
+
+	// holders are the members that receive their slot's messages (ready,
+	// not stopping), the agent first, then workers by id; rr picks among
+	// the workers for SendRandom. Both guarded by mu.
+	holders []Member
+	rr      uint64
 }
 
 // actionRefused is the action of a reply that says the receiver dropped the
@@ -257,7 +287,8 @@ func newMessenger(w *ipc.Writer, self uint32, role Role, maxFrame int, log *slog
 
 // MessengerStats counts a process's messages since it started.
 type MessengerStats struct {
-	Sent      uint64 // messages and replies handed to the master
+	Sent      uint64 // messages and replies sent, through the master or directly
+	Direct    uint64 // of those, the ones (and the replies) sent over a direct channel to the agent or a worker
 	Received  uint64 // messages received (handled, unhandled or dropped)
 	Refused   uint64 // messages the master could not deliver (logged when they happened), and requests the receiver dropped
 	Unhandled uint64 // received messages no handler was registered for
@@ -267,7 +298,7 @@ type MessengerStats struct {
 // Stats returns the counters.
 func (m *Messenger) Stats() MessengerStats {
 	return MessengerStats{
-		Sent: m.sent.Load(), Received: m.received.Load(), Refused: m.refused.Load(),
+		Sent: m.sent.Load(), Direct: m.directSent.Load(), Received: m.received.Load(), Refused: m.refused.Load(),
 		Unhandled: m.unhandled.Load(), Dropped: m.dropped.Load(),
 	}
 }
@@ -452,6 +483,15 @@ func (m *Messenger) post(dest ipc.Dest, to uint32, id uint64, flags ipc.Flags, a
 		flags |= ipc.FlagRaw
 	}
 	h := ipc.Header{Kind: ipc.KindMessage, Dest: dest, Role: m.role, Flags: flags, From: m.self, To: to, ID: id}
+	if m.hasPeers.Load() {
+		if took, err := m.route(&h, action, payload); took {
+			if err != nil {
+				return m.sendError("send", action, where, err)
+			}
+			m.sent.Add(1)
+			return nil
+		}
+	}
 	if err := m.w.Append(&h, action, payload); err != nil {
 		return m.sendError("send", action, where, err)
 	}
@@ -490,21 +530,17 @@ func (m *Messenger) handleFrame(f ipc.Frame) {
 	switch f.Kind {
 	case ipc.KindPing:
 		h := ipc.Header{Kind: ipc.KindPong, Role: m.role, From: m.self, ID: f.ID}
-		_ = m.w.Append(&h, "", nil)
+		m.pong = m.pongPayload(m.pong)
+		_ = m.w.Append(&h, "", m.pong)
 	case ipc.KindMessage:
 		m.received.Add(1)
-		m.enqueue(f)
+		m.enqueueFrom(nil, f)
 	case ipc.KindReply:
 		if f.From == m.masterPID && (f.Flags&ipc.FlagFleet != 0 || string(f.Action) == wire.ActFleetNoResponders) {
 			m.fleetReply(f)
 			return
 		}
-		if string(f.Action) == actionRefused {
-			m.refused.Add(1)
-			m.pending.Resolve(f.Ref, f.From, requestResult{err: fmt.Errorf("%w: %s", ErrNotDelivered, f.Payload)})
-			return
-		}
-		m.pending.Resolve(f.Ref, f.From, requestResult{msg: m.toMessage(f)})
+		m.resolveReply(f)
 	case ipc.KindNack:
 		m.refused.Add(1)
 		reason := string(f.Payload)
@@ -513,6 +549,17 @@ func (m *Messenger) handleFrame(f ipc.Frame) {
 	case ipc.KindMembers:
 		m.setMembers(f.Payload)
 	}
+}
+
+// resolveReply hands a reply, from the master or a direct channel, to the
+// Request waiting for it.
+func (m *Messenger) resolveReply(f ipc.Frame) {
+	if string(f.Action) == actionRefused {
+		m.refused.Add(1)
+		m.pending.Resolve(f.Ref, f.From, requestResult{err: fmt.Errorf("%w: %s", ErrNotDelivered, f.Payload)})
+		return
+	}
+	m.pending.Resolve(f.Ref, f.From, requestResult{msg: m.toMessage(f)})
 }
 
 func (m *Messenger) toMessage(f ipc.Frame) Message {
@@ -547,34 +594,58 @@ func (m *Messenger) setMembers(payload []byte) {
 		return
 	}
 	table := make(map[int]Member, len(list))
+	var holders []Member
 	for _, x := range list {
 		table[x.PID] = x
+		if x.Ready && !x.Stopping {
+			holders = append(holders, x)
+		}
 	}
+	sortMembers(holders)
+	// Under dmu, so that a send sees either the old table and the channels
+	// as they were, or the new one and the channels of departed peers ended
+	// (their unacknowledged messages handed to the master first).
+	m.dmu.Lock()
 	m.mu.Lock()
-	m.members = table
+	m.members, m.holders = table, holders
 	select {
 	case <-m.welcomed:
 	default:
 		close(m.welcomed)
 	}
 	m.mu.Unlock()
+	m.retireGoneLocked(table)
+	m.dmu.Unlock()
 	// A request whose receiver left the table fails at once.
 	// (Fleet requests wait for the master, which is in no table.)
 	m.pending.FailIf(func(pid uint32) bool { _, ok := table[int(pid)]; return !ok && pid != m.masterPID }, requestResult{err: ErrProcessExited})
 }
 
-// enqueue hands a message to the dispatcher, or drops it if it is pid-addressed
-// and the handler queue is full (see the Messenger's guarantees). It runs on the
-// reader goroutine and never waits for handlers.
-func (m *Messenger) enqueue(f ipc.Frame) {
+// enqueueFrom hands a message from the master (src nil) or the direct channel
+// src to the dispatcher, or drops it if it is pid-addressed and the handler
+// queue is full (see the Messenger's guarantees). It runs on a reader
+// goroutine and never waits for handlers.
+func (m *Messenger) enqueueFrom(src *peer, f ipc.Frame) {
 	m.qmu.Lock()
 	defer m.qmu.Unlock()
 	if m.qclosed {
 		m.log.Warn("message arrived while stopping; not handled", "action", string(f.Action), "from_pid", f.From)
 		return
 	}
-	m.rseq++
-	if h := m.side[string(f.Action)]; h != nil && f.Flags&ipc.FlagHeld == 0 {
+	seq := &m.rseq
+	if src != nil {
+		seq = &src.rseq
+	}
+	*seq++
+	if src == nil && string(f.Action) == wire.ActDirectOpen {
+		// Not for handlers: the sender's channel may now be read (direct.go).
+		// Counted above: it is one of the master's messages.
+		m.qmu.Unlock()
+		m.opened(f.From)
+		m.qmu.Lock()
+		return
+	}
+	if h := m.side[string(f.Action)]; h != nil && f.Flags&ipc.FlagHeld == 0 && src == nil {
 		// brood's own request that must not wait behind the handlers (a
 		// metrics gather would delay every Request queued after it): on a
 		// goroutine of its own, which close waits for.
@@ -585,11 +656,11 @@ func (m *Messenger) enqueue(f ipc.Frame) {
 	bounded := f.Flags&ipc.FlagHeld == 0 && !strings.HasPrefix(string(f.Action), "brood:")
 	size := int64(len(f.Raw)) // counted as the master counts: whole frames
 	if n, b := m.qlen.Load(), m.qbytes.Load(); bounded && (n >= int64(m.maxQueue) || b+size > int64(m.maxQueueBytes)) {
-		m.drop(f, n, b)
+		m.drop(src, f, n, b)
 		return
 	}
 	msg := m.toMessage(f)
-	msg.seq, msg.size = m.rseq, size
+	msg.seq, msg.size, msg.src = *seq, size, src
 	m.qlen.Add(1)
 	m.qbytes.Add(size)
 	m.queue = append(m.queue, msg)
@@ -602,13 +673,17 @@ func (m *Messenger) enqueue(f ipc.Frame) {
 // drop refuses a message the full handler queue cannot take: it counts it,
 // answers it if it is a request, and logs at most one line a second. Called
 // with qmu held.
-func (m *Messenger) drop(f ipc.Frame, n, b int64) {
+func (m *Messenger) drop(src *peer, f ipc.Frame, n, b int64) {
 	m.dropped.Add(1)
 	m.dropUnlogged++
 	if f.Flags&ipc.FlagRequest != 0 {
 		reason := fmt.Sprintf("pid %d dropped the request: its handler queue is full (%d messages, %d bytes queued; bounds %d and %d)", m.self, n, b, m.maxQueue, m.maxQueueBytes)
 		h := ipc.Header{Kind: ipc.KindReply, Dest: ipc.DestPID, Role: m.role, From: m.self, To: f.From, Ref: f.ID}
-		if err := m.w.Append(&h, actionRefused, []byte(reason)); err == nil {
+		w := m.w
+		if src != nil {
+			w = src.w
+		}
+		if err := w.Append(&h, actionRefused, []byte(reason)); err == nil {
 			m.sent.Add(1)
 		}
 	}
@@ -653,8 +728,17 @@ const ackEvery = 256
 func (m *Messenger) dispatchLoop() {
 	defer close(m.qdone)
 	var batch []Message
-	sinceAck := 0    // messages handled since the last ack
-	needAck := false // one of them was held
+	sinceAck := 0     // messages handled since the last ack
+	needAck := false  // one of them was held (from the master)
+	var peers []*peer // direct channels messages were handled from since the last ack
+	ack := func() {
+		if needAck {
+			m.ack()
+		}
+		m.ackPeers(peers)
+		clear(peers)
+		sinceAck, needAck, peers = 0, false, peers[:0]
+	}
 	for range m.qwake {
 		for {
 			m.qmu.Lock()
@@ -669,20 +753,26 @@ func (m *Messenger) dispatchLoop() {
 			}
 			for i := range batch {
 				m.dispatch(batch[i])
-				needAck = needAck || batch[i].held
-				m.handled = batch[i].seq
+				if p := batch[i].src; p != nil {
+					p.handled = batch[i].seq
+					if batch[i].held && !p.needAck {
+						p.needAck = true
+						peers = append(peers, p)
+					}
+				} else {
+					needAck = needAck || batch[i].held
+					m.handled = batch[i].seq
+				}
 				m.qlen.Add(-1)
 				m.qbytes.Add(-batch[i].size)
 				batch[i] = Message{}
-				if sinceAck++; sinceAck >= ackEvery && needAck {
-					m.ack()
-					sinceAck, needAck = 0, false
+				if sinceAck++; sinceAck >= ackEvery && (needAck || len(peers) > 0) {
+					ack()
 				}
 			}
 		}
-		if needAck {
-			m.ack()
-			sinceAck, needAck = 0, false
+		if needAck || len(peers) > 0 {
+			ack()
 		}
 	}
 }
