@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -94,6 +95,7 @@ func (m *Messenger) enableDirect(c *net.UnixConn, maxFrame int) {
 	m.chanSock = c
 	m.peers = make(map[uint32]*peer)
 	m.openedBy = make(map[uint32]bool)
+	m.unfenced = make(map[uint32]*peer)
 	m.dmu.Unlock()
 	m.offersDone = make(chan struct{})
 	go m.takeOffers(c, maxFrame)
@@ -188,6 +190,10 @@ func (m *Messenger) opened(pid uint32) {
 	m.dmu.Lock()
 	p := m.peers[pid]
 	if p == nil {
+		p = m.unfenced[pid]
+		delete(m.unfenced, pid)
+	}
+	if p == nil {
 		if m.openedBy != nil && !m.dclosed {
 			m.openedBy[pid] = true // its channel's offer has not arrived yet
 		}
@@ -248,6 +254,23 @@ func (m *Messenger) retireLocked(p *peer, why error) {
 	if m.peers[p.pid] == p {
 		delete(m.peers, p.pid)
 	}
+	m.ended = append(slices.DeleteFunc(m.ended, func(q *peer) bool {
+		select {
+		case <-q.done:
+			return true
+		default:
+			return false
+		}
+	}), p)
+	p.rmu.Lock()
+	if !p.fenced && len(p.early) > 0 {
+		// What it sent before it ended waits for its brood:direct-open,
+		// which the master relays before it reports the exit.
+		m.unfenced[p.pid] = p
+	}
+	p.rmu.Unlock()
+	p.w.Close(time.Now())
+	p.conn.Close() // ends its reader, if it is not the caller
 	if m.dclosed {
 		// This process is stopping: what the peer has not read is still in
 		// the channel for it, and a copy through the master would be a
@@ -275,10 +298,6 @@ func (m *Messenger) retireLocked(p *peer, why error) {
 		m.log.Debug("direct channel ended: unacknowledged messages handed to the master", "peer_pid", p.pid, "messages", handed, "why", why)
 	}
 	m.pending.FailIf(func(pid uint32) bool { return pid == p.pid }, requestResult{err: ErrProcessExited})
-	go func() { // the writer may be blocked on a peer that stopped reading
-		p.w.Close(time.Now())
-		p.conn.Close()
-	}()
 }
 
 // route sends a message over direct channels where the rules above say so.
@@ -498,6 +517,12 @@ func (m *Messenger) retireGoneLocked(table map[int]Member) {
 			m.retireLocked(p, errors.New("left the member table"))
 		}
 	}
+	for pid, p := range m.unfenced {
+		if _, ok := table[int(pid)]; !ok {
+			delete(m.unfenced, pid)
+			m.log.Warn("direct messages dropped: their sender exited and its brood:direct-open never came", "peer_pid", pid, "messages", len(p.early))
+		}
+	}
 }
 
 // ackPeers acknowledges to each peer what the dispatcher handled from it.
@@ -521,7 +546,7 @@ func (m *Messenger) closeDirect(deadline time.Time) {
 		return
 	}
 	m.dclosed = true
-	ps := make([]*peer, 0, len(m.peers))
+	ps := slices.Clone(m.ended)
 	for _, p := range m.peers {
 		ps = append(ps, p)
 	}

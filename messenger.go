@@ -155,16 +155,20 @@ type Member struct {
 	Stopping bool `json:"stopping,omitempty"`
 }
 
-// Messenger sends messages to other processes of the cluster, through the master,
-// and dispatches the ones it receives to handlers.
+// Messenger sends messages to other processes of the cluster and dispatches
+// the ones it receives to handlers. Messages go through the master, except
+// between the agent and a worker, which have a direct channel of their own
+// once both are ready (unless Config.RelayOnly); every guarantee below holds
+// on both paths and across the switch between them.
 //
 // Delivery guarantees:
 //   - Order: messages from one sender to one receiver are handled in send order.
 //   - Messages addressed by role (Broadcast, SendToApp, SendToAgent, SendRandom)
 //     are never lost while the cluster runs: the master holds them for a process
 //     that is starting or restarting and delivers them once it calls Ready, and
-//     keeps a copy until the receiver's handler has returned; if the receiver dies
-//     first, the process that takes its slot gets the message. A duplicate is
+//     a copy is kept (by the master, or by the sender for a message it sent over
+//     a direct channel) until the receiver's handler has returned; if the
+//     receiver dies first, the process that takes its slot gets the message. A duplicate is
 //     possible only if a process dies in the instant between its handler returning
 //     and that acknowledgement being written.
 //   - Messages addressed by pid (SendTo, Request) reach that process or fail:
@@ -173,7 +177,9 @@ type Member struct {
 //     killed before handling it is lost with the process, as a request in flight.
 //   - Bounds: the master holds at most Config.MaxPending messages and
 //     Config.MaxPendingBytes bytes per process; beyond that a message is refused
-//     and the sender logs and counts it (Stats.Refused).
+//     and the sender logs and counts it (Stats.Refused). A sender keeps at most
+//     as many unacknowledged per direct channel; beyond, the send fails with
+//     ErrNotDelivered.
 //   - A receiver's handler queue is bounded by the same two numbers. A
 //     pid-addressed message (SendTo, Request) that arrives while it is full is
 //     not queued: it is counted (the receiver's Stats.Dropped) and logged by the
@@ -239,7 +245,9 @@ type Messenger struct {
 	chanSock   *net.UnixConn // the channel socket; nil: no direct channels
 	offersDone chan struct{}
 	peers      map[uint32]*peer
-	openedBy   map[uint32]bool // ActDirectOpen from pids whose channel has not arrived
+	openedBy   map[uint32]bool  // ActDirectOpen from pids whose channel has not arrived
+	unfenced   map[uint32]*peer // ended channels whose messages wait for their ActDirectOpen
+	ended      []*peer          // ended channels whose readers may still run
 	dclosed    bool
 	hasPeers   atomic.Bool // a channel arrived once: route sends through dmu
 	directSent atomic.Uint64
