@@ -432,24 +432,31 @@ func (m *Messenger) writeLocked(p *peer, h *ipc.Header, action string, payload [
 		}
 		if err := p.w.AppendRaw(p.heldBuf[off:]); err != nil {
 			p.heldBuf = p.heldBuf[:off]
-			m.retireLocked(p, err)
-			return errRetry
+			return m.writeFailedLocked(p, err)
 		}
 		p.sent++
 		p.held = append(p.held, heldMsg{seq: p.sent, off: off, n: len(p.heldBuf) - off, dest: dest, to: to})
 		p.heldBytes += len(p.heldBuf) - off
 	} else {
 		if err := p.w.Append(&hd, action, payload); err != nil {
-			if errors.Is(err, ipc.ErrTooLarge) {
-				return err
-			}
-			m.retireLocked(p, err)
-			return errRetry
+			return m.writeFailedLocked(p, err)
 		}
 		p.sent++
 	}
 	m.directSent.Add(1)
 	return nil
+}
+
+// writeFailedLocked says what a failed write to a peer means: a frame too
+// large, or a peer that has not read the writer's whole buffer, is the
+// send's error (the channel stays: what it holds may still be read); a
+// closed channel ends it, and the caller relays the message (errRetry).
+func (m *Messenger) writeFailedLocked(p *peer, err error) error {
+	if errors.Is(err, ipc.ErrTooLarge) || errors.Is(err, ipc.ErrBufferFull) {
+		return err
+	}
+	m.retireLocked(p, err)
+	return errRetry
 }
 
 // errRetry says a channel ended under a write: the caller relays the message.
