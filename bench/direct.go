@@ -1,9 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
+	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/brood-go/brood/bench/internal/fixture"
@@ -21,27 +24,88 @@ var configs = [2]struct {
 	{"direct", nil},
 }
 
-// runMessengerBenchMaster is runMessengerBench that also checks that the
-// master the agent measured (its parent) is the process the bench started.
-func (b *bench) runMessengerBenchMaster(v *fixture.RTT, mode string, n int, extra ...string) error {
-	c, out, err := b.startMessengerBench(mode, n, extra...)
+// counters are the master's message counters after a run (start-up and
+// warm-up included), from its admin /metrics; -1 when the build exports no
+// such counter. They tell whether a run took the direct path.
+type counters struct{ relayed, direct float64 }
+
+// runDirectBench runs bench/cluster with one messenger bench, its admin
+// listener on, and decodes the agent's result into v; then it reads the
+// master's counters. For an RTT result it checks that the master the agent
+// measured (its parent) is the process the bench started.
+func (b *bench) runDirectBench(v any, mode string, n int, extra ...string) (counters, error) {
+	admin, err := freeAddr()
 	if err != nil {
-		return err
+		return counters{}, err
+	}
+	c, out, err := b.startMessengerBench(mode, n, append([]string{"-admin", admin}, extra...)...)
+	if err != nil {
+		return counters{}, err
 	}
 	defer c.stop(15 * time.Second)
 	if _, err := c.ready(30 * time.Second); err != nil {
-		return err
+		return counters{}, err
 	}
 	if err := awaitMessengerResult(c, mode, out, v); err != nil {
-		return err
+		return counters{}, err
 	}
-	if v.MasterPID != c.pid() {
-		return fmt.Errorf("messenger bench %s: the agent measured pid %d, the master is %d", mode, v.MasterPID, c.pid())
+	if r, ok := v.(*fixture.RTT); ok {
+		if r.MasterPID != c.pid() {
+			return counters{}, fmt.Errorf("messenger bench %s: the agent measured pid %d, the master is %d", mode, r.MasterPID, c.pid())
+		}
+		if r.PhaseSecs <= 0 {
+			return counters{}, fmt.Errorf("messenger bench %s: no timed phase (%v s)", mode, r.PhaseSecs)
+		}
 	}
-	if v.PhaseSecs <= 0 {
-		return fmt.Errorf("messenger bench %s: no timed phase (%v s)", mode, v.PhaseSecs)
+	return masterCounters(admin)
+}
+
+// masterCounters reads brood_messages_relayed_total and
+// brood_messages_direct_total (summed over any labels) from the master's
+// admin /metrics.
+func masterCounters(admin string) (counters, error) {
+	client := &http.Client{Timeout: 10 * time.Second}
+	resp, err := client.Get("http://" + admin + "/metrics")
+	if err != nil {
+		return counters{}, fmt.Errorf("admin /metrics: %w", err)
 	}
-	return nil
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return counters{}, fmt.Errorf("admin /metrics: %s", resp.Status)
+	}
+	c := counters{relayed: -1, direct: -1}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		for name, dst := range map[string]*float64{"brood_messages_relayed_total": &c.relayed, "brood_messages_direct_total": &c.direct} {
+			rest, ok := strings.CutPrefix(line, name)
+			if !ok || (rest != "" && rest[0] != ' ' && rest[0] != '{') {
+				continue
+			}
+			f := strings.Fields(rest[strings.LastIndexByte(rest, '}')+1:])
+			if len(f) == 0 {
+				continue
+			}
+			if v, err := strconv.ParseFloat(f[0], 64); err == nil {
+				*dst = max(*dst, 0) + v
+			}
+		}
+	}
+	return c, sc.Err()
+}
+
+// countNote describes the master's counters of one setting's runs.
+func countNote(cs []counters) string {
+	var relayed, direct []float64
+	for _, c := range cs {
+		relayed, direct = append(relayed, c.relayed), append(direct, c.direct)
+	}
+	d := "no brood_messages_direct_total in this build"
+	if median(direct) >= 0 {
+		d = fmt.Sprintf("counted direct %.0f", median(direct))
+	}
+	return fmt.Sprintf("The master's counters (admin listener on in these runs, read once after the result; start-up and warm-up included), medians: relayed %.0f, %s.", median(relayed), d)
 }
 
 // infoRow is a row with a ratio to a floor and no goal of its own.
@@ -75,6 +139,7 @@ func (b *bench) figDirect() []row {
 	// Per config (index into configs): one value per run.
 	var rtt50, rtt99, cpu, eggs50, eggs99, eggCPU, oneway [2][]float64
 	var there, back, phase, eggThere, eggBack [2][]float64
+	var rttCount, eggCount, onewayCount [2][]counters
 	var refused [2]uint64
 	var short [2]int64
 	var f50, f99, batched []float64
@@ -95,15 +160,19 @@ func (b *bench) figDirect() []row {
 			args := configs[i].args
 			var r, e fixture.RTT
 			var o fixture.Oneway
-			if err := b.runMessengerBenchMaster(&r, "rtt", b.rttN, args...); err != nil {
+			rc, err := b.runDirectBench(&r, "rtt", b.rttN, args...)
+			if err != nil {
 				return fail(fmt.Errorf("%s: %w", configs[i].name, err))
 			}
-			if err := b.runMessengerBenchMaster(&e, "egg", b.rttN, args...); err != nil {
+			ec, err := b.runDirectBench(&e, "egg", b.rttN, args...)
+			if err != nil {
 				return fail(fmt.Errorf("%s: %w", configs[i].name, err))
 			}
-			if err := b.runMessengerBench(&o, "random", b.onewayN, args...); err != nil {
+			oc, err := b.runDirectBench(&o, "random", b.onewayN, args...)
+			if err != nil {
 				return fail(fmt.Errorf("%s: %w", configs[i].name, err))
 			}
+			rttCount[i], eggCount[i], onewayCount[i] = append(rttCount[i], rc), append(eggCount[i], ec), append(onewayCount[i], oc)
 			rtt50[i], rtt99[i] = append(rtt50[i], us(r.P50)), append(rtt99[i], us(r.P99))
 			there[i], back[i] = append(there[i], us(r.ThereP50)), append(back[i], us(r.BackP50))
 			cpu[i], phase[i] = append(cpu[i], r.MasterCPUPercent()), append(phase[i], r.PhaseSecs)
@@ -119,8 +188,8 @@ func (b *bench) figDirect() []row {
 	floorNote := fmt.Sprintf("floor: raw socketpair ping-pong of a %d-byte frame between two processes, blocking write+read per hop, %d round trips, run next to it (bench/floor pingpong)", fixture.PingFrame, b.rttN)
 	rttNote := func(cfg int) string {
 		return fmt.Sprintf("bench/cluster -msg rtt%s: %d round trips per run after 1,000 warm-up ones, agent Request → worker's handler → Reply, 24-byte raw payload, the 2 workers alternately; %s. "+
-			"Breakdown (medians of per-run p50s): agent send → worker's handler %.0f µs, worker's Reply → agent's Request returns %.0f µs.",
-			map[int]string{relay: " -relay-only (Config.RelayOnly)", direct: " (default config: direct channels)"}[cfg], b.rttN, floorNote, median(there[cfg]), median(back[cfg]))
+			"Breakdown (medians of per-run p50s): agent send → worker's handler %.0f µs, worker's Reply → agent's Request returns %.0f µs. %s",
+			map[int]string{relay: " -relay-only (Config.RelayOnly)", direct: " (default config: direct channels)"}[cfg], b.rttN, floorNote, median(there[cfg]), median(back[cfg]), countNote(rttCount[cfg]))
 	}
 	cpuNote := func(cfg int) string {
 		return fmt.Sprintf("utime+stime of the master (the agent's parent, checked to be the process the bench started) from /proc/<pid>/stat, read by the agent just before the first and just after the last timed round trip of the %s RTT run above (warm-up, start-up and shutdown outside), over that phase's wall time; %% of one core. Clock ticks of 1/%d s, so one tick is %.1f%% of a %.2f s phase (median). The same during Egg's method: median %.1f%%.",
@@ -128,8 +197,8 @@ func (b *bench) figDirect() []row {
 	}
 	eggNote := func(cfg int) string {
 		return fmt.Sprintf("bench/cluster -msg egg%s: %d ping-pongs per run after 1,000 warm-up ones: the agent's SendRandom (24-byte raw payload; the workers in turn) → the worker's handler → the worker's SendToAgent → the agent's handler → the next SendRandom, as Egg's own benchmark; %s. "+
-			"Breakdown (medians of per-run p50s): agent's SendRandom → worker's handler %.0f µs, worker's SendToAgent → agent's handler hands it to the loop %.0f µs.",
-			map[int]string{relay: " -relay-only", direct: " (default config)"}[cfg], b.rttN, floorNote, median(eggThere[cfg]), median(eggBack[cfg]))
+			"Breakdown (medians of per-run p50s): agent's SendRandom → worker's handler %.0f µs, worker's SendToAgent → agent's handler hands it to the loop %.0f µs. %s",
+			map[int]string{relay: " -relay-only", direct: " (default config)"}[cfg], b.rttN, floorNote, median(eggThere[cfg]), median(eggBack[cfg]), countNote(eggCount[cfg]))
 	}
 
 	rows := []row{
@@ -152,9 +221,9 @@ func (b *bench) figDirect() []row {
 	ow.pass = passFail(ow.pass == "PASS" && median(oneway[direct]) >= 3e6)
 	onewayNote := func(cfg int) string {
 		return fmt.Sprintf("bench/cluster -msg random%s: %d SendRandom of 64-byte raw payloads per run (one delivery each), counted by the 2 workers' handlers, the sender paced by a window of marks (at most 2 blocks of 16,384 beyond the marks answered, under Config.MaxPending); refused (Messenger.Stats) %d, not delivered %d over all runs. "+
-			"Floor: %d %d-byte frames over a socketpair between two processes, written in batches of %d frames (%d KiB) per write(2), read and counted by the other (bench/floor oneway -batch), run next to it.",
+			"Floor: %d %d-byte frames over a socketpair between two processes, written in batches of %d frames (%d KiB) per write(2), read and counted by the other (bench/floor oneway -batch), run next to it. %s",
 			map[int]string{relay: " -relay-only", direct: " (default config)"}[cfg], b.onewayN, refused[cfg], short[cfg],
-			b.onewayN, fixture.OnewayFrame, fixture.OnewayBatch/fixture.OnewayFrame, fixture.OnewayBatch>>10)
+			b.onewayN, fixture.OnewayFrame, fixture.OnewayBatch/fixture.OnewayFrame, fixture.OnewayBatch>>10, countNote(onewayCount[cfg]))
 	}
 	ow.note = onewayNote(direct)
 	owr := infoRow(names[7], "msgs/s", oneway[relay], batched)

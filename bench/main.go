@@ -53,7 +53,10 @@
 //     the same wire size written to a socketpair 64 KiB at a time, bench/floor
 //     oneway -batch); and Egg's method, agent SendRandom → worker
 //     SendToAgent → agent handler ping-pong, p50 and p99 (info, ratio to the
-//     raw ping-pong floor). Until direct channels exist both settings relay.
+//     raw ping-pong floor). The notes give the master's relayed and direct
+//     message counters after each run (admin /metrics), which show whether
+//     the default run took the direct path; until direct channels exist both
+//     settings relay.
 //   - kill: SIGKILL of a worker of hello → a new worker pid answers HTTP. Floor:
 //     that replacement's own start → ready, from the master's "ready" log line
 //     ("took"). Goal ≤ floor + 20 ms (median of the per-run differences).
