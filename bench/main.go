@@ -42,6 +42,21 @@
 //     refused messages are counted. Floor: one process writing frames of the same
 //     wire size to a socketpair, one write(2) per frame, another reading them.
 //     Goal ≥ 1× floor and ≥ 1 M msgs/s.
+//   - direct: agent↔worker direct channels (the default) against
+//     Config.RelayOnly (bench/cluster -relay-only), each run alternating
+//     which goes first: the rtt figure's round trips (goal, direct: p50 ≤ 2.5×
+//     and p99 ≤ 3× the same raw socketpair ping-pong floor; relay-only: info);
+//     the master's CPU (utime+stime from /proc/<pid>/stat, read by the agent
+//     just around the timed round trips) as % of one core (goal, direct:
+//     ≤ 10%); one-way SendRandom of 64-byte raw payloads, deliveries/s, paced
+//     as oneway (goal, direct: ≥ 3 M/s and ≥ 0.5× a batched floor: frames of
+//     the same wire size written to a socketpair 64 KiB at a time, bench/floor
+//     oneway -batch); and Egg's method, agent SendRandom → worker
+//     SendToAgent → agent handler ping-pong, p50 and p99 (info, ratio to the
+//     raw ping-pong floor). The notes give the master's relayed and direct
+//     message counters after each run (admin /metrics), which show whether
+//     the default run took the direct path; until direct channels exist both
+//     settings relay.
 //   - kill: SIGKILL of a worker of hello → a new worker pid answers HTTP. Floor:
 //     that replacement's own start → ready, from the master's "ready" log line
 //     ("took"). Goal ≤ floor + 20 ms (median of the per-run differences).
@@ -146,6 +161,7 @@ var figures = []figure{
 	{"http", (*bench).figHTTP},
 	{"rtt", (*bench).figRTT},
 	{"oneway", (*bench).figOneway},
+	{"direct", (*bench).figDirect},
 	{"kill", (*bench).figKill},
 	{"reload", (*bench).figReload},
 	{"upgrade", (*bench).figUpgrade},
@@ -164,7 +180,7 @@ func main() { os.Exit(run()) }
 func run() int {
 	var b bench
 	quick := flag.Bool("quick", false, "2 runs, 2 s loads, fewer messages: a smoke test")
-	only := flag.String("only", "", "comma-separated figures to run: start, http, rtt, oneway, kill, reload, upgrade, stop, rss, flood, scrape, rttscrape, micro, fleet, fleetbcast")
+	only := flag.String("only", "", "comma-separated figures to run: start, http, rtt, oneway, direct, kill, reload, upgrade, stop, rss, flood, scrape, rttscrape, micro, fleet, fleetbcast")
 	runs := flag.Int("runs", 0, "runs per figure (default 5, or 2 with -quick)")
 	flag.IntVar(&b.conns, "conns", 64, "HTTP load: connections")
 	dur := flag.Duration("duration", 0, "HTTP load: duration of one run (default 5s, or 2s with -quick)")

@@ -16,7 +16,7 @@ import (
 // row is one line of the table.
 type row struct {
 	figure string
-	unit   string    // ms, µs, req/s, msgs/s, MiB, count
+	unit   string    // ms, µs, req/s, msgs/s, MiB, count, % (of one core)
 	vals   []float64 // one per run
 	floor  []float64 // the floor's runs, if the figure has one
 	ratio  string
@@ -96,6 +96,8 @@ func (r row) cell(v float64) string {
 		return fmt.Sprintf("%.0f k/s", v/1e3)
 	case "count":
 		return fmt.Sprintf("%.0f", v)
+	case "%":
+		return fmt.Sprintf("%.1f%%", v)
 	}
 	return fmt.Sprint(v)
 }

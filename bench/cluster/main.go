@@ -4,7 +4,15 @@
 // the cluster is ready and writes its result as JSON to -out:
 //
 //	-msg rtt     -n N  N Request/Reply round trips agent→worker→agent (workers
-//	                   alternately), each timed; fixture.RTT
+//	                   alternately), each timed; fixture.RTT, with the master's
+//	                   CPU (utime+stime of the agent's parent, /proc/<ppid>/stat)
+//	                   read just before the first timed round trip and just
+//	                   after the last (the warm-up, start-up and shutdown are
+//	                   outside)
+//	-msg egg     -n N  Egg's method: N ping-pongs of agent SendRandom → the
+//	                   worker's handler → worker SendToAgent → the agent's
+//	                   handler, then the next SendRandom (24-byte raw payload,
+//	                   the workers in turn); fixture.RTT, with the master's CPU
 //	-msg random  -n N  N one-way 64-byte raw messages with SendRandom (N deliveries)
 //	-msg app     -n N  N/2 SendToApp calls to the 2 workers (N deliveries)
 //	-msg fleetrtt -n N N fleet Requests (needs -fleet), each timed; fixture.RTT
@@ -18,6 +26,9 @@
 //	                   ready (so the idle master can be measured first) and
 //	                   ends once every message is handled or refused; fixture.Flood
 //	-onecpu            every process on one CPU (a reference for the RTT figure)
+//	-relay-only        Config.RelayOnly: every message through the master, no
+//	                   direct agent↔worker channels (the direct figure's
+//	                   comparison)
 //	-admin ADDR        the master's admin listener (Config.Admin): GET /metrics
 //	-series N          every worker registers N application series of its own
 //	                   (fixture.RegisterSeries: promauto into
@@ -50,6 +61,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/pprof"
+	"slices"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -63,11 +75,12 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:0", "listen address")
 	workers := flag.Int("workers", 2, "workers")
 	runDir := flag.String("rundir", "", "run dir")
-	mode := flag.String("msg", "", "messenger bench: rtt, random or app")
+	mode := flag.String("msg", "", "messenger bench: rtt, egg, random, app, fleetrtt, fleetapp or flood")
 	n := flag.Int("n", 20000, "round trips, or one-way deliveries")
 	out := flag.String("out", "", "file for the messenger result (JSON)")
 	profDir := flag.String("cpuprofile", "", "directory for one CPU profile per process")
 	oneCPU := flag.Bool("onecpu", false, "pin the master, and so every child, to one CPU")
+	relayOnly := flag.Bool("relay-only", false, "Config.RelayOnly: every message through the master")
 	noHeaderTimeout := flag.Bool("no-header-timeout", false, "http.Server.ReadHeaderTimeout -1 (as the floor) instead of brood's default")
 	admin := flag.String("admin", "", "admin listener address (Config.Admin)")
 	series := flag.Int("series", 0, "application series each worker registers (prometheus.DefaultRegisterer)")
@@ -103,13 +116,14 @@ func main() {
 	defer stop()
 	var received, flooded atomic.Int64
 	err := brood.Run(ctx, brood.Config{
-		Name:    "benchcluster",
-		Workers: *workers,
-		Listen:  []string{*listen},
-		RunDir:  *runDir,
-		Admin:   *admin,
-		Fleet:   *fleetURL,
-		Node:    "bench",
+		Name:      "benchcluster",
+		Workers:   *workers,
+		Listen:    []string{*listen},
+		RunDir:    *runDir,
+		Admin:     *admin,
+		Fleet:     *fleetURL,
+		Node:      "bench",
+		RelayOnly: *relayOnly,
 		Agent: func(ctx context.Context, p *brood.Process) error {
 			clusterUp := make(chan struct{})
 			p.Messenger().Once(brood.ActionReady, func(brood.Message) { close(clusterUp) })
@@ -169,6 +183,18 @@ func main() {
 				binary.BigEndian.PutUint64(b[16:], uint64(mono.Ns(time.Now())))
 				msg.Reply(b)
 			})
+			m.On(fixture.ActionEgg, func(msg brood.Message) {
+				// As the ping handler, but the answer is a message of its own
+				// to the agent, as Egg's sendToAgent.
+				recv := mono.Ns(time.Now())
+				b := make([]byte, fixture.PingPayload)
+				copy(b, msg.Data[:8])
+				binary.BigEndian.PutUint64(b[8:], uint64(recv))
+				binary.BigEndian.PutUint64(b[16:], uint64(mono.Ns(time.Now())))
+				if err := m.SendToAgent(fixture.ActionEggBack, b); err != nil {
+					p.Logger().Error("egg: SendToAgent", "err", err)
+				}
+			})
 			m.On(fixture.ActionMsg, func(brood.Message) { received.Add(1) })
 			m.On(fixture.ActionFloodGo, func(msg brood.Message) {
 				payload := make([]byte, fixture.FloodPayload)
@@ -225,7 +251,7 @@ func fleetRTT(ctx context.Context, f *brood.Fleet, n int) (fixture.RTT, error) {
 	}
 	// The worker stamps when its handler ran and when it replied (as for the
 	// local rtt), for the breakdown there and back.
-	return pingLoop(warmup, n, func(_ int, payload []byte) (brood.Message, error) {
+	return pingLoop(warmup, n, nil, func(_ int, payload []byte) (brood.Message, error) {
 		return f.Request(ctx, fixture.ActionPing, payload)
 	})
 }
@@ -315,6 +341,8 @@ func runBench(ctx context.Context, m *brood.Messenger, mode string, n int) (any,
 	switch mode {
 	case "rtt":
 		return rtt(ctx, m, pids, n)
+	case "egg":
+		return egg(ctx, m, n)
 	case "random", "app":
 		return oneway(ctx, m, pids, mode, n)
 	}
@@ -322,21 +350,102 @@ func runBench(ctx context.Context, m *brood.Messenger, mode string, n int) (any,
 }
 
 func rtt(ctx context.Context, m *brood.Messenger, pids []int, n int) (fixture.RTT, error) {
-	return pingLoop(1000, n, func(i int, payload []byte) (brood.Message, error) {
+	cpu := newMasterCPU()
+	r, err := pingLoop(1000, n, cpu.phase, func(i int, payload []byte) (brood.Message, error) {
 		return m.Request(ctx, pids[i%len(pids)], fixture.ActionPing, payload)
 	})
+	return cpu.fill(r, err)
+}
+
+// egg times n ping-pongs the way Egg's own benchmark does: the agent's
+// SendRandom reaches a worker (the master's round robin), whose handler
+// answers with SendToAgent; the agent's handler hands the answer to the loop,
+// which sends the next one.
+func egg(ctx context.Context, m *brood.Messenger, n int) (fixture.RTT, error) {
+	back := make(chan []byte, 1)
+	off := m.On(fixture.ActionEggBack, func(msg brood.Message) {
+		select {
+		case back <- slices.Clone(msg.Data):
+		default: // an answer nobody waits for (not sent by this loop)
+		}
+	})
+	defer off()
+	cpu := newMasterCPU()
+	r, err := pingLoop(1000, n, cpu.phase, func(i int, payload []byte) (brood.Message, error) {
+		if err := m.SendRandom(fixture.ActionEgg, payload); err != nil {
+			return brood.Message{}, err
+		}
+		t := time.NewTimer(10 * time.Second)
+		defer t.Stop()
+		select {
+		case data := <-back:
+			return brood.Message{Data: data}, nil
+		case <-t.C:
+			return brood.Message{}, fmt.Errorf("egg: no answer to ping-pong %d within 10s", i)
+		case <-ctx.Done():
+			return brood.Message{}, ctx.Err()
+		}
+	})
+	return cpu.fill(r, err)
+}
+
+// masterCPU reads the master's utime+stime at the two ends of a timed phase.
+// The master is the agent's parent (it starts every child itself).
+type masterCPU struct {
+	pid    int
+	t0, t1 time.Time
+	c0, c1 int64
+	calls  int
+	err    error
+}
+
+func newMasterCPU() *masterCPU { return &masterCPU{pid: os.Getppid()} }
+
+// phase is called just before the first timed round trip and just after the
+// last.
+func (c *masterCPU) phase() {
+	ticks, err := fixture.ProcCPUTicks(c.pid)
+	now := time.Now()
+	if err != nil && c.err == nil {
+		c.err = err
+	}
+	if c.calls == 0 {
+		c.t0, c.c0 = now, ticks
+	} else {
+		c.t1, c.c1 = now, ticks
+	}
+	c.calls++
+}
+
+func (c *masterCPU) fill(r fixture.RTT, err error) (fixture.RTT, error) {
+	if err != nil {
+		return r, err
+	}
+	if c.err != nil {
+		return r, fmt.Errorf("master CPU: %w", c.err)
+	}
+	if c.calls != 2 {
+		return r, fmt.Errorf("master CPU: %d phase marks, want 2", c.calls)
+	}
+	r.MasterPID, r.MasterTicks, r.PhaseSecs = c.pid, c.c1-c.c0, c.t1.Sub(c.t0).Seconds()
+	return r, nil
 }
 
 // pingLoop times warmup+n round trips of request (the i-th with a payload
 // stamped with its send time) and keeps the last n: the whole round trip,
 // and, from the stamps the worker's ping handler adds, there and back.
-func pingLoop(warmup, n int, request func(i int, payload []byte) (brood.Message, error)) (fixture.RTT, error) {
+// phase, if set, is called just before the first timed round trip and just
+// after the last.
+func pingLoop(warmup, n int, phase func(), request func(i int, payload []byte) (brood.Message, error)) (fixture.RTT, error) {
 	mono := fixture.NewMono()
 	all := make([]int64, 0, n)
 	there := make([]int64, 0, n)
 	back := make([]int64, 0, n)
 	payload := make([]byte, fixture.PingPayload)
 	for i := range warmup + n {
+		if i == warmup && phase != nil {
+			phase()
+		}
 		t0 := time.Now()
 		binary.BigEndian.PutUint64(payload, uint64(mono.Ns(t0)))
 		reply, err := request(i, payload)
@@ -355,6 +464,9 @@ func pingLoop(warmup, n int, request func(i int, payload []byte) (brood.Message,
 			there = append(there, recv-sent)
 			back = append(back, mono.Ns(t3)-replied)
 		}
+	}
+	if phase != nil {
+		phase()
 	}
 	r := fixture.RTTOf(all)
 	r.ThereP50, r.BackP50 = fixture.RTTOf(there).P50, fixture.RTTOf(back).P50

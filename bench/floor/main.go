@@ -25,6 +25,10 @@
 //	floor oneway -n N                 one process writes N frames to a socketpair,
 //	                                  one write(2) per frame, another reads them;
 //	                                  prints a fixture.Oneway as JSON
+//	floor oneway -batch -n N          the same with the frames written in batches:
+//	                                  each write(2) carries as many whole frames
+//	                                  as fit in fixture.OnewayBatch (64 KiB), as a
+//	                                  sender that coalesces its writes does
 //
 // Frames have the size brood puts on the wire for the same message
 // (fixture.PingFrame, fixture.OnewayFrame). The child half of pingpong and oneway
@@ -67,6 +71,7 @@ func main() {
 	useNet := fs.Bool("net", false, "pingpong: use net.Conn (Go's netpoller) instead of blocking syscalls")
 	relay := fs.Bool("relay", false, "pingpong: through a relay process")
 	oneCPU := fs.Bool("onecpu", false, "pingpong: pin every process to one CPU")
+	batch := fs.Bool("batch", false, "oneway: write frames in batches of up to fixture.OnewayBatch bytes, not one write(2) each")
 	series := fs.Int("series", 10000, "metrics: application series per copy")
 	copies := fs.Int("copies", 8, "metrics: copies of the series (label shard)")
 	natsURL := fs.String("url", "", "natsrtt, natsbcast: the NATS server (raw request/reply, or publish to 2 subscribers, between connections of this process)")
@@ -100,7 +105,7 @@ func main() {
 			err = json.NewEncoder(os.Stdout).Encode(r)
 		}
 	case "oneway":
-		err = oneway(*n)
+		err = oneway(*n, *batch)
 	case "oneway-child":
 		err = drain(*n)
 	default:
@@ -318,16 +323,28 @@ func echo(useNet bool) error {
 	}
 }
 
-func oneway(n int) error {
+// oneway writes n frames to a child that reads and counts them: one write(2)
+// per frame, or, with batch, as many whole frames per write(2) as fit in
+// fixture.OnewayBatch bytes.
+func oneway(n int, batch bool) error {
 	fd, cmd, err := startChild("oneway-child", n)
 	if err != nil {
 		return err
 	}
-	frame := make([]byte, fixture.OnewayFrame)
-	binary.BigEndian.PutUint32(frame, uint32(len(frame)-4))
+	perWrite := 1
+	if batch {
+		perWrite = fixture.OnewayBatch / fixture.OnewayFrame
+	}
+	buf := make([]byte, 0, perWrite*fixture.OnewayFrame)
+	for range perWrite {
+		frame := make([]byte, fixture.OnewayFrame)
+		binary.BigEndian.PutUint32(frame, uint32(len(frame)-4))
+		buf = append(buf, frame...)
+	}
 	t0 := time.Now()
-	for range n {
-		if err := writeAll(fd, frame); err != nil {
+	for sent := 0; sent < n; sent += perWrite {
+		k := min(perWrite, n-sent)
+		if err := writeAll(fd, buf[:k*fixture.OnewayFrame]); err != nil {
 			return err
 		}
 	}
@@ -340,7 +357,8 @@ func oneway(n int) error {
 	if err := cmd.Wait(); err != nil {
 		return err
 	}
-	return json.NewEncoder(os.Stdout).Encode(fixture.Oneway{Mode: "floor", Sends: int64(n), Deliveries: int64(n), Seconds: secs})
+	writes := int64((n + perWrite - 1) / perWrite)
+	return json.NewEncoder(os.Stdout).Encode(fixture.Oneway{Mode: "floor", Sends: writes, Deliveries: int64(n), Seconds: secs})
 }
 
 // drain reads n frames (parsing each length prefix), then answers one byte.
