@@ -103,19 +103,23 @@ func realChildMain() {
 	}
 }
 
+// channels keeps a real child's channel ends from being collected (and closed).
+var (
+	channelsMu sync.Mutex
+	channels   []*os.File
+)
+
 // readOffers takes every offer of the master, checks the channel by sending
 // its pid over it and reading the peer's, and says what it got.
 func readOffers(dc *net.UnixConn, self string, say func(string, ...any)) {
-	var keep []*os.File
-	var mu sync.Mutex
 	for {
 		o, end, err := direct.Receive(dc)
 		if err != nil {
 			return
 		}
-		mu.Lock()
-		keep = append(keep, end) // a channel lives as long as its two processes
-		mu.Unlock()
+		channelsMu.Lock()
+		channels = append(channels, end) // a channel lives as long as its two processes
+		channelsMu.Unlock()
 		say("offer self=%s peer=%s/%d/%d", self, wire.RoleName(o.PeerRole), o.PeerID, o.PeerPID)
 		go func() {
 			var b [4]byte
