@@ -20,6 +20,7 @@ import (
 	"github.com/brood-go/brood/internal/direct"
 	"github.com/brood-go/brood/internal/ipc"
 	"github.com/brood-go/brood/internal/proc"
+	"github.com/brood-go/brood/internal/upgrade"
 	"github.com/brood-go/brood/internal/wire"
 )
 
@@ -173,7 +174,7 @@ func startReal(t *testing.T, workers, old int, relayOnly bool) *realCluster {
 		}
 	}()
 	cfg := Config{
-		Name: "directtest", Workers: workers, Agent: true, RelayOnly: relayOnly,
+		Name: "directtest", Workers: workers, Agent: true, RelayOnly: relayOnly, Listen: []string{"127.0.0.1:0"},
 		ReadyTimeout: 20 * time.Second, StopTimeout: 5 * time.Second,
 		HeartbeatInterval: 20 * time.Millisecond, HeartbeatTimeout: time.Hour,
 		Restart:  Backoff{MinDelay: time.Millisecond, MaxDelay: time.Millisecond, ResetAfter: time.Hour},
@@ -308,8 +309,12 @@ func TestDirectChannelsOffered(t *testing.T) {
 	p := rc.pids()
 	self := func(k string) string { return fmt.Sprintf("%s/%d", k, p[k]) }
 	for _, k := range []string{"agent/0", "worker/1", "worker/2", "worker/3"} {
-		// fd 3 the IPC channel, then the workers' listeners (none here), then the channel socket
-		rc.line(fmt.Sprintf("start self=%s fd=%q", self(k), "4"))
+		// fd 3 the IPC channel, then the workers' listener, then the channel socket
+		fd := "5"
+		if k == "agent/0" {
+			fd = "4"
+		}
+		rc.line(fmt.Sprintf("start self=%s fd=%q", self(k), fd))
 	}
 	for _, w := range []string{"worker/1", "worker/2"} {
 		rc.line(fmt.Sprintf("offer self=%s peer=%s", self("agent/0"), self(w)))
@@ -438,4 +443,90 @@ func TestObservePongCountsDirect(t *testing.T) {
 			t.Fatalf("after pong %x: direct %d, want %d", step.payload, got, step.want)
 		}
 	}
+}
+
+// A child adopted across an upgrade keeps its channel socket and protocol
+// from the state, and so pairs with a worker this image starts: each gets an
+// offer naming the other.
+func TestAdoptedChildPairsWithNewWorker(t *testing.T) {
+	m, err := New(Config{Name: "adopt", Workers: 1, Agent: true, Single: true, MaxFrame: ipc.DefaultMaxFrame,
+		Logger: slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.closeOutputs()
+	as, ws := m.addSlot(ipc.RoleAgent, 0), m.addSlot(ipc.RoleWorker, 1)
+
+	// The state's descriptors, as the previous image handed them over.
+	ipcConn, ipcChild, err := proc.Socketpair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ipcChild.Close()
+	ipcFD := mustDup(ipcConn)
+	ipcConn.Close()
+	agentSock, agentEnd := channelSocket(t)
+	directFD := mustDup(agentSock)
+	agentSock.Close()
+
+	const agentPID, workerPID = 4000000, 4000001
+	c, err := m.adopt(as, upgrade.Slot{Role: "agent", Child: upgrade.Child{PID: agentPID, Protocol: ipc.DirectVersion,
+		IPC: ipcFD, Stdout: -1, Stderr: -1, Direct: directFD, DirectSent: 3}}, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		c.ep.Writer().Close(time.Now())
+		c.conn.Close()
+	}()
+	m.mu.Lock()
+	qualifies := directQualifiesLocked(c)
+	m.mu.Unlock()
+	if !qualifies || c.directSent != 3 {
+		t.Fatalf("adopted agent: direct %v, protocol %d, count %d; want it to qualify with its count", c.direct, c.protocol, c.directSent)
+	}
+
+	// A worker this image started says hello.
+	workerSock, workerEnd := channelSocket(t)
+	w := &child{slot: ws, pid: workerPID, direct: workerSock, state: childStarting}
+	m.mu.Lock()
+	m.children[w.pid] = w
+	w.protocol = ipc.Version
+	m.pairLocked(w)
+	m.closeDirectLocked(w)
+	m.closeDirectLocked(c)
+	m.mu.Unlock()
+	for _, tc := range []struct {
+		end  *net.UnixConn
+		want direct.Offer
+	}{
+		{agentEnd, direct.Offer{PeerPID: workerPID, PeerRole: ipc.RoleWorker, PeerID: 1}},
+		{workerEnd, direct.Offer{PeerPID: agentPID, PeerRole: ipc.RoleAgent}},
+	} {
+		o, end, err := direct.Receive(tc.end)
+		if err != nil || o != tc.want {
+			t.Fatalf("offer %+v, %v; want %+v", o, err, tc.want)
+		}
+		end.Close()
+		// One offer each, and the master's end is closed.
+		if o, _, err := direct.Receive(tc.end); err == nil {
+			t.Fatalf("a second offer: %+v", o)
+		}
+		tc.end.Close()
+	}
+}
+
+// channelSocket returns the two ends of a channel socket as connections.
+func channelSocket(t *testing.T) (master, child *net.UnixConn) {
+	t.Helper()
+	mc, cf, err := direct.ChannelSocket()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := direct.Conn(mustDup(cf), "child")
+	cf.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mc, cc
 }
