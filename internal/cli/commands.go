@@ -103,7 +103,7 @@ func printStatus(w io.Writer, st wire.Status) {
 	}
 	tw.Flush()
 	m := st.Messages
-	fmt.Fprintf(w, "messages: %d relayed, %d held for a starting process, %d redelivered, %d refused\n", m.Relayed, m.Held, m.Redelivered, m.Refused)
+	fmt.Fprintf(w, "messages: %d relayed, %d held for a starting process, %d redelivered, %d refused; %d sent directly\n", m.Relayed, m.Held, m.Redelivered, m.Refused, m.Direct)
 	if f := st.Fleet; f != nil {
 		server := f.Server
 		if server == "" {

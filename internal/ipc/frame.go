@@ -362,6 +362,12 @@ func SetSender(raw []byte, role Role, from uint32) {
 // SetFlags overwrites the flags of an encoded frame in place.
 func SetFlags(raw []byte, f Flags) { raw[7] = byte(f) }
 
+// SetDest overwrites the dest of an encoded frame in place.
+func SetDest(raw []byte, d Dest) { raw[5] = byte(d) }
+
+// SetTo overwrites the to field of an encoded frame in place.
+func SetTo(raw []byte, to uint32) { binary.BigEndian.PutUint32(raw[16:], to) }
+
 // Decode parses one whole encoded frame (as found in Frame.Raw). It never panics;
 // any inconsistency is an error wrapping ErrMalformed.
 func Decode(raw []byte) (Frame, error) {

@@ -65,7 +65,14 @@ type child struct {
 	exitReason wire.Reason
 	exitDetail string
 	usage      usage
-	protocol   int  // the IPC protocol version it speaks, from its KindHello (0 before it); see protocol.go
+	protocol   int // the IPC protocol version it speaks, from its KindHello (0 before it); see protocol.go
+	// direct is the master's end of its channel socket (direct.go): nil in
+	// a relay-only cluster, in single-process mode, and once it has exited.
+	direct *net.UnixConn
+	// directSent is the count of messages it reported at its last pong as
+	// sent over direct channels (metrics.go). Used only by its reader, and
+	// by an upgrade once the reader has stopped.
+	directSent uint64
 	inherited  bool // adopted from the previous image of the master by an upgrade, with the binary it ran then
 
 	ready    chan struct{} // closed when it reports Ready
@@ -144,7 +151,7 @@ func (m *Master) readFrames(c *child, rd *ipc.Reader) {
 		case ipc.KindMessage, ipc.KindReply, ipc.KindAck:
 			m.router.Handle(c.ep, f)
 		case ipc.KindPong:
-			m.observePong(c, f.ID)
+			m.observePong(c, f.ID, f.Payload)
 		case ipc.KindHello:
 			if !m.onHello(c, f.Payload) { // protocol.go
 				return

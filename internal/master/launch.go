@@ -12,6 +12,7 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/brood-go/brood/internal/direct"
 	"github.com/brood-go/brood/internal/ipc"
 	"github.com/brood-go/brood/internal/proc"
 	"github.com/brood-go/brood/internal/reaper"
@@ -33,10 +34,11 @@ type childProc interface {
 }
 
 // launched is a child as just started: its process, the master's end of its
-// channel, and (for OS processes) the read ends of its stdout and stderr.
+// channel and of its channel socket, and (for OS processes) the read ends of its stdout and stderr.
 type launched struct {
 	proc           childProc
 	conn           net.Conn
+	direct         *net.UnixConn // the master's end of its channel socket (direct.go); nil: none
 	stdout, stderr *os.File
 }
 
@@ -82,47 +84,69 @@ func childEnv(cfg Config, s *slot, masterPID, listeners, workers int) []string {
 }
 
 // launchProcess re-executes the program with the role in the environment, the
-// channel on fd 3 and the listeners after it.
-func (m *Master) launchProcess(s *slot, workers int) (launched, error) {
+// channel on fd 3, the listeners after it and, unless the cluster is relay
+// only, the child's channel socket after them (direct.go).
+func (m *Master) launchProcess(s *slot, workers int) (l launched, err error) {
 	conn, childEnd, err := proc.Socketpair()
 	if err != nil {
 		return launched{}, err
 	}
 	files := []*os.File{childEnd}
+	var directConn *net.UnixConn
+	var outR, errR *os.File
 	defer func() {
 		for _, f := range files {
 			f.Close() // the child has its copies
+		}
+		if err != nil { // the master's ends too
+			conn.Close()
+			if directConn != nil {
+				directConn.Close()
+			}
+			for _, f := range []*os.File{outR, errR} {
+				if f != nil {
+					f.Close()
+				}
+			}
 		}
 	}()
 	if s.role == ipc.RoleWorker {
 		for _, sock := range m.socks {
 			f, err := sock.File()
 			if err != nil {
-				conn.Close()
 				return launched{}, err
 			}
 			files = append(files, f)
 		}
 	}
+	listeners := len(files) - 1
+	env := childEnv(m.cfg, s, m.pid, listeners, workers)
+	if !m.cfg.RelayOnly {
+		// After the listeners, so that their numbering does not change.
+		mc, cf, err := direct.ChannelSocket()
+		if err != nil {
+			return launched{}, err
+		}
+		directConn = mc
+		env = append(env, wire.EnvDirectFD+"="+strconv.Itoa(3+len(files)))
+		files = append(files, cf)
+	}
 	// Both output streams go through the master, which alone holds the log
 	// files, so that rotation (a reopen in the master) covers every process.
 	outR, outW, err := os.Pipe()
 	if err != nil {
-		conn.Close()
 		return launched{}, err
 	}
 	defer outW.Close()
 	errR, errW, err := os.Pipe()
 	if err != nil {
-		outR.Close()
-		conn.Close()
 		return launched{}, err
 	}
 	defer errW.Close()
 	cmd := &exec.Cmd{
 		Path:        m.exe,
 		Args:        append([]string{s.title(m.cfg.Name)}, m.cfg.Args...),
-		Env:         childEnv(m.cfg, s, m.pid, len(files)-1, workers),
+		Env:         env,
 		ExtraFiles:  files,
 		Stdout:      outW,
 		Stderr:      errW,
@@ -135,12 +159,9 @@ func (m *Master) launchProcess(s *slot, workers int) (launched, error) {
 		return cmd.Process.Pid, nil
 	})
 	if err != nil {
-		outR.Close()
-		errR.Close()
-		conn.Close()
 		return launched{}, fmt.Errorf("exec %s: %w", m.exe, err)
 	}
-	return launched{proc: &osProc{cmd: cmd, reaper: m.reaper}, conn: conn, stdout: outR, stderr: errR}, nil
+	return launched{proc: &osProc{cmd: cmd, reaper: m.reaper}, conn: conn, direct: directConn, stdout: outR, stderr: errR}, nil
 }
 
 // forker starts every child process from one OS thread that lives as long as

@@ -163,6 +163,7 @@ type Master struct {
 	fleetBatches [fleet.KindRequest + 1]relay.FleetBatch // per fleet subscription: deliveries queued until its burst ends
 	leases       leases                                  // the fleet's leader lease and tick claims
 	readyWorkers atomic.Int64                            // as last counted under m.mu
+	directSent   atomic.Uint64                           // messages the children report sent over direct channels (metrics.go)
 
 	mu    sync.Mutex
 	phase phase

@@ -2,6 +2,7 @@ package master
 
 import (
 	"context"
+	"encoding/binary"
 	"strconv"
 	"sync"
 	"time"
@@ -75,6 +76,7 @@ var (
 	descRSS         = prometheus.NewDesc("brood_process_resident_memory_bytes", "Resident memory of each slot's process (both, while a replacement overlaps).", []string{"role", "slot"}, nil)
 	descCPU         = prometheus.NewDesc("brood_process_cpu_seconds_total", "CPU time (user and system) of each slot's processes, the exited ones included.", []string{"role", "slot"}, nil)
 	descRelayed     = prometheus.NewDesc("brood_messages_relayed_total", "Messages the master wrote to a receiver.", nil, nil)
+	descDirect      = prometheus.NewDesc("brood_messages_direct_total", "Messages the processes sent each other over direct channels, as they report at each heartbeat.", nil, nil)
 	descHeld        = prometheus.NewDesc("brood_messages_held", "Messages the master holds now for processes that are not ready.", nil, nil)
 	descHeldTotal   = prometheus.NewDesc("brood_messages_held_total", "Messages that had to wait for their receiver to be ready.", nil, nil)
 	descRefused     = prometheus.NewDesc("brood_messages_refused_total", "Messages refused (a bound hit, an unknown pid): each one was reported to its sender.", nil, nil)
@@ -83,7 +85,7 @@ var (
 )
 
 func (c clusterCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descProcesses, descRSS, descCPU, descRelayed, descHeld, descHeldTotal, descRefused, descRedelivered, descDropped} {
+	for _, d := range []*prometheus.Desc{descProcesses, descRSS, descCPU, descRelayed, descDirect, descHeld, descHeldTotal, descRefused, descRedelivered, descDropped} {
 		ch <- d
 	}
 }
@@ -134,6 +136,7 @@ func (c clusterCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	rs := m.router.Stats()
 	ch <- prometheus.MustNewConstMetric(descRelayed, prometheus.CounterValue, float64(rs.Relayed))
+	ch <- prometheus.MustNewConstMetric(descDirect, prometheus.CounterValue, float64(m.directSent.Load()))
 	ch <- prometheus.MustNewConstMetric(descHeld, prometheus.GaugeValue, float64(m.heldNow()))
 	ch <- prometheus.MustNewConstMetric(descHeldTotal, prometheus.CounterValue, float64(rs.Held))
 	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(rs.Dropped))
@@ -226,9 +229,23 @@ func (m *Master) onFinalMetrics(from *relay.Endpoint, payload []byte) {
 	m.merged.Update(metrics.Key{Role: wire.RoleName(from.Role), Slot: from.Slot().ID, PID: int(from.PID)}, fams)
 }
 
-// observePong records a heartbeat's round trip.
-func (m *Master) observePong(c *child, seq uint64) {
+// observePong records a heartbeat's round trip, and the count of messages
+// c has sent over direct channels, which its pong carries (a uvarint,
+// cumulative; an empty payload, from a child before direct channels, is 0):
+// what it grew by since the last pong is added to the cluster's count.
+// A malformed count, or one that went down, is ignored. It runs on c's
+// reader.
+func (m *Master) observePong(c *child, seq uint64, payload []byte) {
 	if sent := c.pingAt.Load(); sent != 0 && c.pingSeq.Load() == seq {
 		m.metrics.heartbeatRTT.Observe(time.Since(time.Unix(0, sent)).Seconds())
 	}
+	if len(payload) == 0 {
+		return
+	}
+	n, k := binary.Uvarint(payload)
+	if k != len(payload) || n < c.directSent {
+		return
+	}
+	m.directSent.Add(n - c.directSent)
+	c.directSent = n
 }

@@ -56,6 +56,7 @@ func (m *Master) onHello(c *child, payload []byte) bool {
 	}
 	m.mu.Lock()
 	c.protocol = v
+	m.pairLocked(c) // direct.go
 	m.mu.Unlock()
 	return true
 }

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/brood-go/brood/internal/direct"
 	"github.com/brood-go/brood/internal/ipc"
 	"github.com/brood-go/brood/internal/listener"
 	"github.com/brood-go/brood/internal/proc"
@@ -195,6 +196,7 @@ func (m *Master) restoreCluster() error {
 	st := rs.st
 	m.startedAt = st.Started
 	m.router.Carry(routerCounters(st.Router))
+	m.directSent.Add(st.Router.Direct)
 	m.setScheduleClock(st.ScheduleClock)
 	slots := make([]*slot, len(st.Slots))
 	for i, sl := range st.Slots {
@@ -250,8 +252,8 @@ func (m *Master) restoreCluster() error {
 // output pumps and wait.
 func (m *Master) adopt(s *slot, sl upgrade.Slot, pidfd int) (*child, error) {
 	cs := sl.Child
-	for _, fd := range []int{cs.IPC, cs.Stdout, cs.Stderr} {
-		if fd >= 0 {
+	for _, fd := range []int{cs.IPC, cs.Stdout, cs.Stderr, cs.Direct} {
+		if fd > 0 {
 			if err := upgrade.Adopt(fd); err != nil {
 				return nil, err
 			}
@@ -261,8 +263,17 @@ func (m *Master) adopt(s *slot, sl upgrade.Slot, pidfd int) (*child, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Its channel socket: it qualifies for direct channels with the
+	// processes this image starts, as its protocol (from the state) says.
+	var dc *net.UnixConn
+	if cs.Direct > 0 {
+		if dc, err = direct.Conn(cs.Direct, "brood-direct-master"); err != nil {
+			conn.Close()
+			return nil, err
+		}
+	}
 	c := &child{
-		slot: s, pid: cs.PID, proc: &adoptedProc{pid: cs.PID, pidfd: pidfd, reaper: m.reaper}, conn: conn,
+		slot: s, pid: cs.PID, proc: &adoptedProc{pid: cs.PID, pidfd: pidfd, reaper: m.reaper}, conn: conn, direct: dc, directSent: cs.DirectSent,
 		startedAt: cs.StartedAt, readyAt: cs.ReadyAt, state: childReady, protocol: cs.Protocol, inherited: true,
 		ready: make(chan struct{}), exited: make(chan struct{}), readDone: make(chan struct{}), outDone: make(chan struct{}),
 	}
@@ -290,6 +301,9 @@ func (m *Master) adopt(s *slot, sl upgrade.Slot, pidfd int) (*child, error) {
 		m.mu.Unlock()
 		w.Close(time.Now())
 		conn.Close()
+		if dc != nil {
+			dc.Close()
+		}
 		return nil, err
 	}
 	c.ep = ep

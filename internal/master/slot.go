@@ -117,6 +117,9 @@ func (s *slot) spawn(held bool) (*child, error) {
 		l.proc.Signal(syscall.SIGKILL)
 		l.proc.Wait()
 		l.conn.Close()
+		if l.direct != nil {
+			l.direct.Close()
+		}
 		for _, f := range []*os.File{l.stdout, l.stderr} {
 			if f != nil {
 				f.Close()
@@ -130,7 +133,7 @@ func (s *slot) spawn(held bool) (*child, error) {
 		return nil, errStopping
 	}
 	c := &child{
-		slot: s, pid: l.proc.PID(), proc: l.proc, conn: l.conn, startedAt: time.Now(), held: held, stdout: l.stdout, stderr: l.stderr,
+		slot: s, pid: l.proc.PID(), proc: l.proc, conn: l.conn, direct: l.direct, startedAt: time.Now(), held: held, stdout: l.stdout, stderr: l.stderr,
 		ready: make(chan struct{}), exited: make(chan struct{}), readDone: make(chan struct{}), outDone: make(chan struct{}),
 	}
 	c.lastSeen.Store(time.Now().UnixNano())
@@ -263,6 +266,7 @@ func (s *slot) recordExit(c *child, how string, code int, signaled bool) {
 	c.exitReason, c.exitDetail = reason, detail
 	wasReady := c.state == childReady || c.state == childStopping
 	c.state = childExited
+	m.closeDirectLocked(c) // direct.go
 	m.router.Detach(c.ep)
 	c.ep.Writer().Close(time.Now())
 	delete(m.children, c.pid)

@@ -51,7 +51,7 @@ func (m *Master) Status() wire.Status {
 	}
 	rs := m.router.Stats()
 	st.Fleet = m.fleetStatus()
-	st.Messages = wire.Messages{Relayed: rs.Relayed, Held: rs.Held, Redelivered: rs.Redelivered, Refused: rs.Dropped, LostReplies: rs.LostReplies}
+	st.Messages = wire.Messages{Relayed: rs.Relayed, Held: rs.Held, Redelivered: rs.Redelivered, Refused: rs.Dropped, LostReplies: rs.LostReplies, Direct: m.directSent.Load()}
 	return st
 }
 

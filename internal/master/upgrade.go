@@ -304,7 +304,8 @@ func (m *Master) handOver(p *upgradePrep, client net.Conn, from upgrade.Build) *
 		st.Admin = &a
 	}
 	rs := m.router.Stats()
-	st.Router = upgrade.Counters{Relayed: rs.Relayed, Held: rs.Held, Redelivered: rs.Redelivered, Dropped: rs.Dropped, LostReplies: rs.LostReplies, Unreachable: rs.Unreachable}
+	st.Router = upgrade.Counters{Relayed: rs.Relayed, Held: rs.Held, Redelivered: rs.Redelivered, Dropped: rs.Dropped, LostReplies: rs.LostReplies, Unreachable: rs.Unreachable,
+		Direct: m.directSent.Load()}
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -314,6 +315,10 @@ func (m *Master) handOver(p *upgradePrep, client net.Conn, from upgrade.Build) *
 		cs := upgrade.Child{
 			PID: c.pid, Protocol: c.protocol, StartedAt: c.startedAt, ReadyAt: c.readyAt,
 			IPC: mustDup(c.conn), Stdout: -1, Stderr: -1, Unread: c.unread, Sent: sent, Queued: queued,
+			DirectSent: c.directSent, // its reader has stopped
+		}
+		if c.direct != nil {
+			cs.Direct = mustDup(c.direct) // its channels live on in the children; its channel socket pairs it with processes the next image starts
 		}
 		for _, k := range retained {
 			cs.Retained = append(cs.Retained, upgrade.Frame{Seq: k.Seq, Raw: k.Raw})

@@ -16,6 +16,10 @@
 //     together at most Options.MaxPendingBytes; a slot's orphan queue (no process
 //     at all) has the same two bounds. A frame beyond a bound is nacked to its
 //     sender and counted in Stats.Dropped.
+//   - Direct channels (ipc "Direct channels"): a DestWorker message is held for
+//     worker slot To like a role-addressed copy for that slot, and written as
+//     DestApp; a DestApp or DestAll message with FlagExcept goes to every slot
+//     but those its list names, without the list and the flag.
 //   - Replies go straight to the requester, ready or not; a reply to a pid that is
 //     gone is logged and counted.
 //
@@ -84,7 +88,7 @@ type Stats struct {
 	Redelivered uint64 // frames delivered again after their receiver died
 	Dropped     uint64 // frames refused (full queue, unknown pid): each one was nacked or logged
 	LostReplies uint64 // replies whose requester was gone
-	Unreachable uint64 // frames for a slot that was removed (scale down)
+	Unreachable uint64 // frames for a slot that was removed (scale down), or for a worker slot that does not exist (DestWorker; nacked)
 }
 
 // Router routes frames between the processes of one cluster.
@@ -132,7 +136,17 @@ type Endpoint struct {
 	// Endpoints Handle queued frames for on behalf of this endpoint since the
 	// last Flush. Used only by this endpoint's reader goroutine.
 	touched []*Endpoint
+	// scratch and except are reused by route for this endpoint's FlagExcept
+	// messages (the frame rebuilt without its list, and the list): used
+	// only by its reader goroutine, like touched.
+	scratch []byte
+	except  []int
 }
+
+// maxScratch bounds the scratch buffer an Endpoint keeps between messages:
+// a bigger FlagExcept message is rebuilt in a buffer of its own, so that one
+// burst of big broadcasts does not pin megabytes per process.
+const maxScratch = 64 << 10
 
 // Slot returns the slot the endpoint fills.
 func (e *Endpoint) Slot() *Slot { return e.slot }
@@ -352,6 +366,10 @@ func (r *Router) route(from *Endpoint, f ipc.Frame) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	raw := f.Raw
+	if f.Flags&ipc.FlagExcept != 0 && f.Dest != ipc.DestApp && f.Dest != ipc.DestAll {
+		r.nack(from, raw, fmt.Sprintf("malformed except list: FlagExcept on a %v message", f.Dest))
+		return
+	}
 	switch f.Dest {
 	case ipc.DestPID:
 		to := r.byPID[f.To]
@@ -367,17 +385,19 @@ func (r *Router) route(from *Endpoint, f ipc.Frame) {
 			return
 		}
 		r.toSlot(r.agent, raw, from)
-	case ipc.DestApp:
-		for _, s := range r.workers {
-			r.toSlot(s, raw, from)
+	case ipc.DestApp, ipc.DestAll:
+		if f.Flags&ipc.FlagExcept != 0 {
+			r.broadcastExcept(from, f)
+			return
 		}
-	case ipc.DestAll:
-		if r.agent != nil {
+		if f.Dest == ipc.DestAll && r.agent != nil {
 			r.toSlot(r.agent, raw, from)
 		}
 		for _, s := range r.workers {
 			r.toSlot(s, raw, from)
 		}
+	case ipc.DestWorker:
+		r.toWorker(from, f)
 	case ipc.DestMaster:
 		if r.opts.MasterMessage == nil {
 			r.nack(from, raw, "the master takes no messages")
@@ -401,6 +421,70 @@ func (r *Router) route(from *Endpoint, f ipc.Frame) {
 		r.toSlot(s, raw, from)
 	default:
 		r.nack(from, raw, fmt.Sprintf("destination %v is not routable", f.Dest))
+	}
+}
+
+// workerSlot returns worker slot id, or nil. Called with r.mu held.
+func (r *Router) workerSlot(id int) *Slot {
+	i, ok := slices.BinarySearchFunc(r.workers, id, func(s *Slot, id int) int { return s.ID - id })
+	if !ok {
+		return nil
+	}
+	return r.workers[i]
+}
+
+// toWorker routes a DestWorker message (what a direct channel's dead peer
+// did not acknowledge, handed back by its sender) to worker slot f.To, held
+// for it as a role-addressed copy for that slot is. It is written as DestApp
+// with to zero, which is what such a copy looks like to its receiver, and
+// what one that speaks a protocol before ipc.DirectVersion can decode.
+// Called with r.mu held.
+func (r *Router) toWorker(from *Endpoint, f ipc.Frame) {
+	s := r.workerSlot(int(f.To))
+	if s == nil {
+		r.unreachable.Add(1)
+		r.refuse(from, f.Raw, fmt.Sprintf("no worker %d in the cluster", f.To))
+		return
+	}
+	ipc.SetDest(f.Raw, ipc.DestApp)
+	ipc.SetTo(f.Raw, 0)
+	r.toSlot(s, f.Raw, from)
+}
+
+// broadcastExcept routes a DestApp or DestAll message with FlagExcept: to
+// every slot of its destination but those its list names (0 the agent, k
+// worker k; the sender served them over direct channels), as the message
+// without the list and without the flag. The frame is rebuilt in the
+// sender's scratch buffer: route runs on the sender's reader goroutine, and
+// everything the router keeps or writes is copied. Called with r.mu held.
+func (r *Router) broadcastExcept(from *Endpoint, f ipc.Frame) {
+	except, data, err := ipc.SplitExcept(f.Payload, from.except[:0])
+	if err != nil {
+		r.nack(from, f.Raw, "malformed except list: "+err.Error())
+		return
+	}
+	from.except = except
+	// The frame without the list: its header and action as they are, then
+	// the data, with size and flags set anew.
+	head := ipc.HeaderSize + len(f.Action)
+	raw := from.scratch[:0]
+	if head+len(data) > maxScratch {
+		raw = make([]byte, 0, head+len(data))
+	}
+	raw = append(raw, f.Raw[:head]...)
+	raw = append(raw, data...)
+	binary.BigEndian.PutUint32(raw, uint32(len(raw)-4))
+	ipc.SetFlags(raw, f.Flags&^ipc.FlagExcept)
+	if cap(raw) <= maxScratch {
+		from.scratch = raw
+	}
+	if f.Dest == ipc.DestAll && r.agent != nil && !slices.Contains(except, 0) {
+		r.toSlot(r.agent, raw, from)
+	}
+	for _, s := range r.workers {
+		if !slices.Contains(except, s.ID) {
+			r.toSlot(s, raw, from)
+		}
 	}
 }
 
@@ -548,9 +632,16 @@ func (r *Router) reply(f ipc.Frame, by *Endpoint) {
 	}
 }
 
-// nack tells the sender of raw that it was not delivered. Called with r.mu held.
+// nack tells the sender of raw that it was not delivered, and counts it
+// dropped. Called with r.mu held.
 func (r *Router) nack(from *Endpoint, raw []byte, reason string) {
 	r.dropped.Add(1)
+	r.refuse(from, raw, reason)
+}
+
+// refuse is nack without the count: for a caller that counts the frame
+// elsewhere (Stats.Unreachable).
+func (r *Router) refuse(from *Endpoint, raw []byte, reason string) {
 	f, err := ipc.Decode(raw)
 	if err != nil {
 		return

@@ -263,13 +263,17 @@ func TestReplyToGoneRequesterIsCounted(t *testing.T) {
 
 // BenchmarkRelay measures the master's path for one relayed message to a ready
 // worker (pid-addressed) and to every worker (app), acknowledgements included,
-// with one flush per batch of 64 frames as the master's reader does under load.
+// with one flush per batch of 64 frames as the master's reader does under load;
+// and the direct channels' paths: a message handed back for worker slot 2
+// (worker), and an app message whose except list skips worker 1 (except).
 // It must not allocate in steady state.
 func BenchmarkRelay(b *testing.B) {
 	for _, bc := range []struct {
-		name string
-		dest ipc.Dest
-	}{{"pid", ipc.DestPID}, {"app3", ipc.DestApp}} {
+		name   string
+		dest   ipc.Dest
+		to     uint32
+		except []int
+	}{{"pid", ipc.DestPID, 21, nil}, {"app3", ipc.DestApp, 0, nil}, {"worker", ipc.DestWorker, 2, nil}, {"except", ipc.DestApp, 0, []int{1}}} {
 		b.Run(bc.name, func(b *testing.B) {
 			r := newRouter(1 << 20)
 			as := r.AddSlot(ipc.RoleAgent, 0)
@@ -281,7 +285,13 @@ func BenchmarkRelay(b *testing.B) {
 				r.MarkReady(e)
 				ws = append(ws, e)
 			}
-			raw, _ := ipc.AppendFrame(nil, &ipc.Header{Kind: ipc.KindMessage, Dest: bc.dest, To: 21}, "bench", make([]byte, 64), ipc.DefaultMaxFrame)
+			h := ipc.Header{Kind: ipc.KindMessage, Dest: bc.dest, To: bc.to}
+			payload := make([]byte, 64)
+			if bc.except != nil {
+				h.Flags = ipc.FlagExcept
+				payload = append(ipc.AppendExcept(nil, bc.except), payload...)
+			}
+			raw, _ := ipc.AppendFrame(nil, &h, "bench", payload, ipc.DefaultMaxFrame)
 			f, _ := ipc.Decode(raw)
 			var acked uint64
 			ack := ipc.Frame{Header: ipc.Header{Kind: ipc.KindAck}}

@@ -80,6 +80,12 @@ type Child struct {
 	IPC       int       `json:"ipc"`    // the master's end of its socketpair
 	Stdout    int       `json:"stdout"` // read end of its stdout pipe, -1 if none
 	Stderr    int       `json:"stderr"`
+	// Direct is the master's end of its channel socket (package direct);
+	// 0 (absent) if it has none.
+	Direct int `json:"direct,omitempty"`
+	// DirectSent is the count of direct messages it reported last, from
+	// which the next image counts on.
+	DirectSent uint64 `json:"direct_sent,omitempty"`
 	// Unread is what the master had read from the channel but not yet
 	// decoded: the start of a frame.
 	Unread []byte `json:"unread,omitempty"`
@@ -96,9 +102,11 @@ type Frame struct {
 	Raw []byte `json:"raw"`
 }
 
-// Counters are the router's statistics, carried so that they only grow.
+// Counters are the router's statistics, carried so that they only grow,
+// and the count of messages the children sent over direct channels.
 type Counters struct {
 	Relayed, Held, Redelivered, Dropped, LostReplies, Unreachable uint64
+	Direct                                                        uint64 `json:"direct,omitempty"`
 }
 
 // Encode returns s in its versioned form, with s.Version set to StateVersion.
@@ -209,6 +217,11 @@ func (s *State) check() error {
 		if err := claim(c.Stderr, what+" stderr", true); err != nil {
 			return err
 		}
+		if c.Direct != 0 {
+			if err := claim(c.Direct, what+" channel socket", false); err != nil {
+				return err
+			}
+		}
 		last := uint64(0)
 		for _, f := range c.Retained {
 			if f.Seq <= last || f.Seq > c.Sent {
@@ -239,6 +252,9 @@ func (s *State) Descriptors() []int {
 		}
 		if sl.Child.Stderr >= 0 {
 			fds = append(fds, sl.Child.Stderr)
+		}
+		if sl.Child.Direct != 0 {
+			fds = append(fds, sl.Child.Direct)
 		}
 	}
 	return fds

@@ -103,13 +103,18 @@ type Process struct {
 	Uptime     float64   `json:"uptime_seconds"`
 }
 
-// Messages are the master's relay counters since it started.
+// Messages are the master's relay counters since it started (across
+// upgrades), and the processes' count of what they sent directly.
 type Messages struct {
 	Relayed     uint64 `json:"relayed"`
 	Held        uint64 `json:"held"`
 	Redelivered uint64 `json:"redelivered"`
 	Refused     uint64 `json:"refused"`
 	LostReplies uint64 `json:"lost_replies"`
+	// Direct counts the messages (and replies) the processes sent each other
+	// over direct channels, as they report at each heartbeat: none of them
+	// went through the master, and none is in Relayed.
+	Direct uint64 `json:"direct"`
 }
 
 // Replacement is one process replaced by a reload.

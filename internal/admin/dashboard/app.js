@@ -312,6 +312,7 @@
 
     var m = st.messages || {};
     setText($('c-relayed'), fmtNum(m.relayed || 0));
+    setText($('c-direct'), fmtNum(m.direct || 0));
     setText($('c-held'), fmtNum(m.held || 0));
     setText($('c-refused'), fmtNum(m.refused || 0));
     setText($('c-redelivered'), fmtNum(m.redelivered || 0));
