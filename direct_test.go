@@ -315,7 +315,7 @@ func startDirect(t *testing.T, scenario string, direct bool, env ...string) *dir
 	return r
 }
 
-// fail fails the test at once on an error a child reported.
+// failOnReported fails the test at once on an error a child reported.
 func (r *directRun) failOnReported() {
 	r.t.Helper()
 	for _, ev := range r.ReadEvents() {
