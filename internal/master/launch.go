@@ -34,7 +34,8 @@ type childProc interface {
 }
 
 // launched is a child as just started: its process, the master's end of its
-// channel and of its channel socket, and (for OS processes) the read ends of its stdout and stderr.
+// channel and of its channel socket, and (for OS processes) the read ends of
+// its stdout and stderr.
 type launched struct {
 	proc           childProc
 	conn           net.Conn
@@ -86,7 +87,7 @@ func childEnv(cfg Config, s *slot, masterPID, listeners, workers int) []string {
 // launchProcess re-executes the program with the role in the environment, the
 // channel on fd 3, the listeners after it and, unless the cluster is relay
 // only, the child's channel socket after them (direct.go).
-func (m *Master) launchProcess(s *slot, workers int) (l launched, err error) {
+func (m *Master) launchProcess(s *slot, workers int) (_ launched, err error) {
 	conn, childEnd, err := proc.Socketpair()
 	if err != nil {
 		return launched{}, err

@@ -55,8 +55,11 @@ func (m *Master) onHello(c *child, payload []byte) bool {
 		return false
 	}
 	m.mu.Lock()
+	first := c.protocol == 0
 	c.protocol = v
-	m.pairLocked(c) // direct.go
+	if first { // a second hello makes no second pair
+		m.pairLocked(c) // direct.go
+	}
 	m.mu.Unlock()
 	return true
 }

@@ -463,7 +463,9 @@ func (r *Router) broadcastExcept(from *Endpoint, f ipc.Frame) {
 		r.nack(from, f.Raw, "malformed except list: "+err.Error())
 		return
 	}
-	from.except = except
+	if cap(except) <= maxScratch/8 { // a list of thousands is not kept
+		from.except = except
+	}
 	// The frame without the list: its header and action as they are, then
 	// the data, with size and flags set anew.
 	head := ipc.HeaderSize + len(f.Action)
