@@ -36,6 +36,7 @@ func chaosConfig() brood.Config {
 			stream, stop := context.WithCancel(ctx)
 			p.Messenger().On("stop-stream", func(brood.Message) {
 				stop()
+				helperproc.Record("agent-direct %d %d", os.Getpid(), p.Messenger().Stats().Direct)
 				p.Messenger().SendToApp("fence", os.Getpid())
 			})
 			p.Messenger().On(brood.ActionReady, func(brood.Message) {
@@ -248,6 +249,17 @@ func TestChaos(t *testing.T) {
 	get(t, newConnClient(), fmt.Sprintf("http://%s/tell?pid=%d&action=stop-stream", addr, c.ChildPIDs("agent")[0]))
 	c.WaitEvents(10*time.Second, "the end of the stream at every worker", 3, hasPrefix("fence "))
 
+	// Direct channels are on (the default): the agent streamed over them.
+	agentDirect := ""
+	for _, ev := range c.ReadEvents() {
+		if strings.HasPrefix(ev, "agent-direct ") {
+			agentDirect = ev
+		}
+	}
+	if f := strings.Fields(agentDirect); len(f) != 3 || atoi(f[2]) == 0 {
+		t.Errorf("the last agent's direct count %q: want > 0 (direct channels on)", agentDirect)
+	}
+
 	// Every process is back: 3 workers and the agent.
 	if w, a := c.ChildPIDs("worker"), c.ChildPIDs("agent"); len(w) != 3 || len(a) != 1 {
 		t.Errorf("after the faults: workers %v, agent %v; want 3 and 1", w, a)
@@ -366,7 +378,7 @@ func TestChaos(t *testing.T) {
 	}
 	sort.Slice(recovery, func(i, j int) bool { return recovery[i] < recovery[j] })
 	b, _ := json.Marshal(byCause)
-	t.Logf("chaos: %d faults %v", len(faults), kindCount)
+	t.Logf("chaos: %d faults %v; %s", len(faults), kindCount, agentDirect)
 	t.Logf("chaos: requests ok %d, failed %d %s", st.ok, len(st.failures), b)
 	t.Logf("chaos: messages sent %d (agent streams: %d), handled %d (3 per message), handled twice after a kill: %d", totalSent, len(sent), totalGot, dups)
 	t.Logf("chaos: time to replacement ready p50 %v, max %v", percentile(recovery, 0.5).Round(time.Millisecond), recovery[len(recovery)-1].Round(time.Millisecond))

@@ -127,7 +127,10 @@ var msgCases = []msgCase{
 }
 
 // conformanceConfig builds the cluster for one case. rec records an event.
-func conformanceConfig(c msgCase, rec func(string)) brood.Config {
+// With direct, the sender first waits until it has a direct channel to every
+// process of the other role, so that the case exercises the channels, and
+// records its count of frames sent over them after the fence.
+func conformanceConfig(c msgCase, direct bool, rec func(string)) brood.Config {
 	setup := func(p *brood.Process) {
 		me := "agent"
 		if p.Role() == brood.Worker {
@@ -163,11 +166,21 @@ func conformanceConfig(c msgCase, rec func(string)) brood.Config {
 			if me != c.sender {
 				return
 			}
+			if direct {
+				others := 3 // the agent sends to the workers
+				if p.Role() == brood.Worker {
+					others = 1
+				}
+				if err := waitDirectPeers(p, others, 10*time.Second); err != nil {
+					rec("direct-wait-error " + err.Error())
+				}
+			}
 			err := c.send(p)
 			rec(fmt.Sprintf("sent %s err=%v", me, err))
 			if err := m.Broadcast("fence", nil); err != nil {
 				rec("fence-error " + err.Error())
 			}
+			rec(fmt.Sprintf("direct %s %d", me, m.Stats().Direct))
 		})
 	}
 	return brood.Config{
@@ -194,7 +207,7 @@ func conformanceMain() {
 	name := os.Getenv("CONFORMANCE_CASE")
 	for _, c := range msgCases {
 		if c.name == name {
-			brood.Main(conformanceConfig(c, func(ev string) { helperproc.Event("%s", ev) }))
+			brood.Main(conformanceConfig(c, os.Getenv("CONFORMANCE_DIRECT") == "1", func(ev string) { helperproc.Event("%s", ev) }))
 		}
 	}
 	fmt.Fprintf(os.Stderr, "no case %q\n", name)
@@ -209,6 +222,8 @@ func checkCase(t *testing.T, c msgCase, events []string) {
 	for _, ev := range events {
 		f := strings.Fields(ev)
 		switch {
+		case strings.HasPrefix(ev, "direct-wait-error "), strings.HasPrefix(ev, "fence-error "):
+			t.Error(ev)
 		case len(f) == 3 && f[0] == "recv":
 			got[f[1]]++
 		case strings.HasPrefix(ev, "sent "):
@@ -322,23 +337,41 @@ type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
 
-// TestConformance runs every messenger case over both transports: a cluster
-// of real processes and the in-memory one.
+// TestConformance runs every messenger case over three transports: a cluster
+// of real processes whose messages all go through the master (relay-only),
+// one whose agent and workers talk over direct channels (direct), and the
+// in-memory one. In the direct runs the sender has a channel to every process
+// of the other role before it sends, and must have sent over them (at least
+// the fence); in relay-only runs it must not have.
 func TestConformance(t *testing.T) {
 	for _, c := range msgCases {
-		t.Run(c.name+"/processes", func(t *testing.T) {
-			t.Parallel()
-			cl := helperproc.Start(t, "conformance", []string{"--listen", ""}, helperproc.Options{Env: []string{"CONFORMANCE_CASE=" + c.name}})
-			cl.WaitEvents(startTimeout, "the fence in every process", 4, func(ev string) bool { return strings.HasPrefix(ev, "fence ") })
-			checkCase(t, c, cl.ReadEvents())
-			cl.Signal(syscall.SIGTERM)
-			if code := cl.Wait(10 * time.Second); code != 0 {
-				t.Fatalf("exit code %d", code)
+		for _, direct := range []bool{false, true} {
+			name, args, env := "/relay-only", []string{"--listen", "", "--relay-only"}, "CONFORMANCE_DIRECT=0"
+			if direct {
+				name, args, env = "/direct", []string{"--listen", ""}, "CONFORMANCE_DIRECT=1"
 			}
-		})
+			t.Run(c.name+name, func(t *testing.T) {
+				t.Parallel()
+				cl := helperproc.Start(t, "conformance", args, helperproc.Options{Env: []string{"CONFORMANCE_CASE=" + c.name, env}})
+				cl.WaitEvents(startTimeout, "the fence in every process", 4, func(ev string) bool { return strings.HasPrefix(ev, "fence ") })
+				l := cl.WaitFor(10*time.Second, "the sender's direct count", helperproc.IsEvent(hasPrefix("direct "+c.sender+" ")))
+				checkCase(t, c, cl.ReadEvents())
+				n := atoi(strings.Fields(l.Str("event"))[2])
+				switch {
+				case direct && n == 0:
+					t.Errorf("%s sent nothing over direct channels (Stats.Direct 0), with a channel to every peer", c.sender)
+				case !direct && n != 0:
+					t.Errorf("%s sent %d frames over direct channels with --relay-only", c.sender, n)
+				}
+				cl.Signal(syscall.SIGTERM)
+				if code := cl.Wait(10 * time.Second); code != 0 {
+					t.Fatalf("exit code %d", code)
+				}
+			})
+		}
 		t.Run(c.name+"/in-memory", func(t *testing.T) {
 			r := newMemRecorder()
-			cfg := conformanceConfig(c, r.rec)
+			cfg := conformanceConfig(c, false, r.rec)
 			cfg.Logger = quietLogger()
 			stop := runMem(t, cfg)
 			evs := r.wait(t, 10*time.Second, 4, func(ev string) bool { return strings.HasPrefix(ev, "fence ") })

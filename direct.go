@@ -63,6 +63,7 @@ type peer struct {
 	// Sending side, guarded by m.dmu.
 	open      bool      // ActDirectOpen sent: everything for this peer goes here
 	dead      bool      // the channel ended: nothing more goes here
+	listed    bool      // a member table has listed it (so leaving one means it exited)
 	sent      uint64    // messages written (the sequence the peer acknowledges)
 	held      []heldMsg // role-addressed messages written and not acknowledged, by seq
 	heldBuf   []byte    // their frames, back to back (held[i].off into it)
@@ -518,9 +519,16 @@ func (m *Messenger) isReady(pid int) bool {
 // retireGoneLocked ends the channels of peers the member table no longer
 // lists: the master saw them exit. Called with dmu held, after the table
 // changed, so a send that sees the new table sees these channels ended.
+//
+// A peer no table has listed yet is not retired: its offer came over the
+// channel socket ahead of the table that lists it (a table sent before it was
+// started may arrive after its channel); if it dies first, its channel's EOF
+// ends it.
 func (m *Messenger) retireGoneLocked(table map[int]Member) {
 	for pid, p := range m.peers {
-		if _, ok := table[int(pid)]; !ok {
+		if _, ok := table[int(pid)]; ok {
+			p.listed = true
+		} else if p.listed {
 			m.retireLocked(p, errors.New("left the member table"))
 		}
 	}

@@ -32,6 +32,7 @@ func registerHelpers() {
 	helperproc.Register("fleet", fleetMain)
 	helperproc.Register("leader", leaderMain)
 	helperproc.Register("schedclock", schedClockMain)
+	helperproc.Register("direct", directMain)
 }
 
 // helloConfig is a small HTTP cluster that records what it does in the events

@@ -65,7 +65,7 @@ func TestChildNegotiatesProtocol(t *testing.T) {
 	for _, c := range []struct {
 		lo, hi string
 		want   int
-	}{{"1", "", 1}, {"1", "2", 2}, {"2", "5", 2}, {"1", "1", 1}} {
+	}{{"1", "", 1}, {"1", "2", 2}, {"2", "5", ipc.Version}, {"1", "1", 1}} {
 		v, err := negotiateProtocol(c.lo, c.hi)
 		if err != nil || v != c.want {
 			t.Errorf("negotiateProtocol(%q, %q) = %d, %v; want %d", c.lo, c.hi, v, err, c.want)
