@@ -566,7 +566,12 @@ func (m *Master) sendMembersLocked() {
 	list := make([]wire.Member, 0, len(m.children))
 	for _, c := range m.children {
 		if c.state != childExited {
-			list = append(list, wire.Member{PID: c.pid, Role: c.slot.role, ID: c.slot.id, Ready: c.state == childReady || c.state == childStopping, Stopping: c.state == childStopping})
+			// A process being replaced is stopping from the moment its
+			// replacement serves the slot (the router sends it the slot's
+			// messages from then on), not only once it is told to stop:
+			// a direct-channel sender must not serve both.
+			replaced := c.state == childReady && c.stopWhy != wire.ReasonNone && c.slot.serving != nil && c.slot.serving != c
+			list = append(list, wire.Member{PID: c.pid, Role: c.slot.role, ID: c.slot.id, Ready: c.state == childReady || c.state == childStopping, Stopping: c.state == childStopping || replaced})
 		}
 	}
 	slices.SortFunc(list, func(a, b wire.Member) int {
