@@ -188,6 +188,10 @@ func runChild(ctx context.Context, cfg Config, cs childSpec) error {
 	m := newMessenger(w, cs.pid, cs.role, cfg.MaxFrame, p.log)
 	m.maxQueue, m.maxQueueBytes = cfg.MaxPending, cfg.MaxPendingBytes
 	m.masterPID = cs.masterPID
+	m.protocol = cs.protocol
+	if m.protocol == 0 {
+		_, m.protocol = ipc.Speaks()
+	}
 	m.p = p
 	p.messenger = m
 	p.fleet = &Fleet{m: m, node: cs.fleetNode, p: p}
@@ -239,6 +243,7 @@ func runChild(ctx context.Context, cfg Config, cs childSpec) error {
 			f, err := rd.Next()
 			if err != nil {
 				p.stop(errMasterGone)
+				m.drainAnswered(nil) // no answer will come
 				return
 			}
 			m.handleFrame(f)
@@ -260,6 +265,7 @@ func runChild(ctx context.Context, cfg Config, cs childSpec) error {
 			}
 			_ = w.Append(header(ipc.KindFatal), "", []byte(msg))
 		}
+		m.drain(min(time.Second, max(time.Until(deadline), 0)))
 		m.close(max(time.Until(deadline), 0))
 		m.closeDirect(time.Now().Add(time.Second)) // after the handlers' last acknowledgements
 		if cs.metrics {

@@ -63,6 +63,7 @@ type peer struct {
 	// Sending side, guarded by m.dmu.
 	open      bool      // ActDirectOpen sent: everything for this peer goes here
 	dead      bool      // the channel ended: nothing more goes here
+	draining  bool      // it is stopping (its ActDrain came): no more role-addressed messages
 	listed    bool      // a member table has listed it (so leaving one means it exited)
 	sent      uint64    // messages written (the sequence the peer acknowledges)
 	held      []heldMsg // role-addressed messages written and not acknowledged, by seq
@@ -157,6 +158,14 @@ func (p *peer) readLoop(maxFrame int) {
 		f.From, f.Role = p.pid, p.role // the channel says who sent it
 		switch f.Kind {
 		case ipc.KindMessage:
+			switch string(f.Action) { // the drain's frames: not messages
+			case wire.ActDrain:
+				m.peerDraining(p)
+				continue
+			case wire.ActDrained:
+				m.drainAnswered(p)
+				continue
+			}
 			m.received.Add(1)
 			p.deliver(f)
 		case ipc.KindReply:
@@ -295,6 +304,7 @@ func (m *Messenger) retireLocked(p *peer, why error) {
 		handed++
 	}
 	p.held, p.heldBuf, p.heldHead, p.heldBytes = nil, nil, 0, 0
+	m.drainAnswered(p)
 	if handed > 0 {
 		m.log.Debug("direct channel ended: unacknowledged messages handed to the master", "peer_pid", p.pid, "messages", handed, "why", why)
 	}
@@ -312,7 +322,7 @@ func (m *Messenger) route(h *ipc.Header, action string, payload []byte) (bool, e
 	}
 	switch h.Dest {
 	case ipc.DestPID:
-		p := m.usableLocked(h.To)
+		p := m.usableLocked(h.To, false)
 		if p == nil {
 			return false, nil
 		}
@@ -325,7 +335,7 @@ func (m *Messenger) route(h *ipc.Header, action string, payload []byte) (bool, e
 		if !ok {
 			return false, nil
 		}
-		p := m.usableLocked(uint32(a.PID))
+		p := m.usableLocked(uint32(a.PID), true)
 		if p == nil {
 			return false, nil
 		}
@@ -335,7 +345,7 @@ func (m *Messenger) route(h *ipc.Header, action string, payload []byte) (bool, e
 		if !ok {
 			return false, nil // no ready worker: the master holds it for one
 		}
-		if p := m.usableLocked(uint32(w.PID)); p != nil {
+		if p := m.usableLocked(uint32(w.PID), true); p != nil {
 			if ok, err := took(m.writeLocked(p, h, action, payload, ipc.DestRandom, 0)); ok {
 				return ok, err
 			}
@@ -357,7 +367,7 @@ func (m *Messenger) fanOutLocked(h *ipc.Header, action string, payload []byte) (
 	var except []int
 	var errs []error
 	for _, mb := range m.slotHolders(h.Dest == ipc.DestAll) {
-		p := m.usableLocked(uint32(mb.PID))
+		p := m.usableLocked(uint32(mb.PID), true)
 		if p == nil {
 			continue
 		}
@@ -390,10 +400,12 @@ func (m *Messenger) relay(h *ipc.Header, action string, payload []byte) error {
 }
 
 // usableLocked returns the open channel to pid, opening it if pid is ready,
-// or nil: the relay then serves pid.
-func (m *Messenger) usableLocked(pid uint32) *peer {
+// or nil: the relay then serves pid. For a role-addressed message (forSlot),
+// a peer that is draining (it is stopping) is not used: the master serves
+// its slot.
+func (m *Messenger) usableLocked(pid uint32, forSlot bool) *peer {
 	p := m.peers[pid]
-	if p == nil || p.dead {
+	if p == nil || p.dead || (forSlot && p.draining) {
 		return nil
 	}
 	if p.open {
@@ -594,4 +606,80 @@ func directConn(v string) (*net.UnixConn, error) {
 		return nil, fmt.Errorf("brood: %s=%q: not a descriptor", wire.EnvDirectFD, v)
 	}
 	return direct.Conn(fd, "brood direct")
+}
+
+// peerDraining answers a stopping peer's ActDrain: after everything written
+// to it so far, and nothing role-addressed after (usableLocked).
+func (m *Messenger) peerDraining(p *peer) {
+	m.dmu.Lock()
+	defer m.dmu.Unlock()
+	p.draining = true
+	h := ipc.Header{Kind: ipc.KindMessage, Dest: ipc.DestPID, Role: m.role, From: m.self, To: p.pid}
+	_ = p.w.Append(&h, wire.ActDrained, nil)
+}
+
+// drain is the first step of this process's stop: it asks the master and
+// every peer for what they have on its way here (wire.ActDrain) and waits, at
+// most d, until each has answered, ended, or the master is gone. What came
+// before the answers is then in the handler queue, which close drains.
+func (m *Messenger) drain(d time.Duration) {
+	if m.protocol < ipc.DirectVersion {
+		return // an older master does not answer
+	}
+	m.dmu.Lock()
+	m.drainMu.Lock()
+	m.drainDone = make(chan struct{})
+	m.drainMaster = !m.masterLost
+	m.drainPeers = make(map[*peer]bool, len(m.peers))
+	var ps []*peer
+	for _, p := range m.peers {
+		if !p.dead {
+			m.drainPeers[p] = true
+			ps = append(ps, p)
+		}
+	}
+	m.drainMu.Unlock()
+	h := ipc.Header{Kind: ipc.KindMessage, Dest: ipc.DestMaster, Role: m.role, From: m.self}
+	if m.drainMaster {
+		if err := m.w.Append(&h, wire.ActDrain, nil); err != nil {
+			m.drainAnswered(nil)
+		}
+	}
+	for _, p := range ps {
+		ph := ipc.Header{Kind: ipc.KindMessage, Dest: ipc.DestPID, Role: m.role, From: m.self, To: p.pid}
+		if err := p.w.Append(&ph, wire.ActDrain, nil); err != nil {
+			m.drainAnswered(p)
+		}
+	}
+	m.dmu.Unlock()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-m.drainDone:
+	case <-t.C:
+		m.log.Debug("drain: not every answer came", "waited", d)
+	}
+}
+
+// drainAnswered records an answer to the drain (from p, or the master when
+// p is nil), or the end of whoever would have answered.
+func (m *Messenger) drainAnswered(p *peer) {
+	m.drainMu.Lock()
+	defer m.drainMu.Unlock()
+	if m.drainDone == nil {
+		m.masterLost = m.masterLost || p == nil
+		return
+	}
+	if p == nil {
+		m.drainMaster = false
+	} else {
+		delete(m.drainPeers, p)
+	}
+	if !m.drainMaster && len(m.drainPeers) == 0 {
+		select {
+		case <-m.drainDone:
+		default:
+			close(m.drainDone)
+		}
+	}
 }

@@ -253,6 +253,15 @@ type Messenger struct {
 	directSent atomic.Uint64
 	pong       []byte // scratch for the pong's payload (reader goroutine only)
 
+	protocol int // the IPC version spoken with the master
+
+	// The drain at stop (see drain): what has not answered yet.
+	drainMu     sync.Mutex
+	drainMaster bool
+	masterLost  bool // the channel to the master ended before the drain
+	drainPeers  map[*peer]bool
+	drainDone   chan struct{} // closed when nothing is left to wait for
+
 	// holders are the members that receive their slot's messages (ready,
 	// not stopping), the agent first, then workers by id; rr picks among
 	// the workers for SendRandom. Both guarded by mu.
@@ -651,6 +660,10 @@ func (m *Messenger) enqueueFrom(src *peer, f ipc.Frame) {
 		m.qmu.Unlock()
 		m.opened(f.From)
 		m.qmu.Lock()
+		return
+	}
+	if src == nil && string(f.Action) == wire.ActDrained && f.From == m.masterPID {
+		m.drainAnswered(nil) // counted above, as ActDirectOpen
 		return
 	}
 	if h := m.side[string(f.Action)]; h != nil && f.Flags&ipc.FlagHeld == 0 && src == nil {

@@ -88,6 +88,8 @@ func (m *Master) onMasterMessage(from *relay.Endpoint, f ipc.Frame) {
 		m.onTickClaim(from, f.Payload)
 	case wire.ActScheduleClock:
 		m.onScheduleClock(from, f.Payload)
+	case wire.ActDrain:
+		m.router.Drained(from)
 	default:
 		m.log.Warn("unknown message to the master", "action", string(f.Action), "from_pid", from.PID)
 	}

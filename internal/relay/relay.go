@@ -46,6 +46,7 @@ import (
 	"sync/atomic"
 
 	"github.com/brood-go/brood/internal/ipc"
+	"github.com/brood-go/brood/internal/wire"
 )
 
 // DefaultMaxPending is the default bound on messages queued for, or awaiting the
@@ -668,6 +669,13 @@ func (r *Router) Event(e *Endpoint, action string, payload []byte) {
 }
 
 // toEndpoint delivers a pid-addressed frame to e now, or when it is ready.
+// Drained answers e's wire.ActDrain: the answer is written after everything
+// the Router wrote to e before. Called from the MasterMessage callback, with
+// the Router's lock held.
+func (r *Router) Drained(e *Endpoint) {
+	r.toEndpointLocked(e, r.encodeEvent(ipc.DestPID, e.PID, wire.ActDrained, nil), e)
+}
+
 func (r *Router) toEndpoint(e *Endpoint, raw []byte) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()

@@ -138,3 +138,15 @@ const ActRefused = "brood:refused"
 // to its handlers only once this has arrived (per-sender order across the
 // switch from the relay to the channel; DESIGN §3a).
 const ActDirectOpen = "brood:direct-open"
+
+// ActDrain is what a process that is stopping sends, before it closes its
+// handler queue, to the master (DestMaster) and over each of its direct
+// channels; each answers ActDrained after everything it sent that process
+// before. The stopping process reads until every answer has come (or a
+// bound passes), so the messages already on their way to it are handled by
+// it, not redelivered to its replacement behind newer ones. Neither is for
+// handlers, and on a direct channel neither counts as a message.
+const (
+	ActDrain   = "brood:drain"
+	ActDrained = "brood:drained"
+)
