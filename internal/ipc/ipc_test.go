@@ -470,3 +470,57 @@ func TestWriterUnmapsOnWriteError(t *testing.T) {
 		t.Fatalf("after the error: pending mapped %v, out mapped %v, %d bytes", w.pendingMem != nil, w.outMem != nil, len(w.pending)+len(w.out))
 	}
 }
+
+// A stream of small frames appended back to back is written in batches (the
+// burst rule, with more than one P), not one write(2) per frame, and the
+// first frame after a pause is written at once, by the appender.
+func TestWriterBatchesBursts(t *testing.T) {
+	if runtime.GOMAXPROCS(0) < 2 {
+		t.Skip("bursts are batched only with GOMAXPROCS > 1")
+	}
+	a, c := socketpair(t)
+	w := NewWriter(a, 0, 0)
+	const frames = 1000 // fits the socket buffer: without the rule, each would be a write
+	got := make(chan int, 1)
+	go func() {
+		r := NewReader(c, 0)
+		n := 0
+		for n < frames+1 {
+			if _, err := r.Next(); err != nil {
+				break
+			}
+			n++
+		}
+		got <- n
+	}()
+	h := Header{Kind: KindMessage, Dest: DestApp}
+	payload := make([]byte, 64)
+	for range frames {
+		if err := w.Append(&h, "burst", payload); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for w.Buffered() > 0 && time.Now().Before(deadline) {
+		runtime.Gosched()
+	}
+	if writes := w.writes.Load(); writes > frames/4 {
+		t.Errorf("%d frames appended back to back took %d writes, want at most %d", frames, writes, frames/4)
+	}
+	// After a pause longer than the burst window, the appender writes itself:
+	// the frame is out when Append returns.
+	w.mu.Lock()
+	w.lastWrite = time.Now().Add(-time.Second)
+	w.mu.Unlock()
+	before := w.writes.Load()
+	if err := w.Append(&h, "alone", payload); err != nil {
+		t.Fatal(err)
+	}
+	if w.writes.Load() == before || w.Buffered() != 0 {
+		t.Errorf("a frame after a pause was left to the flusher (writes %d -> %d, %d bytes buffered)", before, w.writes.Load(), w.Buffered())
+	}
+	if n := <-got; n != frames+1 {
+		t.Fatalf("reader got %d frames, want %d", n, frames+1)
+	}
+	w.Close(time.Now().Add(time.Second))
+}
