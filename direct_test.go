@@ -448,6 +448,24 @@ func checkStream(t *testing.T, hs []handled, sender int, slots []int, from map[i
 	return byPid
 }
 
+// killMidStream SIGKILLs the process of slot (0: the agent) once it has
+// handled 400 messages of the stream, and waits until its replacement has
+// handled 400 too; it returns both pids.
+func (r *directRun) killMidStream(slot int, who, replacement string) (victim, repl int) {
+	victim = atoi(r.waitEvent(20*time.Second, who+"'s 400th message", func(f []string) bool {
+		return evIs("count", slot)(f) && atoi(f[3]) >= 400
+	})[2])
+	syscall.Kill(victim, syscall.SIGKILL)
+	r.waitEvent(30*time.Second, replacement+"'s 400th message", func(f []string) bool {
+		if evIs("count", slot)(f) && atoi(f[2]) != victim && atoi(f[3]) >= 400 {
+			repl = atoi(f[2])
+			return true
+		}
+		return false
+	})
+	return victim, repl
+}
+
 // TestDirectReceiverRestartMidStream: the agent streams SendToApp to three
 // workers and worker 1 is SIGKILLed mid-stream. Its replacement handles its
 // messages in send order across the switch from the master's hold (and, on
@@ -457,18 +475,7 @@ func checkStream(t *testing.T, hs []handled, sender int, slots []int, from map[i
 func TestDirectReceiverRestartMidStream(t *testing.T) {
 	bothPaths(t, func(t *testing.T, direct bool) {
 		r := startDirect(t, "app-stream", direct)
-		victim := atoi(r.waitEvent(20*time.Second, "worker 1's 400th message", func(f []string) bool {
-			return evIs("count", 1)(f) && atoi(f[3]) >= 400
-		})[2])
-		syscall.Kill(victim, syscall.SIGKILL)
-		repl := 0
-		r.waitEvent(30*time.Second, "the replacement's 400th message", func(f []string) bool {
-			if evIs("count", 1)(f) && atoi(f[2]) != victim && atoi(f[3]) >= 400 {
-				repl = atoi(f[2])
-				return true
-			}
-			return false
-		})
+		victim, repl := r.killMidStream(1, "worker 1", "the replacement")
 		e := r.endStream(1, 2, 3)
 		byPid := checkStream(t, r.handled(), e.pid, []int{1, 2, 3}, nil, e.last, []int{victim})
 		if len(byPid[repl]) == 0 || len(byPid[victim]) == 0 {
@@ -487,18 +494,7 @@ func TestDirectReceiverRestartMidStream(t *testing.T) {
 func TestDirectAgentRestartMidStream(t *testing.T) {
 	bothPaths(t, func(t *testing.T, direct bool) {
 		r := startDirect(t, "agent-stream", direct)
-		victim := atoi(r.waitEvent(20*time.Second, "the agent's 400th message", func(f []string) bool {
-			return evIs("count", 0)(f) && atoi(f[3]) >= 400
-		})[2])
-		syscall.Kill(victim, syscall.SIGKILL)
-		repl := 0
-		r.waitEvent(30*time.Second, "the new agent's 400th message", func(f []string) bool {
-			if evIs("count", 0)(f) && atoi(f[2]) != victim && atoi(f[3]) >= 400 {
-				repl = atoi(f[2])
-				return true
-			}
-			return false
-		})
+		victim, repl := r.killMidStream(0, "the agent", "the new agent")
 		e := r.endStream(0)
 		byPid := checkStream(t, r.handled(), e.pid, []int{0}, nil, e.last, []int{victim})
 		if len(byPid[repl]) == 0 || len(byPid[victim]) == 0 {
