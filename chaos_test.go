@@ -367,8 +367,12 @@ func TestChaos(t *testing.T) {
 				}
 			}
 		}
-		if killed[a] && (upto[1] != upto[2] || upto[2] != upto[3]) {
-			t.Errorf("killed agent %d: workers ended its stream at different places %v", a, upto)
+		// A killed agent's last SendToApp may have reached some workers and
+		// not others: over direct channels it is one write per worker, and
+		// SIGKILL can fall between them (the Messenger's doc). The loop above
+		// still requires every earlier message in every slot.
+		if killed[a] && max(upto[1], upto[2], upto[3])-min(upto[1], upto[2], upto[3]) > 1 {
+			t.Errorf("killed agent %d: workers ended its stream more than one message apart %v", a, upto)
 		}
 	}
 

@@ -195,7 +195,9 @@ type Member struct {
 //   - These guarantees hold while the cluster runs. When the whole cluster stops,
 //     workers stop first and then the agent: messages still held or in flight
 //     when their receivers have stopped are dropped. So are messages still in a
-//     sender's own buffer when it is SIGKILLed.
+//     sender's own buffer when it is SIGKILLed; a Broadcast or SendToApp it was
+//     sending then, over direct channels one write per receiver, may have
+//     reached some receivers and not others.
 //
 // Handlers run one at a time, in arrival order, on a goroutine of their own, never
 // on the channel's reader: a slow handler delays later messages but not replies,
