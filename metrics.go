@@ -2,6 +2,7 @@ package brood
 
 import (
 	"github.com/brood-go/brood/internal/ipc"
+	"github.com/brood-go/brood/internal/lowprio"
 	"github.com/brood-go/brood/internal/metrics"
 	"github.com/brood-go/brood/internal/wire"
 	"github.com/prometheus/client_golang/prometheus"
@@ -53,14 +54,20 @@ func (m Metrics) policies() metrics.Options {
 // prometheus.DefaultGatherer, encoded for the wire. The gather runs on a
 // goroutine of its own, not in line with the message handlers: a slow handler
 // does not make the scrape miss this process, and a gather (tens of
-// milliseconds for 10,000 series) does not delay the Requests behind it.
+// milliseconds for 10,000 series) does not delay the Requests behind it. It
+// runs at idle CPU priority (lowprio.Run): a scrape takes only CPU the
+// program does not want, so it does not add to the latency of its requests
+// and messages; on a machine with no CPU to spare a gather may then miss the
+// scrape's deadline, and its answer serves the next one.
 func installMetrics(p *Process) {
 	m := p.Messenger()
 	if m.side == nil {
 		m.side = map[string]func(Message){}
 	}
 	m.side[wire.ActMetricsGather] = func(msg Message) {
-		b, err := gatherOwn()
+		var b []byte
+		var err error
+		lowprio.Run(func() { b, err = gatherOwn() })
 		if err != nil {
 			p.log.Warn("gathering metrics", "err", err)
 		}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -27,9 +28,12 @@ import (
 // metricsMain is an HTTP cluster with an admin listener whose workers count
 // their requests with a promauto counter (no other metrics code).
 // GET /block blocks this worker's message handlers until GET /unblock.
+// GET /gate?pid=P makes pid P's gathers wait (see gatedCollector).
 func metricsMain() {
 	requests := promauto.NewCounter(prometheus.CounterOpts{Name: "app_requests_total", Help: "Requests served."})
 	inflight := promauto.NewGauge(prometheus.GaugeOpts{Name: "app_pool_size", Help: "A pool, summed over the cluster."})
+	gate := &gatedCollector{desc: prometheus.NewDesc("app_collects", "Gathers this process began.", nil, nil), pass: make(chan struct{}, 16)}
+	prometheus.MustRegister(gate)
 	brood.Main(brood.Config{
 		Name:    "metrics-test",
 		Workers: 2,
@@ -72,6 +76,13 @@ func metricsMain() {
 				}
 				fmt.Fprintf(w, "blocked pid %d\n", os.Getpid())
 			})
+			mux.HandleFunc("/gate", func(w http.ResponseWriter, r *http.Request) {
+				if !gate.control(r.URL.Query().Get("pid"), r.URL.Query().Get("do")) {
+					http.Error(w, "not this pid", http.StatusConflict)
+					return
+				}
+				fmt.Fprintf(w, "gate %s pid %d\n", r.URL.Query().Get("do"), os.Getpid())
+			})
 			mux.HandleFunc("/unblock", func(w http.ResponseWriter, r *http.Request) {
 				mu.Lock()
 				close(unblock)
@@ -80,6 +91,53 @@ func metricsMain() {
 			return brood.ServeHTTP(ctx, p, &http.Server{Handler: mux})
 		},
 	})
+}
+
+// gatedCollector reports how many gathers of this process it has been part
+// of (app_collects, a gauge: kept per slot). Once gated, each gather waits in
+// it for one pass; open lets every gather through again.
+type gatedCollector struct {
+	desc     *prometheus.Desc
+	collects atomic.Int64
+	pass     chan struct{}
+	mu       sync.Mutex
+	gated    bool
+}
+
+func (g *gatedCollector) Describe(ch chan<- *prometheus.Desc) { ch <- g.desc }
+
+func (g *gatedCollector) Collect(ch chan<- prometheus.Metric) {
+	n := g.collects.Add(1)
+	g.mu.Lock()
+	gated := g.gated
+	g.mu.Unlock()
+	if gated {
+		helperproc.Event("gather-waits %d", os.Getpid())
+		<-g.pass
+	}
+	ch <- prometheus.MustNewConstMetric(g.desc, prometheus.GaugeValue, float64(n))
+}
+
+// control does what a GET /gate?pid=P&do=D asks, if P is this process:
+// "close" (gather waits), "pass" (one waiting gather goes on), "open".
+func (g *gatedCollector) control(pid, do string) bool {
+	if pid != strconv.Itoa(os.Getpid()) {
+		return false
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	switch do {
+	case "close":
+		g.gated = true
+	case "pass":
+		g.pass <- struct{}{}
+	case "open":
+		g.gated = false
+		for range cap(g.pass) - len(g.pass) {
+			g.pass <- struct{}{}
+		}
+	}
+	return true
 }
 
 func startMetrics(t *testing.T) (c *helperproc.Cluster, addr, admin string) {
@@ -300,6 +358,89 @@ func TestStuckChildDoesNotFailTheScrape(t *testing.T) {
 		t.Errorf("brood_scrape_errors_total{role=worker} = %v, want the stopped worker counted once", got)
 	}
 	syscall.Kill(victim, syscall.SIGCONT)
+	stopCluster(t, c)
+}
+
+// A child whose gather answers after the scrape's deadline: the scrapes
+// meanwhile are served from its last copy and count the miss, it is not asked
+// again while its answer is due (no gathers pile up in it), and the late
+// answer is its copy from then on.
+func TestLateGatherServesTheNextScrape(t *testing.T) {
+	c, addr, admin := startMetrics(t)
+	fams, _ := scrape(t, admin) // a copy of every worker
+	victim := c.ChildPIDs("worker")[0]
+	slot := ""
+	for deadline := time.Now().Add(10 * time.Second); slot == "" && time.Now().Before(deadline); {
+		var id, pid int
+		if _, err := fmt.Sscanf(get(t, newConnClient(), "http://"+addr+"/"), "worker %d pid %d", &id, &pid); err == nil && pid == victim {
+			slot = strconv.Itoa(id)
+		}
+	}
+	if slot == "" {
+		t.Fatalf("pid %d served no request", victim)
+	}
+	collects := func(fams map[string]*dto.MetricFamily) float64 {
+		v, _ := value(fams, "app_collects", map[string]string{"slot": slot})
+		return v
+	}
+	misses := func(fams map[string]*dto.MetricFamily) float64 {
+		v, _ := value(fams, "brood_scrape_errors_total", map[string]string{"role": "worker", "slot": slot})
+		return v
+	}
+	gate := func(do string) {
+		t.Helper()
+		url := fmt.Sprintf("http://%s/gate?pid=%d&do=%s", addr, victim, do)
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) { // until the victim is the worker that answers
+			resp, err := newConnClient().Get(url)
+			if err != nil {
+				t.Fatalf("GET %s: %v", url, err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		t.Fatalf("GET %s never reached pid %d", url, victim)
+	}
+	before := collects(fams)
+	gate("close") // until "open" (before the stop, which gathers one last time)
+
+	fams, _ = scrape(t, admin) // the victim's gather waits: served from its copy
+	c.WaitEvents(5*time.Second, "the victim's gather", 1, hasPrefix(fmt.Sprintf("gather-waits %d", victim)))
+	if got := collects(fams); got != before {
+		t.Errorf("app_collects{slot=%s} = %v while its gather waits, want its last copy's %v", slot, got, before)
+	}
+	missed := misses(fams)
+	if missed < 1 {
+		t.Errorf("brood_scrape_errors_total{slot=%s} = %v, want the late gather counted", slot, missed)
+	}
+	fams, _ = scrape(t, admin) // its answer is due: not asked again
+	if got := misses(fams); got != missed+1 {
+		t.Errorf("brood_scrape_errors_total{slot=%s} = %v on the next scrape, want %v", slot, got, missed+1)
+	}
+
+	gate("pass") // the late answer comes; every gather after waits again
+	deadline := time.Now().Add(10 * time.Second)
+	for collects(fams) != before+1 && time.Now().Before(deadline) {
+		fams, _ = scrape(t, admin)
+	}
+	if got := collects(fams); got != before+1 {
+		t.Fatalf("app_collects{slot=%s} = %v, want the late answer's %v", slot, got, before+1)
+	}
+	// A scrape since has asked again: that gather waits now.
+	waits := hasPrefix(fmt.Sprintf("gather-waits %d", victim))
+	c.WaitEvents(5*time.Second, "the next gather", 2, waits)
+	gate("open")
+	for deadline := time.Now().Add(10 * time.Second); collects(fams) < before+2 && time.Now().Before(deadline); {
+		fams, _ = scrape(t, admin)
+	}
+	if got := collects(fams); got < before+2 {
+		t.Errorf("app_collects{slot=%s} = %v after the gate opened, want at least %v", slot, got, before+2)
+	}
+	if n := c.EventCount(waits); n != 2 {
+		t.Errorf("%d gathers waited in pid %d, want 2: one for each scrape that asked it, none asked while an answer was due", n, victim)
+	}
 	stopCluster(t, c)
 }
 

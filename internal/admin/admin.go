@@ -24,6 +24,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/brood-go/brood/internal/lowprio"
 	"github.com/brood-go/brood/internal/wire"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -166,14 +167,18 @@ func (s *server) health(check func() (bool, string), fallback string) http.Handl
 	}
 }
 
+// metrics serves /metrics. The whole scrape (the gather, which decodes every
+// child's answer, the merge and the exposition) runs at idle CPU priority
+// (lowprio.Run): it takes only CPU the cluster's processes do not want.
 func (s *server) metrics(w http.ResponseWriter, r *http.Request) {
 	g := safeGatherer{ctx: r.Context(), g: s.src.Gatherer(), log: s.log}
-	promhttp.HandlerFor(g, promhttp.HandlerOpts{
+	h := promhttp.HandlerFor(g, promhttp.HandlerOpts{
 		// A child that failed to answer (or a collector that failed) costs
 		// its own series, never the scrape: serve what was gathered.
 		ErrorHandling: promhttp.ContinueOnError,
 		ErrorLog:      promLogger{s.log},
-	}).ServeHTTP(w, r)
+	})
+	lowprio.Run(func() { h.ServeHTTP(w, r) })
 }
 
 // safeGatherer calls the scrape's gatherer with the request's context when it

@@ -3,10 +3,12 @@ package master
 import (
 	"context"
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"strconv"
-	"sync"
 	"time"
 
+	"github.com/brood-go/brood/internal/lowprio"
 	"github.com/brood-go/brood/internal/metrics"
 	"github.com/brood-go/brood/internal/relay"
 	"github.com/brood-go/brood/internal/wire"
@@ -173,11 +175,19 @@ func metricsKey(c *child) metrics.Key {
 	return metrics.Key{Role: wire.RoleName(c.slot.role), Slot: c.slot.id, PID: c.pid}
 }
 
-// gatherChildren asks every child for its metrics in parallel, within
-// ScrapeTimeout, and returns the merged view. A child that fails or misses the
-// deadline is served from its last copy and counted in
-// brood_scrape_errors_total. In single-process mode every role shares this
-// process's DefaultGatherer, which is served as it is.
+// gatherChildren asks every child for its metrics in parallel and returns
+// the merged view once every child has answered or ScrapeTimeout has passed.
+// A child that fails or misses the deadline is served from its last copy and
+// counted in brood_scrape_errors_total. Its answer still refreshes its copy
+// when it comes (for the next scrape), and it is not asked again until then:
+// a child whose gathers run late (they run at idle priority, see
+// lowprio.Run) is at most one gather behind, never stuck on an old copy, and
+// never has gathers piling up. In single-process mode every role shares
+// this process's DefaultGatherer, which is served as it is.
+//
+// The answers are decoded on the calling goroutine, one after the other: the
+// admin listener calls it inside lowprio.Run, so the decoding, the largest
+// part of the master's work for a scrape, takes only CPU nothing else wants.
 func (m *Master) gatherChildren() ([]*dto.MetricFamily, error) {
 	if m.cfg.Single {
 		return prometheus.DefaultGatherer.Gather()
@@ -192,27 +202,93 @@ func (m *Master) gatherChildren() ([]*dto.MetricFamily, error) {
 		}
 	}
 	m.mu.Unlock()
-	// Not m.life: while the cluster stops, its draining processes still answer.
-	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.ScrapeTimeout)
-	defer cancel()
-	var wg sync.WaitGroup
+	answers := make(chan gathered, len(targets)) // never blocks a sender
+	waiting := map[*child]bool{}
 	for _, c := range targets {
-		wg.Go(func() {
+		if !c.gathering.CompareAndSwap(false, true) {
+			m.scrapeMissed(c, errors.New("its answer to an earlier gather has not come yet"))
+			continue
+		}
+		waiting[c] = true
+		// Owned by this scrape until its deadline, then by lateGathers.
+		// Not m.life: while the cluster stops, its draining processes still
+		// answer; an ask ends when its child exits.
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), lateGatherLimit)
+			defer cancel()
 			b, err := m.ask(ctx, c, wire.ActMetricsGather, nil)
-			var fams []*dto.MetricFamily
-			if err == nil && len(b) > 0 {
-				fams, err = metrics.Decode(b, maxGather)
-			}
-			if err != nil {
-				m.metrics.scrapeErrors.WithLabelValues(wire.RoleName(c.slot.role), strconv.Itoa(c.slot.id)).Inc()
-				m.log.Debug("gather metrics", "child_pid", c.pid, "err", err)
-				return
-			}
-			m.merged.Update(metricsKey(c), fams)
-		})
+			answers <- gathered{c: c, b: b, err: err}
+		}()
 	}
-	wg.Wait()
+	deadline := time.NewTimer(m.cfg.ScrapeTimeout)
+	defer deadline.Stop()
+	for len(waiting) > 0 {
+		select {
+		case a := <-answers:
+			delete(waiting, a.c)
+			if err := m.takeGathered(a); err != nil {
+				m.scrapeMissed(a.c, err)
+			}
+		case <-deadline.C:
+			for c := range waiting {
+				m.scrapeMissed(c, fmt.Errorf("no answer within the scrape timeout (%v)", m.cfg.ScrapeTimeout))
+			}
+			m.lateGathers(answers, len(waiting))
+			return m.merged.Families(), nil
+		}
+	}
 	return m.merged.Families(), nil
+}
+
+// lateGatherLimit bounds how long the master waits for a child's answer to a
+// gather after the scrape that asked has been served without it.
+const lateGatherLimit = time.Minute
+
+// gathered is a child's answer to a gather.
+type gathered struct {
+	c   *child
+	b   []byte
+	err error
+}
+
+// takeGathered decodes a child's answer into its copy in the merger, and
+// lets the child be asked again.
+func (m *Master) takeGathered(a gathered) error {
+	defer a.c.gathering.Store(false)
+	if a.err != nil {
+		return a.err
+	}
+	var fams []*dto.MetricFamily
+	if len(a.b) > 0 {
+		var err error
+		if fams, err = metrics.Decode(a.b, maxGather); err != nil {
+			return err
+		}
+	}
+	m.merged.Update(metricsKey(a.c), fams)
+	return nil
+}
+
+// lateGathers takes the n answers still to come to a scrape that has been
+// served: each refreshes its child's copy for the next scrape. A miss is
+// already counted; a late answer that fails is only logged.
+func (m *Master) lateGathers(answers <-chan gathered, n int) {
+	m.goOwned("late metrics gathers", func() {
+		for range n {
+			a := <-answers
+			var err error
+			lowprio.Run(func() { err = m.takeGathered(a) })
+			if err != nil {
+				m.log.Debug("late gather", "child_pid", a.c.pid, "err", err)
+			}
+		}
+	})
+}
+
+// scrapeMissed counts a child served from its last copy.
+func (m *Master) scrapeMissed(c *child, err error) {
+	m.metrics.scrapeErrors.WithLabelValues(wire.RoleName(c.slot.role), strconv.Itoa(c.slot.id)).Inc()
+	m.log.Debug("gather metrics", "child_pid", c.pid, "err", err)
 }
 
 // onFinalMetrics takes the metrics a child sent as it stops gracefully. It

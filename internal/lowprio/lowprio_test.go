@@ -1,0 +1,158 @@
+package lowprio
+
+import (
+	"fmt"
+	"math"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// policy is the calling thread's scheduling policy.
+func policy(t *testing.T) uint32 {
+	t.Helper()
+	attr, err := unix.SchedGetAttr(0, 0)
+	if err != nil {
+		t.Fatalf("sched_getattr: %v", err)
+	}
+	return attr.Policy
+}
+
+// f runs at SCHED_IDLE on a thread of its own, and the caller's thread keeps
+// its policy.
+func TestRunIsIdleOnItsOwnThread(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	caller, callerPolicy := unix.Gettid(), policy(t)
+	var tid int
+	var got uint32
+	Run(func() { tid, got = unix.Gettid(), policy(t) })
+	if got != unix.SCHED_IDLE {
+		t.Errorf("policy inside Run = %d, want SCHED_IDLE (%d)", got, unix.SCHED_IDLE)
+	}
+	if tid == caller {
+		t.Errorf("f ran on the caller's thread %d", tid)
+	}
+	if p := policy(t); p != callerPolicy {
+		t.Errorf("the caller's policy changed: %d, was %d", p, callerPolicy)
+	}
+}
+
+// The thread f ran on ends with it: no other goroutine ever runs at the low
+// priority. (The main thread cannot end: the runtime parks it for good
+// instead, which is as safe.)
+func TestRunThreadEnds(t *testing.T) {
+	var tid int
+	Run(func() { tid = unix.Gettid() })
+	if tid == unix.Getpid() {
+		t.Skip("f ran on the main thread, which the runtime parks for good")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) { // the runtime ends it just after the goroutine
+		if _, err := os.Stat(fmt.Sprintf("/proc/self/task/%d", tid)); os.IsNotExist(err) {
+			return
+		}
+		runtime.Gosched()
+	}
+	t.Errorf("thread %d of Run's goroutine is still alive", tid)
+}
+
+// With one P, f gets a second one (it never holds the only P), and the
+// process has one again after; the collector is off while f runs, bounded
+// by a memory limit, and both settings are back after.
+func TestRunSettingsRestored(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	defer debug.SetGCPercent(debug.SetGCPercent(150))
+	var procs, gc int
+	var limit int64
+	Run(func() {
+		procs = runtime.GOMAXPROCS(0)
+		gc = debug.SetGCPercent(-1)
+		limit = debug.SetMemoryLimit(-1)
+	})
+	if procs != 2 {
+		t.Errorf("GOMAXPROCS inside Run = %d, want 2 (one added to the process's 1)", procs)
+	}
+	if gc != -1 {
+		t.Errorf("GC percent inside Run = %d, want -1 (paused)", gc)
+	}
+	if limit == math.MaxInt64 || limit < minHeadroom {
+		t.Errorf("memory limit inside Run = %d, want a bound of at least %d", limit, minHeadroom)
+	}
+	if p := runtime.GOMAXPROCS(0); p != 1 {
+		t.Errorf("GOMAXPROCS after Run = %d, want 1", p)
+	}
+	if g := debug.SetGCPercent(150); g != 150 {
+		t.Errorf("GC percent after Run = %d, want 150", g)
+	}
+	if l := debug.SetMemoryLimit(-1); l != math.MaxInt64 {
+		t.Errorf("memory limit after Run = %d, want none", l)
+	}
+}
+
+// A program's own lower memory limit is kept while f runs.
+func TestRunKeepsLowerMemoryLimit(t *testing.T) {
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(32 << 20))
+	var limit int64
+	Run(func() { limit = debug.SetMemoryLimit(-1) })
+	if limit != 32<<20 {
+		t.Errorf("memory limit inside Run = %d, want the program's 32 MiB", limit)
+	}
+}
+
+// With more than one P nothing is added.
+func TestRunNoExtraP(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(3))
+	var procs int
+	Run(func() { procs = runtime.GOMAXPROCS(0) })
+	if procs != 3 {
+		t.Errorf("GOMAXPROCS inside Run = %d, want the process's 3", procs)
+	}
+}
+
+// Runs are one at a time; a panic in f reaches the caller, and the settings
+// are restored all the same.
+func TestRunOneAtATimeAndPanics(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	var mu sync.Mutex
+	inside, most := 0, 0
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			Run(func() {
+				mu.Lock()
+				inside++
+				most = max(most, inside)
+				mu.Unlock()
+				runtime.Gosched()
+				mu.Lock()
+				inside--
+				mu.Unlock()
+			})
+		})
+	}
+	wg.Wait()
+	if most != 1 {
+		t.Errorf("%d Runs were under way at once, want 1", most)
+	}
+	func() {
+		defer func() {
+			if r := recover(); r != "boom" {
+				t.Errorf("recovered %v, want the panic from f", r)
+			}
+		}()
+		Run(func() { panic("boom") })
+	}()
+	if p := runtime.GOMAXPROCS(0); p != 1 {
+		t.Errorf("GOMAXPROCS after a panicking Run = %d, want 1", p)
+	}
+	Run(func() {}) // not left locked
+}
