@@ -1,8 +1,8 @@
 package brood
 
 import (
+	"github.com/brood-go/brood/internal/aside"
 	"github.com/brood-go/brood/internal/ipc"
-	"github.com/brood-go/brood/internal/lowprio"
 	"github.com/brood-go/brood/internal/metrics"
 	"github.com/brood-go/brood/internal/wire"
 	"github.com/prometheus/client_golang/prometheus"
@@ -55,10 +55,12 @@ func (m Metrics) policies() metrics.Options {
 // goroutine of its own, not in line with the message handlers: a slow handler
 // does not make the scrape miss this process, and a gather (tens of
 // milliseconds for 10,000 series) does not delay the Requests behind it. It
-// runs at idle CPU priority (lowprio.Run): a scrape takes only CPU the
-// program does not want, so it does not add to the latency of its requests
-// and messages; on a machine with no CPU to spare a gather may then miss the
-// scrape's deadline, and its answer serves the next one.
+// runs at idle CPU priority (aside.Idle): a scrape takes only CPU the program
+// does not want, so it does not add to the latency of its requests and
+// messages. On a machine with no CPU to spare such a gather may miss the
+// scrape's deadline: its answer then serves the next scrape, and the master
+// asks the next gather at normal priority (wire.GatherNow), as it does the
+// first.
 func installMetrics(p *Process) {
 	m := p.Messenger()
 	if m.side == nil {
@@ -67,7 +69,12 @@ func installMetrics(p *Process) {
 	m.side[wire.ActMetricsGather] = func(msg Message) {
 		var b []byte
 		var err error
-		lowprio.Run(func() { b, err = gatherOwn() })
+		gather := func() { b, err = gatherOwn() }
+		if string(msg.Data) == wire.GatherNow {
+			aside.Run(gather)
+		} else {
+			aside.Idle(gather)
+		}
 		if err != nil {
 			p.log.Warn("gathering metrics", "err", err)
 		}

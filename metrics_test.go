@@ -367,7 +367,6 @@ func TestStuckChildDoesNotFailTheScrape(t *testing.T) {
 // answer is its copy from then on.
 func TestLateGatherServesTheNextScrape(t *testing.T) {
 	c, addr, admin := startMetrics(t)
-	fams, _ := scrape(t, admin) // a copy of every worker
 	victim := c.ChildPIDs("worker")[0]
 	slot := ""
 	for deadline := time.Now().Add(10 * time.Second); slot == "" && time.Now().Before(deadline); {
@@ -379,6 +378,7 @@ func TestLateGatherServesTheNextScrape(t *testing.T) {
 	if slot == "" {
 		t.Fatalf("pid %d served no request", victim)
 	}
+	var fams map[string]*dto.MetricFamily
 	collects := func(fams map[string]*dto.MetricFamily) float64 {
 		v, _ := value(fams, "app_collects", map[string]string{"slot": slot})
 		return v
@@ -403,7 +403,20 @@ func TestLateGatherServesTheNextScrape(t *testing.T) {
 		}
 		t.Fatalf("GET %s never reached pid %d", url, victim)
 	}
+	// Scrape until one has gathered the victim in time (no miss counted
+	// since the scrape before): its copy is fresh and no gather is due.
+	prev := -1.0
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); {
+		fams, _ = scrape(t, admin)
+		if misses(fams) == prev && collects(fams) > 0 {
+			break
+		}
+		prev = misses(fams)
+	}
 	before := collects(fams)
+	if before == 0 || misses(fams) != prev {
+		t.Fatalf("no scrape gathered pid %d in time within 20s", victim)
+	}
 	gate("close") // until "open" (before the stop, which gathers one last time)
 
 	fams, _ = scrape(t, admin) // the victim's gather waits: served from its copy
@@ -421,16 +434,18 @@ func TestLateGatherServesTheNextScrape(t *testing.T) {
 	}
 
 	gate("pass") // the late answer comes; every gather after waits again
-	deadline := time.Now().Add(10 * time.Second)
-	for collects(fams) != before+1 && time.Now().Before(deadline) {
+	// Scrape until the late answer is the copy served and a scrape since has
+	// asked again (that gather waits now).
+	waits := hasPrefix(fmt.Sprintf("gather-waits %d", victim))
+	for deadline := time.Now().Add(10 * time.Second); (collects(fams) != before+1 || c.EventCount(waits) < 2) && time.Now().Before(deadline); {
 		fams, _ = scrape(t, admin)
 	}
 	if got := collects(fams); got != before+1 {
 		t.Fatalf("app_collects{slot=%s} = %v, want the late answer's %v", slot, got, before+1)
 	}
-	// A scrape since has asked again: that gather waits now.
-	waits := hasPrefix(fmt.Sprintf("gather-waits %d", victim))
-	c.WaitEvents(5*time.Second, "the next gather", 2, waits)
+	if n := c.EventCount(waits); n != 2 {
+		t.Fatalf("%d gathers waited in pid %d, want 2 (the late one, and the one asked after its answer)", n, victim)
+	}
 	gate("open")
 	for deadline := time.Now().Add(10 * time.Second); collects(fams) < before+2 && time.Now().Before(deadline); {
 		fams, _ = scrape(t, admin)

@@ -16,15 +16,18 @@
 package admin
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"strings"
 	"time"
 
-	"github.com/brood-go/brood/internal/lowprio"
+	"github.com/brood-go/brood/internal/aside"
 	"github.com/brood-go/brood/internal/wire"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -167,18 +170,61 @@ func (s *server) health(check func() (bool, string), fallback string) http.Handl
 	}
 }
 
-// metrics serves /metrics. The whole scrape (the gather, which decodes every
-// child's answer, the merge and the exposition) runs at idle CPU priority
-// (lowprio.Run): it takes only CPU the cluster's processes do not want.
+// metrics serves /metrics: it gathers the cluster's metrics (the master
+// decodes the children's at idle priority), then writes the exposition out
+// at idle priority too if that is done within exposeIdleFor, else at
+// normal priority (aside.IdleBy), into memory, and sends it.
 func (s *server) metrics(w http.ResponseWriter, r *http.Request) {
-	g := safeGatherer{ctx: r.Context(), g: s.src.Gatherer(), log: s.log}
-	h := promhttp.HandlerFor(g, promhttp.HandlerOpts{
+	mfs, err := safeGatherer{ctx: r.Context(), g: s.src.Gatherer(), log: s.log}.Gather()
+	h := promhttp.HandlerFor(gathered{mfs, err}, promhttp.HandlerOpts{
 		// A child that failed to answer (or a collector that failed) costs
 		// its own series, never the scrape: serve what was gathered.
 		ErrorHandling: promhttp.ContinueOnError,
 		ErrorLog:      promLogger{s.log},
 	})
-	lowprio.Run(func() { h.ServeHTTP(w, r) })
+	aside.IdleBy(time.Now().Add(exposeIdleFor), func() *recorded {
+		rec := &recorded{header: http.Header{}}
+		h.ServeHTTP(rec, r)
+		return rec
+	}).sendTo(w)
+}
+
+// exposeIdleFor is how long /metrics waits for its exposition to be written
+// at idle priority before it writes it at normal priority.
+const exposeIdleFor = 500 * time.Millisecond
+
+// gathered is a gather already made, served as it is.
+type gathered struct {
+	mfs []*dto.MetricFamily
+	err error
+}
+
+func (g gathered) Gather() ([]*dto.MetricFamily, error) { return g.mfs, g.err }
+
+// recorded is a response written into memory, to be sent once complete.
+type recorded struct {
+	header http.Header
+	status int
+	body   bytes.Buffer
+}
+
+func (r *recorded) Header() http.Header { return r.header }
+
+func (r *recorded) WriteHeader(status int) {
+	if r.status == 0 {
+		r.status = status
+	}
+}
+
+func (r *recorded) Write(b []byte) (int, error) {
+	r.WriteHeader(http.StatusOK)
+	return r.body.Write(b)
+}
+
+func (r *recorded) sendTo(w http.ResponseWriter) {
+	maps.Copy(w.Header(), r.header)
+	w.WriteHeader(cmp.Or(r.status, http.StatusOK))
+	w.Write(r.body.Bytes())
 }
 
 // safeGatherer calls the scrape's gatherer with the request's context when it

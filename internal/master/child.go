@@ -43,7 +43,9 @@ type child struct {
 	lastSeen  atomic.Int64 // unix nanos of the last frame received
 	pingAt    atomic.Int64 // unix nanos the last heartbeat ping was sent
 	pingSeq   atomic.Uint64
-	gathering atomic.Bool // a metrics gather was asked of it and not yet answered
+	// Metrics gathers (see gatherChildren): one asked and not yet answered;
+	// its last one missed a scrape's deadline or failed; one has succeeded.
+	gathering, gatherLate, gathered atomic.Bool
 	// stdout and stderr are the read ends of its output pipes (nil in
 	// single-process mode); an upgrade hands them on.
 	stdout, stderr *os.File

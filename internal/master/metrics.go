@@ -8,7 +8,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/brood-go/brood/internal/lowprio"
+	"github.com/brood-go/brood/internal/aside"
 	"github.com/brood-go/brood/internal/metrics"
 	"github.com/brood-go/brood/internal/relay"
 	"github.com/brood-go/brood/internal/wire"
@@ -163,11 +163,32 @@ func (m *Master) heldNow() int {
 }
 
 // Gatherer is the cluster's /metrics: the master's own metrics and, merged,
-// every child's prometheus.DefaultGatherer, gathered now.
+// every child's prometheus.DefaultGatherer, gathered now. Past the children's
+// answers, putting it together (the merged view, the master's registry, the
+// families sorted and checked) is done at idle priority if that is done
+// within half the scrape timeout (aside.IdleBy).
 func (m *Master) Gatherer() prometheus.Gatherer {
-	// Children first: the scrape errors they count are in this scrape's copy
-	// of the master's registry.
-	return prometheus.Gatherers{prometheus.GathererFunc(m.gatherChildren), m.metrics.reg}
+	return prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) {
+		// Children first: the scrape errors they count are in this
+		// scrape's copy of the master's registry.
+		m.gatherChildren()
+		g := prometheus.Gatherers{prometheus.GathererFunc(m.mergedFamilies), m.metrics.reg}
+		d := aside.IdleBy(time.Now().Add(m.cfg.ScrapeTimeout/2), func() decoded {
+			fams, err := g.Gather()
+			return decoded{fams, err}
+		})
+		return d.fams, d.err
+	})
+}
+
+// mergedFamilies is the children's metrics as gatherChildren last left them.
+// In single-process mode every role shares this process's DefaultGatherer,
+// which is served as it is.
+func (m *Master) mergedFamilies() ([]*dto.MetricFamily, error) {
+	if m.cfg.Single {
+		return prometheus.DefaultGatherer.Gather()
+	}
+	return m.merged.Families(), nil
 }
 
 // metricsKey names a child's copy in the merger.
@@ -176,21 +197,21 @@ func metricsKey(c *child) metrics.Key {
 }
 
 // gatherChildren asks every child for its metrics in parallel and returns
-// the merged view once every child has answered or ScrapeTimeout has passed.
+// once every child has answered or ScrapeTimeout has passed.
 // A child that fails or misses the deadline is served from its last copy and
-// counted in brood_scrape_errors_total. Its answer still refreshes its copy
-// when it comes (for the next scrape), and it is not asked again until then:
-// a child whose gathers run late (they run at idle priority, see
-// lowprio.Run) is at most one gather behind, never stuck on an old copy, and
-// never has gathers piling up. In single-process mode every role shares
-// this process's DefaultGatherer, which is served as it is.
+// counted in brood_scrape_errors_total. Its answer still becomes its copy
+// when it comes, for the next scrape, and it is not asked again until then,
+// so gathers never pile up in a slow child. In single-process mode there is
+// nothing to ask (see mergedFamilies).
 //
-// The answers are decoded on the calling goroutine, one after the other: the
-// admin listener calls it inside lowprio.Run, so the decoding, the largest
-// part of the master's work for a scrape, takes only CPU nothing else wants.
-func (m *Master) gatherChildren() ([]*dto.MetricFamily, error) {
+// Children gather at idle CPU priority (see installMetrics in package
+// brood), which on a machine with no CPU to spare may take long. So a child
+// that has no copy yet, or whose last gather missed a scrape's deadline, is
+// asked to gather now (wire.GatherNow), at normal priority: under overload
+// a child's copy is at most one scrape old.
+func (m *Master) gatherChildren() {
 	if m.cfg.Single {
-		return prometheus.DefaultGatherer.Gather()
+		return
 	}
 	m.scrapeMu.Lock()
 	defer m.scrapeMu.Unlock()
@@ -202,93 +223,95 @@ func (m *Master) gatherChildren() ([]*dto.MetricFamily, error) {
 		}
 	}
 	m.mu.Unlock()
-	answers := make(chan gathered, len(targets)) // never blocks a sender
+	answered := make(chan gathered, len(targets)) // never blocks a gather
+	// Answers are decoded at idle priority if that is done within the
+	// scrape's time, else at normal priority (aside.IdleBy).
+	decodeBy := time.Now().Add(m.cfg.ScrapeTimeout)
 	waiting := map[*child]bool{}
 	for _, c := range targets {
 		if !c.gathering.CompareAndSwap(false, true) {
 			m.scrapeMissed(c, errors.New("its answer to an earlier gather has not come yet"))
 			continue
 		}
+		// Each gather is owned by the master, and ends when the child
+		// answers or exits, or after lateGatherLimit. Not m.life: while the
+		// cluster stops, its draining processes still answer.
+		if !m.goOwned("metrics gather", func() { answered <- gathered{c, m.gather(c, decodeBy)} }) {
+			c.gathering.Store(false)
+			continue // the master is stopping
+		}
 		waiting[c] = true
-		// Owned by this scrape until its deadline, then by lateGathers.
-		// Not m.life: while the cluster stops, its draining processes still
-		// answer; an ask ends when its child exits.
-		go func() {
-			ctx, cancel := context.WithTimeout(context.Background(), lateGatherLimit)
-			defer cancel()
-			b, err := m.ask(ctx, c, wire.ActMetricsGather, nil)
-			answers <- gathered{c: c, b: b, err: err}
-		}()
 	}
 	deadline := time.NewTimer(m.cfg.ScrapeTimeout)
 	defer deadline.Stop()
 	for len(waiting) > 0 {
 		select {
-		case a := <-answers:
+		case a := <-answered:
 			delete(waiting, a.c)
-			if err := m.takeGathered(a); err != nil {
-				m.scrapeMissed(a.c, err)
+			if a.err != nil {
+				m.scrapeMissed(a.c, a.err)
 			}
 		case <-deadline.C:
 			for c := range waiting {
+				c.gatherLate.Store(true)
 				m.scrapeMissed(c, fmt.Errorf("no answer within the scrape timeout (%v)", m.cfg.ScrapeTimeout))
 			}
-			m.lateGathers(answers, len(waiting))
-			return m.merged.Families(), nil
+			return
 		}
 	}
-	return m.merged.Families(), nil
 }
 
 // lateGatherLimit bounds how long the master waits for a child's answer to a
 // gather after the scrape that asked has been served without it.
 const lateGatherLimit = time.Minute
 
-// gathered is a child's answer to a gather.
+// decoded is a child's answer, decoded, or a gather.
+type decoded struct {
+	fams []*dto.MetricFamily
+	err  error
+}
+
+// gathered is the outcome of a child's gather.
 type gathered struct {
 	c   *child
-	b   []byte
 	err error
 }
 
-// takeGathered decodes a child's answer into its copy in the merger, and
-// lets the child be asked again.
-func (m *Master) takeGathered(a gathered) error {
-	defer a.c.gathering.Store(false)
-	if a.err != nil {
-		return a.err
+// gather asks c for its metrics and makes the answer its copy in the merger,
+// decoded at idle priority if that is done by decodeBy (the decoding is most
+// of the master's work for a scrape). If it fails, the next gather is asked
+// to be done now.
+func (m *Master) gather(c *child, decodeBy time.Time) error {
+	defer c.gathering.Store(false)
+	var now []byte
+	if c.gatherLate.Swap(false) || !c.gathered.Load() {
+		now = []byte(wire.GatherNow)
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), lateGatherLimit)
+	defer cancel()
+	b, err := m.ask(ctx, c, wire.ActMetricsGather, now)
 	var fams []*dto.MetricFamily
-	if len(a.b) > 0 {
-		var err error
-		if fams, err = metrics.Decode(a.b, maxGather); err != nil {
-			return err
-		}
+	if err == nil && len(b) > 0 {
+		d := aside.IdleBy(decodeBy, func() decoded {
+			fams, err := metrics.Decode(b, maxGather)
+			return decoded{fams, err}
+		})
+		fams, err = d.fams, d.err
 	}
-	m.merged.Update(metricsKey(a.c), fams)
+	if err != nil {
+		c.gatherLate.Store(true)
+		m.log.Debug("gather metrics", "child_pid", c.pid, "err", err)
+		return err
+	}
+	m.merged.Update(metricsKey(c), fams)
+	c.gathered.Store(true)
 	return nil
 }
 
-// lateGathers takes the n answers still to come to a scrape that has been
-// served: each refreshes its child's copy for the next scrape. A miss is
-// already counted; a late answer that fails is only logged.
-func (m *Master) lateGathers(answers <-chan gathered, n int) {
-	m.goOwned("late metrics gathers", func() {
-		for range n {
-			a := <-answers
-			var err error
-			lowprio.Run(func() { err = m.takeGathered(a) })
-			if err != nil {
-				m.log.Debug("late gather", "child_pid", a.c.pid, "err", err)
-			}
-		}
-	})
-}
-
 // scrapeMissed counts a child served from its last copy.
-func (m *Master) scrapeMissed(c *child, err error) {
+func (m *Master) scrapeMissed(c *child, why error) {
 	m.metrics.scrapeErrors.WithLabelValues(wire.RoleName(c.slot.role), strconv.Itoa(c.slot.id)).Inc()
-	m.log.Debug("gather metrics", "child_pid", c.pid, "err", err)
+	m.log.Debug("scrape served a child's last copy", "child_pid", c.pid, "why", why)
 }
 
 // onFinalMetrics takes the metrics a child sent as it stops gracefully. It

@@ -27,7 +27,7 @@ const (
 	ActScheduleRun   = "brood:schedule-run"   // -> agent (request): run a task now
 	ActScheduleList  = "brood:schedule-list"  // -> agent (request): the task table
 	ActScheduleRan   = "brood:schedule-ran"   // agent -> master: a run finished (ScheduleRun)
-	ActMetricsGather = "brood:metrics-gather" // master -> child (request): your metrics (encoded by internal/metrics)
+	ActMetricsGather = "brood:metrics-gather" // master -> child (request): your metrics (encoded by internal/metrics); payload GatherNow or none
 	ActMetricsFinal  = "brood:metrics-final"  // child -> master: my metrics, as I stop gracefully
 
 	ActLeaderWant  = "brood:leader-want"  // agent -> master: campaign for the fleet's leader lease for me
@@ -36,6 +36,11 @@ const (
 	ActTickClaim   = "brood:tick-claim"   // agent -> master: claim a one-in-fleet tick (TickClaim)
 	ActTickClaimed = "brood:tick-claimed" // master -> agent: the claim's outcome (TickClaim)
 )
+
+// GatherNow is the payload of an ActMetricsGather that must not wait for idle
+// CPU: the child's first gather, or the next after one that missed a
+// scrape's deadline. Without it a child gathers at idle priority.
+const GatherNow = "now"
 
 // The schedule clock: what lets an agent that takes over continue the
 // schedules of the one before it (across reload, crash restart and upgrade).

@@ -1,4 +1,4 @@
-package lowprio
+package aside
 
 import (
 	"fmt"
@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -34,9 +35,9 @@ func TestRunIsIdleOnItsOwnThread(t *testing.T) {
 	caller, callerPolicy := unix.Gettid(), policy(t)
 	var tid int
 	var got uint32
-	Run(func() { tid, got = unix.Gettid(), policy(t) })
+	Idle(func() { tid, got = unix.Gettid(), policy(t) })
 	if got != unix.SCHED_IDLE {
-		t.Errorf("policy inside Run = %d, want SCHED_IDLE (%d)", got, unix.SCHED_IDLE)
+		t.Errorf("policy inside Idle = %d, want SCHED_IDLE (%d)", got, unix.SCHED_IDLE)
 	}
 	if tid == caller {
 		t.Errorf("f ran on the caller's thread %d", tid)
@@ -51,7 +52,7 @@ func TestRunIsIdleOnItsOwnThread(t *testing.T) {
 // instead, which is as safe.)
 func TestRunThreadEnds(t *testing.T) {
 	var tid int
-	Run(func() { tid = unix.Gettid() })
+	Idle(func() { tid = unix.Gettid() })
 	if tid == unix.Getpid() {
 		t.Skip("f ran on the main thread, which the runtime parks for good")
 	}
@@ -62,7 +63,7 @@ func TestRunThreadEnds(t *testing.T) {
 		}
 		runtime.Gosched()
 	}
-	t.Errorf("thread %d of Run's goroutine is still alive", tid)
+	t.Errorf("thread %d of Idle's goroutine is still alive", tid)
 }
 
 // With one P, f gets a second one (it never holds the only P), and the
@@ -73,28 +74,28 @@ func TestRunSettingsRestored(t *testing.T) {
 	defer debug.SetGCPercent(debug.SetGCPercent(150))
 	var procs, gc int
 	var limit int64
-	Run(func() {
+	Idle(func() {
 		procs = runtime.GOMAXPROCS(0)
 		gc = debug.SetGCPercent(-1)
 		limit = debug.SetMemoryLimit(-1)
 	})
 	if procs != 2 {
-		t.Errorf("GOMAXPROCS inside Run = %d, want 2 (one added to the process's 1)", procs)
+		t.Errorf("GOMAXPROCS inside Idle = %d, want 2 (one added to the process's 1)", procs)
 	}
 	if gc != -1 {
-		t.Errorf("GC percent inside Run = %d, want -1 (paused)", gc)
+		t.Errorf("GC percent inside Idle = %d, want -1 (paused)", gc)
 	}
 	if limit == math.MaxInt64 || limit < minHeadroom {
-		t.Errorf("memory limit inside Run = %d, want a bound of at least %d", limit, minHeadroom)
+		t.Errorf("memory limit inside Idle = %d, want a bound of at least %d", limit, minHeadroom)
 	}
 	if p := runtime.GOMAXPROCS(0); p != 1 {
-		t.Errorf("GOMAXPROCS after Run = %d, want 1", p)
+		t.Errorf("GOMAXPROCS after Idle = %d, want 1", p)
 	}
 	if g := debug.SetGCPercent(150); g != 150 {
-		t.Errorf("GC percent after Run = %d, want 150", g)
+		t.Errorf("GC percent after Idle = %d, want 150", g)
 	}
 	if l := debug.SetMemoryLimit(-1); l != math.MaxInt64 {
-		t.Errorf("memory limit after Run = %d, want none", l)
+		t.Errorf("memory limit after Idle = %d, want none", l)
 	}
 }
 
@@ -102,9 +103,9 @@ func TestRunSettingsRestored(t *testing.T) {
 func TestRunKeepsLowerMemoryLimit(t *testing.T) {
 	defer debug.SetMemoryLimit(debug.SetMemoryLimit(32 << 20))
 	var limit int64
-	Run(func() { limit = debug.SetMemoryLimit(-1) })
+	Idle(func() { limit = debug.SetMemoryLimit(-1) })
 	if limit != 32<<20 {
-		t.Errorf("memory limit inside Run = %d, want the program's 32 MiB", limit)
+		t.Errorf("memory limit inside Idle = %d, want the program's 32 MiB", limit)
 	}
 }
 
@@ -112,9 +113,9 @@ func TestRunKeepsLowerMemoryLimit(t *testing.T) {
 func TestRunNoExtraP(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(3))
 	var procs int
-	Run(func() { procs = runtime.GOMAXPROCS(0) })
+	Idle(func() { procs = runtime.GOMAXPROCS(0) })
 	if procs != 3 {
-		t.Errorf("GOMAXPROCS inside Run = %d, want the process's 3", procs)
+		t.Errorf("GOMAXPROCS inside Idle = %d, want the process's 3", procs)
 	}
 }
 
@@ -127,7 +128,7 @@ func TestRunOneAtATimeAndPanics(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 8 {
 		wg.Go(func() {
-			Run(func() {
+			Idle(func() {
 				mu.Lock()
 				inside++
 				most = max(most, inside)
@@ -141,7 +142,7 @@ func TestRunOneAtATimeAndPanics(t *testing.T) {
 	}
 	wg.Wait()
 	if most != 1 {
-		t.Errorf("%d Runs were under way at once, want 1", most)
+		t.Errorf("%d Idles were under way at once, want 1", most)
 	}
 	func() {
 		defer func() {
@@ -149,10 +150,53 @@ func TestRunOneAtATimeAndPanics(t *testing.T) {
 				t.Errorf("recovered %v, want the panic from f", r)
 			}
 		}()
-		Run(func() { panic("boom") })
+		Idle(func() { panic("boom") })
 	}()
 	if p := runtime.GOMAXPROCS(0); p != 1 {
-		t.Errorf("GOMAXPROCS after a panicking Run = %d, want 1", p)
+		t.Errorf("GOMAXPROCS after a panicking Idle = %d, want 1", p)
 	}
-	Run(func() {}) // not left locked
+	Idle(func() {}) // not left locked
+}
+
+// Run sets things as Idle does, but leaves the thread's priority alone.
+func TestRunNormal(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	var procs int
+	var pol uint32
+	Run(func() { procs, pol = runtime.GOMAXPROCS(0), policy(t) })
+	if procs != 2 {
+		t.Errorf("GOMAXPROCS inside Run = %d, want 2", procs)
+	}
+	if pol != unix.SCHED_NORMAL {
+		t.Errorf("policy inside Run = %d, want SCHED_NORMAL", pol)
+	}
+	if p := runtime.GOMAXPROCS(0); p != 1 {
+		t.Errorf("GOMAXPROCS after Run = %d, want 1", p)
+	}
+}
+
+// IdleBy returns the idle run's result when it is done in time, and the
+// caller's own run's when it is not.
+func TestIdleBy(t *testing.T) {
+	var idleRuns atomic.Int32
+	got := IdleBy(time.Now().Add(time.Minute), func() uint32 {
+		idleRuns.Add(1)
+		return policy(t)
+	})
+	if got != unix.SCHED_IDLE {
+		t.Errorf("IdleBy with time to spare ran f at policy %d, want SCHED_IDLE", got)
+	}
+	release := make(chan struct{})
+	got = IdleBy(time.Now().Add(10*time.Millisecond), func() uint32 {
+		p := policy(t)
+		if p == unix.SCHED_IDLE {
+			<-release // the idle run: late
+		}
+		return p
+	})
+	if got == unix.SCHED_IDLE {
+		t.Errorf("IdleBy past its deadline returned the idle run's result")
+	}
+	close(release)  // the idle run ends: goleak checks it
+	Idle(func() {}) // and waits for it: work set aside runs one at a time
 }
