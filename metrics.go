@@ -55,12 +55,11 @@ func (m Metrics) policies() metrics.Options {
 // goroutine of its own, not in line with the message handlers: a slow handler
 // does not make the scrape miss this process, and a gather (tens of
 // milliseconds for 10,000 series) does not delay the Requests behind it. It
-// runs at idle CPU priority (aside.Idle): a scrape takes only CPU the program
-// does not want, so it does not add to the latency of its requests and
-// messages. On a machine with no CPU to spare such a gather may miss the
-// scrape's deadline: its answer then serves the next scrape, and the master
-// asks the next gather at normal priority (wire.GatherNow), as it does the
-// first.
+// runs at the lowest CPU priority (aside.Idle), so a scrape adds little to the
+// latency of the program's requests and messages. On a machine with no CPU
+// to spare such a gather may miss the scrape's deadline: its answer then
+// serves the next scrape, and the master asks the next gather at normal
+// priority (wire.GatherNow), as it does the first.
 func installMetrics(p *Process) {
 	m := p.Messenger()
 	if m.side == nil {

@@ -171,8 +171,8 @@ func (s *server) health(check func() (bool, string), fallback string) http.Handl
 }
 
 // metrics serves /metrics: it gathers the cluster's metrics (the master
-// decodes the children's at idle priority), then writes the exposition out
-// at idle priority too if that is done within exposeIdleFor, else at
+// decodes the children's at low priority), then writes the exposition out
+// at low priority too if that is done within exposeIdleFor, else at
 // normal priority (aside.IdleBy), into memory, and sends it.
 func (s *server) metrics(w http.ResponseWriter, r *http.Request) {
 	mfs, err := safeGatherer{ctx: r.Context(), g: s.src.Gatherer(), log: s.log}.Gather()
@@ -190,7 +190,7 @@ func (s *server) metrics(w http.ResponseWriter, r *http.Request) {
 }
 
 // exposeIdleFor is how long /metrics waits for its exposition to be written
-// at idle priority before it writes it at normal priority.
+// at low priority before it writes it at normal priority.
 const exposeIdleFor = 500 * time.Millisecond
 
 // gathered is a gather already made, served as it is.

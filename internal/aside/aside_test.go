@@ -7,7 +7,6 @@ import (
 	"runtime"
 	"runtime/debug"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,23 +26,32 @@ func policy(t *testing.T) uint32 {
 	return attr.Policy
 }
 
-// f runs at SCHED_IDLE on a thread of its own, and the caller's thread keeps
-// its policy.
+// nice is the calling thread's nice value.
+func nice(t *testing.T) int {
+	t.Helper()
+	attr, err := unix.SchedGetAttr(0, 0)
+	if err != nil {
+		t.Fatalf("sched_getattr: %v", err)
+	}
+	return int(int32(attr.Nice))
+}
+
+// f runs at nice 19 on a thread of its own, and the caller's thread keeps
+// its priority.
 func TestRunIsIdleOnItsOwnThread(t *testing.T) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	caller, callerPolicy := unix.Gettid(), policy(t)
-	var tid int
-	var got uint32
-	Idle(func() { tid, got = unix.Gettid(), policy(t) })
-	if got != unix.SCHED_IDLE {
-		t.Errorf("policy inside Idle = %d, want SCHED_IDLE (%d)", got, unix.SCHED_IDLE)
+	caller, callerNice := unix.Gettid(), nice(t)
+	var tid, got int
+	Idle(func() { tid, got = unix.Gettid(), nice(t) })
+	if got != 19 {
+		t.Errorf("nice inside Idle = %d, want 19", got)
 	}
 	if tid == caller {
 		t.Errorf("f ran on the caller's thread %d", tid)
 	}
-	if p := policy(t); p != callerPolicy {
-		t.Errorf("the caller's policy changed: %d, was %d", p, callerPolicy)
+	if n := nice(t); n != callerNice {
+		t.Errorf("the caller's nice changed: %d, was %d", n, callerNice)
 	}
 }
 
@@ -161,14 +169,14 @@ func TestRunOneAtATimeAndPanics(t *testing.T) {
 // Run sets things as Idle does, but leaves the thread's priority alone.
 func TestRunNormal(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
-	var procs int
+	var procs, n int
 	var pol uint32
-	Run(func() { procs, pol = runtime.GOMAXPROCS(0), policy(t) })
+	Run(func() { procs, pol, n = runtime.GOMAXPROCS(0), policy(t), nice(t) })
 	if procs != 2 {
 		t.Errorf("GOMAXPROCS inside Run = %d, want 2", procs)
 	}
-	if pol != unix.SCHED_NORMAL {
-		t.Errorf("policy inside Run = %d, want SCHED_NORMAL", pol)
+	if pol != unix.SCHED_NORMAL || n != 0 {
+		t.Errorf("policy inside Run = %d nice %d, want SCHED_NORMAL nice 0", pol, n)
 	}
 	if p := runtime.GOMAXPROCS(0); p != 1 {
 		t.Errorf("GOMAXPROCS after Run = %d, want 1", p)
@@ -178,23 +186,19 @@ func TestRunNormal(t *testing.T) {
 // IdleBy returns the idle run's result when it is done in time, and the
 // caller's own run's when it is not.
 func TestIdleBy(t *testing.T) {
-	var idleRuns atomic.Int32
-	got := IdleBy(time.Now().Add(time.Minute), func() uint32 {
-		idleRuns.Add(1)
-		return policy(t)
-	})
-	if got != unix.SCHED_IDLE {
-		t.Errorf("IdleBy with time to spare ran f at policy %d, want SCHED_IDLE", got)
+	got := IdleBy(time.Now().Add(time.Minute), func() int { return nice(t) })
+	if got != 19 {
+		t.Errorf("IdleBy with time to spare ran f at nice %d, want 19", got)
 	}
 	release := make(chan struct{})
-	got = IdleBy(time.Now().Add(10*time.Millisecond), func() uint32 {
-		p := policy(t)
-		if p == unix.SCHED_IDLE {
+	got = IdleBy(time.Now().Add(10*time.Millisecond), func() int {
+		n := nice(t)
+		if n == 19 {
 			<-release // the idle run: late
 		}
-		return p
+		return n
 	})
-	if got == unix.SCHED_IDLE {
+	if got == 19 {
 		t.Errorf("IdleBy past its deadline returned the idle run's result")
 	}
 	close(release)  // the idle run ends: goleak checks it

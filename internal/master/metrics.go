@@ -165,7 +165,7 @@ func (m *Master) heldNow() int {
 // Gatherer is the cluster's /metrics: the master's own metrics and, merged,
 // every child's prometheus.DefaultGatherer, gathered now. Past the children's
 // answers, putting it together (the merged view, the master's registry, the
-// families sorted and checked) is done at idle priority if that is done
+// families sorted and checked) is done at low priority if that is done
 // within half the scrape timeout (aside.IdleBy).
 func (m *Master) Gatherer() prometheus.Gatherer {
 	return prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) {
@@ -204,7 +204,7 @@ func metricsKey(c *child) metrics.Key {
 // so gathers never pile up in a slow child. In single-process mode there is
 // nothing to ask (see mergedFamilies).
 //
-// Children gather at idle CPU priority (see installMetrics in package
+// Children gather at low CPU priority (see installMetrics in package
 // brood), which on a machine with no CPU to spare may take long. So a child
 // that has no copy yet, or whose last gather missed a scrape's deadline, is
 // asked to gather now (wire.GatherNow), at normal priority: under overload
@@ -224,7 +224,7 @@ func (m *Master) gatherChildren() {
 	}
 	m.mu.Unlock()
 	answered := make(chan gathered, len(targets)) // never blocks a gather
-	// Answers are decoded at idle priority if that is done within the
+	// Answers are decoded at low priority if that is done within the
 	// scrape's time, else at normal priority (aside.IdleBy).
 	decodeBy := time.Now().Add(m.cfg.ScrapeTimeout)
 	waiting := map[*child]bool{}
@@ -278,7 +278,7 @@ type gathered struct {
 }
 
 // gather asks c for its metrics and makes the answer its copy in the merger,
-// decoded at idle priority if that is done by decodeBy (the decoding is most
+// decoded at low priority if that is done by decodeBy (the decoding is most
 // of the master's work for a scrape). If it fails, the next gather is asked
 // to be done now.
 func (m *Master) gather(c *child, decodeBy time.Time) error {

@@ -37,9 +37,9 @@ const (
 	ActTickClaimed = "brood:tick-claimed" // master -> agent: the claim's outcome (TickClaim)
 )
 
-// GatherNow is the payload of an ActMetricsGather that must not wait for idle
-// CPU: the child's first gather, or the next after one that missed a
-// scrape's deadline. Without it a child gathers at idle priority.
+// GatherNow is the payload of an ActMetricsGather that must not wait at low
+// priority: the child's first gather, or the next after one that missed a
+// scrape's deadline. Without it a child gathers at low priority.
 const GatherNow = "now"
 
 // The schedule clock: what lets an agent that takes over continue the
