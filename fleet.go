@@ -149,6 +149,6 @@ func (m *Messenger) fleetReply(f ipc.Frame) {
 	case wire.ActFleetNoResponders:
 		m.pending.Resolve(f.Ref, f.From, requestResult{err: ErrNoResponders})
 	default:
-		m.pending.Resolve(f.Ref, f.From, requestResult{msg: m.toMessage(f)})
+		m.pending.Resolve(f.Ref, f.From, requestResult{msg: m.toMessage(f, string(f.Action))})
 	}
 }

@@ -222,7 +222,8 @@ type Messenger struct {
 
 	qmu         sync.Mutex
 	qclosed     bool
-	queue       []Message
+	queue       handlerQueue
+	actions     map[string]string // action names received, interned (guarded by qmu)
 	qwake       chan struct{}
 	qdone       chan struct{}
 	rseq        uint64                   // messages received, the master's sequence for this process (guarded by qmu)
@@ -276,8 +277,8 @@ type Messenger struct {
 // brood: actions, so no genuine reply carries it.
 const actionRefused = wire.ActRefused
 
-// maxIdleQueue is the capacity the handler queue keeps once drained; a burst
-// that grew it further gives the memory back.
+// maxIdleQueue is the messages' worth of blocks the handler queue keeps for
+// reuse once drained; a burst that grew it further gives the memory back.
 const maxIdleQueue = 4096
 
 type subscription struct {
@@ -578,12 +579,14 @@ func (m *Messenger) resolveReply(f ipc.Frame) {
 		m.pending.Resolve(f.Ref, f.From, requestResult{err: fmt.Errorf("%w: %s", ErrNotDelivered, f.Payload)})
 		return
 	}
-	m.pending.Resolve(f.Ref, f.From, requestResult{msg: m.toMessage(f)})
+	m.pending.Resolve(f.Ref, f.From, requestResult{msg: m.toMessage(f, string(f.Action))})
 }
 
-func (m *Messenger) toMessage(f ipc.Frame) Message {
+// toMessage makes the Message for f, whose action is action, with a copy of
+// its data: f's bytes belong to the reader.
+func (m *Messenger) toMessage(f ipc.Frame, action string) Message {
 	msg := Message{
-		Action:  string(f.Action),
+		Action:  action,
 		From:    int(f.From),
 		Role:    Role(f.Role),
 		replyTo: f.From,
@@ -602,9 +605,36 @@ func (m *Messenger) toMessage(f ipc.Frame) Message {
 			msg.Node, msg.From, msg.Role, data = node, int(pid), Role(role), rest
 		}
 	}
-	msg.Data = append([]byte(nil), data...)
+	if len(data) > 0 {
+		msg.Data = make([]byte, len(data)) // not append: growslice costs more per message
+		copy(msg.Data, data)
+	}
 	return msg
 }
+
+// intern returns action as a string, the same string for every message with
+// that name, so a stream of messages allocates no name per message. It keeps
+// at most maxInterned names of at most maxInternedLen bytes; others are
+// allocated per message. Called with qmu held.
+func (m *Messenger) intern(action []byte) string {
+	if s, ok := m.actions[string(action)]; ok { // the lookup allocates nothing
+		return s
+	}
+	s := string(action)
+	if len(s) <= maxInternedLen && len(m.actions) < maxInterned {
+		if m.actions == nil {
+			m.actions = make(map[string]string)
+		}
+		m.actions[s] = s
+	}
+	return s
+}
+
+// The bounds of a Messenger's interned action names (see intern).
+const (
+	maxInterned    = 256
+	maxInternedLen = 64
+)
 
 func (m *Messenger) setMembers(payload []byte) {
 	var list []Member
@@ -672,7 +702,7 @@ func (m *Messenger) enqueueFrom(src *peer, f ipc.Frame) {
 		// brood's own request that must not wait behind the handlers (a
 		// metrics gather would delay every Request queued after it): on a
 		// goroutine of its own, which close waits for.
-		msg := m.toMessage(f)
+		msg := m.toMessage(f, m.intern(f.Action))
 		m.sideRunning.Go(func() { m.call(h, msg) })
 		return
 	}
@@ -682,11 +712,11 @@ func (m *Messenger) enqueueFrom(src *peer, f ipc.Frame) {
 		m.drop(src, f, n, b)
 		return
 	}
-	msg := m.toMessage(f)
+	msg := m.toMessage(f, m.intern(f.Action))
 	msg.seq, msg.size, msg.src = *seq, size, src
 	m.qlen.Add(1)
 	m.qbytes.Add(size)
-	m.queue = append(m.queue, msg)
+	m.queue.push(msg)
 	select {
 	case m.qwake <- struct{}{}:
 	default:
@@ -724,11 +754,8 @@ func (m *Messenger) drop(src *peer, f ipc.Frame, n, b int64) {
 func (m *Messenger) drained() {
 	m.qmu.Lock()
 	defer m.qmu.Unlock()
-	if len(m.queue) > 0 {
+	if !m.queue.empty() {
 		return
-	}
-	if cap(m.queue) > maxIdleQueue {
-		m.queue = nil
 	}
 	if m.dropUnlogged > 0 {
 		m.log.Warn("handler queue drained after dropping pid-addressed messages",
@@ -750,7 +777,6 @@ const ackEvery = 256
 // write on the request/reply path.
 func (m *Messenger) dispatchLoop() {
 	defer close(m.qdone)
-	var batch []Message
 	sinceAck := 0     // messages handled since the last ack
 	needAck := false  // one of them was held (from the master)
 	var peers []*peer // direct channels messages were handled from since the last ack
@@ -762,35 +788,37 @@ func (m *Messenger) dispatchLoop() {
 		clear(peers)
 		sinceAck, needAck, peers = 0, false, peers[:0]
 	}
+	var done *queueBlock // the chain handled last, to give back
 	for range m.qwake {
 		for {
 			m.qmu.Lock()
-			batch, m.queue = m.queue, batch[:0]
+			m.queue.recycle(done)
+			chain := m.queue.take()
 			m.qmu.Unlock()
-			if len(batch) == 0 {
-				if cap(batch) > maxIdleQueue {
-					batch = nil
-				}
+			if done = chain; chain == nil {
 				m.drained()
 				break
 			}
-			for i := range batch {
-				m.dispatch(batch[i])
-				if p := batch[i].src; p != nil {
-					p.handled = batch[i].seq
-					if batch[i].held && !p.needAck {
-						p.needAck = true
-						peers = append(peers, p)
+			for b := chain; b != nil; b = b.next {
+				for i := range b.msgs[:b.n] {
+					msg := &b.msgs[i]
+					m.dispatch(*msg)
+					if p := msg.src; p != nil {
+						p.handled = msg.seq
+						if msg.held && !p.needAck {
+							p.needAck = true
+							peers = append(peers, p)
+						}
+					} else {
+						needAck = needAck || msg.held
+						m.handled = msg.seq
 					}
-				} else {
-					needAck = needAck || batch[i].held
-					m.handled = batch[i].seq
-				}
-				m.qlen.Add(-1)
-				m.qbytes.Add(-batch[i].size)
-				batch[i] = Message{}
-				if sinceAck++; sinceAck >= ackEvery && (needAck || len(peers) > 0) {
-					ack()
+					m.qlen.Add(-1)
+					m.qbytes.Add(-msg.size)
+					*msg = Message{}
+					if sinceAck++; sinceAck >= ackEvery && (needAck || len(peers) > 0) {
+						ack()
+					}
 				}
 			}
 		}

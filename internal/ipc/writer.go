@@ -286,12 +286,21 @@ func (w *Writer) swap() {
 }
 
 // room makes pending able to take n more bytes without append reallocating
-// it, once that takes it past mapFrom: it moves pending to a mapping, or grows
-// the mapping it is in. Below mapFrom, or if mapping fails, append grows it
-// on the heap. Called with mu held.
+// it. Up to mapFrom it doubles pending on the heap; past it, it moves pending
+// to a mapping, or grows the mapping it is in. If mapping fails, append grows
+// it on the heap. Called with mu held.
 func (w *Writer) room(n int) {
 	need := len(w.pending) + n
-	if need <= cap(w.pending) || (w.pendingMem == nil && need <= mapFrom) {
+	if need <= cap(w.pending) {
+		return
+	}
+	if w.pendingMem == nil && need <= mapFrom {
+		// On the heap, doubling: append grows a slice this large by a
+		// quarter at a time, copying all of it each time (measured: a fifth
+		// of a streaming sender's CPU).
+		heap := make([]byte, len(w.pending), min(max(need, 2*cap(w.pending), 4<<10), mapFrom))
+		copy(heap, w.pending)
+		w.pending = heap
 		return
 	}
 	size := max(pageRound(need), 2*len(w.pendingMem), 4*mapFrom)
