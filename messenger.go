@@ -224,6 +224,7 @@ type Messenger struct {
 	qclosed     bool
 	queue       handlerQueue
 	actions     map[string]string // action names received, interned (guarded by qmu)
+	lastAction  string            // the last one interned (guarded by qmu)
 	qwake       chan struct{}
 	qdone       chan struct{}
 	rseq        uint64                   // messages received, the master's sequence for this process (guarded by qmu)
@@ -617,7 +618,11 @@ func (m *Messenger) toMessage(f ipc.Frame, action string) Message {
 // at most maxInterned names of at most maxInternedLen bytes; others are
 // allocated per message. Called with qmu held.
 func (m *Messenger) intern(action []byte) string {
+	if string(action) == m.lastAction { // a stream repeats one name: no hashing
+		return m.lastAction
+	}
 	if s, ok := m.actions[string(action)]; ok { // the lookup allocates nothing
+		m.lastAction = s
 		return s
 	}
 	s := string(action)
@@ -626,6 +631,7 @@ func (m *Messenger) intern(action []byte) string {
 			m.actions = make(map[string]string)
 		}
 		m.actions[s] = s
+		m.lastAction = s
 	}
 	return s
 }
@@ -698,7 +704,7 @@ func (m *Messenger) enqueueFrom(src *peer, f ipc.Frame) {
 		m.drainAnswered(nil) // counted above, as ActDirectOpen
 		return
 	}
-	if h := m.side[string(f.Action)]; h != nil && f.Flags&ipc.FlagHeld == 0 && src == nil {
+	if h := m.sideHandler(src, f); h != nil {
 		// brood's own request that must not wait behind the handlers (a
 		// metrics gather would delay every Request queued after it): on a
 		// goroutine of its own, which close waits for.
@@ -721,6 +727,15 @@ func (m *Messenger) enqueueFrom(src *peer, f ipc.Frame) {
 	case m.qwake <- struct{}{}:
 	default:
 	}
+}
+
+// sideHandler returns the handler of brood's own request f that runs off the
+// dispatcher (m.side), or nil. Those come from the master only, not held.
+func (m *Messenger) sideHandler(src *peer, f ipc.Frame) func(Message) {
+	if src != nil || len(m.side) == 0 || f.Flags&ipc.FlagHeld != 0 {
+		return nil
+	}
+	return m.side[string(f.Action)]
 }
 
 // drop refuses a message the full handler queue cannot take: it counts it,

@@ -1,9 +1,12 @@
 package brood
 
 import (
+	"io"
 	"log/slog"
 	"net"
+	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -83,4 +86,66 @@ func TestHandlerQueueCountBound(t *testing.T) {
 	}
 	m.close(10 * time.Second)
 	w.Close(time.Now().Add(time.Second))
+}
+
+// BenchmarkReceive measures a receiver's path for one message from the reader
+// to its handler: the handler queue, the Message and the dispatcher (one op =
+// one message handled). Frames come from a buffer decoded in the loop, as a
+// channel's reader does, in batches of 512.
+func BenchmarkReceive(b *testing.B) {
+	ours, master := net.Pipe()
+	defer master.Close()
+	go func() { _, _ = io.Copy(io.Discard, master) }()
+	w := ipc.NewWriter(ours, 0, 0)
+	m := newMessenger(w, 42, Worker, 0, slog.New(slog.DiscardHandler))
+	var handled atomic.Int64
+	m.On("msg", func(Message) { handled.Add(1) })
+	const batch = 512
+	var raw []byte
+	for i := range batch {
+		h := ipc.Header{Kind: ipc.KindMessage, Dest: ipc.DestPID, Role: ipc.RoleAgent, From: 7, To: 42, ID: uint64(i + 1), Flags: ipc.FlagRaw}
+		var err error
+		if raw, err = ipc.AppendFrame(raw, &h, "msg", make([]byte, 64), ipc.DefaultMaxFrame); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	rd := ipc.NewReader(&repeat{b: raw}, 0)
+	sent := 0
+	for sent < b.N {
+		for i := 0; i < batch && sent < b.N; i++ {
+			f, err := rd.Next()
+			if err != nil {
+				b.Fatal(err)
+			}
+			m.handleFrame(f)
+			sent++
+		}
+		for handled.Load() < int64(sent)-32*batch { // at most 16k queued, as behind a streaming sender
+			runtime.Gosched()
+		}
+	}
+	for handled.Load() < int64(b.N) {
+		runtime.Gosched()
+	}
+	b.StopTimer()
+	m.close(10 * time.Second)
+	w.Close(time.Now().Add(time.Second))
+}
+
+// repeat reads b over and over, as one endless stream.
+type repeat struct {
+	b   []byte
+	off int
+}
+
+func (r *repeat) Read(p []byte) (int, error) {
+	n := 0
+	for n < len(p) {
+		c := copy(p[n:], r.b[r.off:])
+		n += c
+		r.off = (r.off + c) % len(r.b)
+	}
+	return n, nil
 }
