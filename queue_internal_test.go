@@ -149,3 +149,46 @@ func (r *repeat) Read(p []byte) (int, error) {
 	}
 	return n, nil
 }
+
+// TestHandlerQueueBlocks checks the block chain: FIFO across block
+// boundaries and across takes, and at most maxIdleQueue messages' worth of
+// blocks kept after a burst.
+func TestHandlerQueueBlocks(t *testing.T) {
+	var q handlerQueue
+	next, want := 0, 0
+	check := func(chain *queueBlock) {
+		t.Helper()
+		for b := chain; b != nil; b = b.next {
+			for i := range b.msgs[:b.n] {
+				if got := int(b.msgs[i].id); got != want {
+					t.Fatalf("message %d came out as %d", want, got)
+				}
+				want++
+				b.msgs[i] = Message{}
+			}
+		}
+		q.recycle(chain)
+	}
+	for _, burst := range []int{1, queueBlockLen - 1, queueBlockLen, 3*queueBlockLen + 5, 2 * maxIdleQueue} {
+		for range burst {
+			q.push(Message{id: uint64(next)})
+			next++
+		}
+		if q.empty() {
+			t.Fatalf("empty after pushing %d", burst)
+		}
+		check(q.take())
+		if !q.empty() || q.take() != nil {
+			t.Fatal("not empty after take")
+		}
+		if q.nfree > maxIdleQueue/queueBlockLen {
+			t.Fatalf("%d blocks kept; at most %d", q.nfree, maxIdleQueue/queueBlockLen)
+		}
+	}
+	if want != next {
+		t.Fatalf("%d of %d messages came out", want, next)
+	}
+	if q.nfree != maxIdleQueue/queueBlockLen {
+		t.Fatalf("%d blocks kept after a burst of %d; want %d", q.nfree, 2*maxIdleQueue, maxIdleQueue/queueBlockLen)
+	}
+}
