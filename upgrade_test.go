@@ -203,6 +203,11 @@ func TestUpgradeInPlace(t *testing.T) {
 	if v := a.versions(10); v["v1"] != 10 {
 		t.Fatalf("before the upgrades: %v", v)
 	}
+	// The agent hands its schedule clock to its successor from the first
+	// tick on (a task that never ran has no mark: its successor starts it
+	// afresh), and upgrades come faster than 200 ms apart: wait for one.
+	ticks := filepath.Join(dir, "ticks")
+	waitFor(t, "the first tick", 10*time.Second, func() bool { b, _ := os.ReadFile(ticks); return len(b) > 0 })
 	load := a.startLoad()
 	const upgrades = 20
 	for i := 1; i <= upgrades; i++ {
@@ -224,6 +229,9 @@ func TestUpgradeInPlace(t *testing.T) {
 		}
 	}
 	load.end(t)
+	// Ten ticks at least, whatever the speed of the upgrades: the last
+	// agent runs those it has to.
+	waitFor(t, "ten ticks", 10*time.Second, func() bool { b, _ := os.ReadFile(ticks); return strings.Count(string(b), "\n") >= 10 })
 	st := statusOf(t, a)
 	if st.PID != a.pid || st.Upgrades != upgrades || st.Build.Version != "v1" {
 		t.Errorf("status after %d upgrades: pid %d, upgrades %d, build %+v", upgrades, st.PID, st.Upgrades, st.Build)
@@ -233,7 +241,7 @@ func TestUpgradeInPlace(t *testing.T) {
 	}
 
 	checkMessages(t, filepath.Join(dir, "messages"))
-	checkTicks(t, filepath.Join(dir, "ticks"), 200*time.Millisecond)
+	checkTicks(t, ticks, 200*time.Millisecond)
 }
 
 func statusOf(t *testing.T, a *daemonApp) wire.Status {
