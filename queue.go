@@ -55,8 +55,8 @@ func (q *handlerQueue) block() *queueBlock {
 	return b
 }
 
-// empty reports whether nothing is queued.
-func (q *handlerQueue) empty() bool { return q.head == nil || q.head.n == 0 }
+// empty reports whether nothing is queued (a block exists only once pushed to).
+func (q *handlerQueue) empty() bool { return q.head == nil }
 
 // take removes everything queued and returns it as a chain of blocks, the
 // oldest first (nil when empty). The caller owns the chain until recycle.
