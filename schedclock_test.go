@@ -23,8 +23,13 @@ const clockEvery = 200 * time.Millisecond
 // schedClockMain is a cluster whose two tasks, one run by a worker and one by
 // the agent, record the nominal time of every tick they run:
 // "tick <task> <unix ns> <pid>". The agent's initialisation takes
-// SCHED_AGENT_DELAY, so that ticks come due while a replacement starts.
+// SCHED_AGENT_DELAY, so that ticks come due while a replacement starts. The
+// tasks' interval is SCHED_EVERY (default clockEvery).
 func schedClockMain() {
+	every := clockEvery
+	if d, err := time.ParseDuration(os.Getenv("SCHED_EVERY")); err == nil {
+		every = d
+	}
 	record := func(task string) func(ctx context.Context, p *brood.Process) error {
 		return func(ctx context.Context, p *brood.Process) error {
 			at, ok := brood.TickTime(ctx)
@@ -41,8 +46,8 @@ func schedClockMain() {
 		StopTimeout: 5 * time.Second,
 		Listen:      []string{"127.0.0.1:0"},
 		Schedules: []brood.Schedule{
-			{Name: "w", Every: clockEvery, Type: brood.OneWorker, Task: record("w")},
-			{Name: "a", Every: clockEvery, Type: brood.InAgent, Task: record("a")},
+			{Name: "w", Every: every, Type: brood.OneWorker, Task: record("w")},
+			{Name: "a", Every: every, Type: brood.InAgent, Task: record("a")},
 		},
 		Agent: func(ctx context.Context, p *brood.Process) error {
 			if d, err := time.ParseDuration(os.Getenv("SCHED_AGENT_DELAY")); err == nil {
@@ -242,4 +247,53 @@ func TestScheduleClockAfterAgentCrash(t *testing.T) {
 	if late == 0 {
 		t.Error("no tick ran late, although each restart took over 500ms (2 ticks of each task)")
 	}
+}
+
+// Agents replaced more often than the tasks' interval from the cluster's
+// start, before any first tick: each continues the schedules of the first
+// one, so the ticks come due on its grid. (Started afresh, each agent would
+// wait a whole interval for its first tick and be replaced before it: the
+// tasks would never run while the reloads go on.)
+func TestScheduleClockBeforeTheFirstTick(t *testing.T) {
+	const every = time.Second
+	c := helperproc.Start(t, "schedclock", nil, helperproc.Options{Env: []string{"SCHED_EVERY=" + every.String()}})
+	c.WaitReady(startTimeout)
+	start := time.Now()
+	reloads, longest := 0, time.Duration(0)
+	for time.Since(start) < 2*every+every/2 {
+		began := time.Now()
+		if code, out, cmd := cli(t, c.RunDir, "reload"); code != 0 {
+			t.Fatalf("reload %d: exit %d\n%s\n%s", reloads+1, code, out, cmd.Stderr())
+		}
+		reloads++
+		longest = max(longest, time.Since(began))
+	}
+	end := time.Now()
+	stopCluster(t, c)
+	if longest >= every/2 {
+		t.Skipf("a reload took %v: the agents may have lived an interval (%v), which is not what this test is about", longest, every)
+	}
+	for _, task := range []string{"a", "w"} {
+		var ats []time.Time
+		for _, ev := range c.ReadEvents() {
+			var name string
+			var at int64
+			var pid int
+			if n, _ := fmt.Sscanf(ev, "tick %s %d %d", &name, &at, &pid); n == 3 && name == task && time.Unix(0, at).Before(end) {
+				ats = append(ats, time.Unix(0, at))
+			}
+		}
+		slices.SortFunc(ats, time.Time.Compare)
+		if len(ats) < 2 {
+			t.Errorf("task %s: %d ticks during %d reloads over %v (each agent lived at most %v), want at least 2 (every %v)",
+				task, len(ats), reloads, end.Sub(start).Round(time.Millisecond), longest, every)
+			continue
+		}
+		for i := 1; i < len(ats); i++ {
+			if d := ats[i].Sub(ats[i-1]); d != every {
+				t.Errorf("task %s: %v between the ticks at %v and %v, want %v", task, d, ats[i-1], ats[i], every)
+			}
+		}
+	}
+	t.Logf("%d reloads in %v, the longest %v; ticks late: %d", reloads, end.Sub(start).Round(time.Millisecond), longest, lateTicks(c))
 }

@@ -68,7 +68,7 @@ func (m *Master) handScheduleClockLocked(c *child) {
 	}
 	b := m.scheduleClock()
 	if b == nil {
-		return // the first agent, or one whose predecessors ticked nothing
+		return // the first agent, or none before it started a scheduler
 	}
 	m.router.Event(c.ep, wire.ActScheduleResume, b)
 	m.log.Debug("schedule clock handed to the new agent", "child_pid", c.pid, "bytes", len(b))

@@ -20,8 +20,11 @@ const (
 
 // Mark is where one task's schedule stood: the nominal time of the latest tick
 // the scheduler made from it (dispatched, or skipped because a run was in
-// flight), and the timing of the spec it was made for, so that a scheduler
-// whose spec differs does not resume from it.
+// flight), or before the first tick the schedule's origin (when it started, on
+// the epoch's grid for an Aligned task), and the timing of the spec it was
+// made for, so that a scheduler whose spec differs does not resume from it.
+// A successor resumes from the origin as from a tick: the first tick stays
+// due when it was, however often the agent is replaced before it.
 type Mark struct {
 	Task    string
 	Every   time.Duration // Spec.Every

@@ -2,6 +2,7 @@ package schedule_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"slices"
 	"sync"
@@ -406,6 +407,61 @@ func FuzzParseClock(f *testing.F) {
 				return a.Task == b.Task && a.Every == b.Every && a.Cron == b.Cron && a.Aligned == b.Aligned && a.Last.Equal(b.Last)
 			}) {
 				t.Fatalf("re-encoding %x gave %x, which decodes to %+v, %v", data, again, c2, err)
+			}
+		}
+	})
+}
+
+func TestResumeBeforeTheFirstTick(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		// Agents replaced more often than the tasks' interval, none of them
+		// up for a whole second, with a gap over the tick at 1s: each
+		// successor continues the first scheduler's schedules, so the tick
+		// at 1s runs late (after the gap) and the one at 2s on time, once
+		// each. Started afresh each time, "every" would never run, and the
+		// others would lose the tick at 1s.
+		specs := []schedule.Spec{
+			{Name: "aligned", Every: time.Second, Aligned: true},
+			{Name: "cron", Cron: "* * * * * *"},
+			{Name: "every", Every: time.Second},
+		}
+		spans := [][2]time.Duration{{0, 300}, {400, 700}, {800, 950}, {1100, 1400}, {1500, 1800}, {1900, 2200}} // ms since t0
+		type dispatched struct{ at, when time.Duration }
+		got := map[string][]dispatched{}
+		var clock schedule.Clock
+		for _, span := range spans {
+			time.Sleep(time.Until(t0.Add(span[0] * time.Millisecond)))
+			var mu sync.Mutex
+			cs := &clocks{}
+			s, err := schedule.New(specs, schedule.Options{Clock: cs.record, Dispatch: func(tk schedule.Tick) (int, error) {
+				mu.Lock()
+				defer mu.Unlock()
+				got[tk.Task] = append(got[tk.Task], dispatched{tk.At.Sub(t0), time.Since(t0)})
+				return 1, nil
+			}})
+			if err != nil {
+				t.Fatalf("New: %v", err)
+			}
+			if err := s.Resume(clock); err != nil {
+				t.Fatalf("Resume: %v", err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- s.Run(ctx) }()
+			time.Sleep(time.Until(t0.Add(span[1] * time.Millisecond)))
+			synctest.Wait()
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			if clock = cs.latest(); len(clock) != len(specs) {
+				t.Fatalf("scheduler of %v–%v ms handed over %+v, want a mark per task", int64(span[0]), int64(span[1]), clock)
+			}
+		}
+		want := []dispatched{{time.Second, 1100 * time.Millisecond}, {2 * time.Second, 2 * time.Second}}
+		for _, spec := range specs {
+			if !slices.Equal(got[spec.Name], want) {
+				t.Errorf("%s: ticks (nominal, dispatched) %v, want %v", spec.Name, got[spec.Name], want)
 			}
 		}
 	})

@@ -118,7 +118,8 @@ type Options struct {
 	// RetryInterval is how often a waiting tick is retried; WorkersAvailable
 	// retries at once. Zero means DefaultRetryInterval.
 	RetryInterval time.Duration
-	// Clock, if set, is given the scheduler's Clock each time it moves: when
+	// Clock, if set, is given the scheduler's Clock each time it moves: at
+	// Run's start (the origins of the schedules started afresh), and when
 	// Run makes a tick from a schedule (to dispatch, or skipped because a run
 	// is in flight), before that tick is dispatched, so that a successor given
 	// that Clock (Resume) never makes a tick this scheduler has started. It is
@@ -154,7 +155,8 @@ type task struct {
 	runs []*run // in flight, in Seq order
 
 	// last is the nominal time of the latest tick made from the schedule
-	// (its Mark in the Clock); zero before the first. backlog holds the ticks
+	// (its Mark in the Clock), or before the first the schedule's origin
+	// (see start); zero before Run. backlog holds the ticks
 	// a resumed task is still to run late, oldest first; until lateUntil, a
 	// tick due while the late run lateSeq is in flight joins them.
 	last      time.Time
@@ -299,13 +301,21 @@ func (s *Scheduler) start() error {
 				continue
 			}
 		}
+		// The schedule starts at now. Its origin (now, or for an Aligned
+		// task the multiple of Every at or before now) is its Mark until
+		// the first tick, so that a successor continues the grid: an agent
+		// replaced more often than its task's interval must not restart
+		// the wait for the first tick each time, or the task never runs.
 		switch {
 		case t.cron == nil && t.spec.Aligned:
 			t.next = alignedNext(now, t.spec.Every)
+			t.last = t.next.Add(-t.spec.Every)
 		case t.cron == nil:
 			t.next = now.Add(t.spec.Every)
+			t.last = now
 		default:
 			t.next = t.cron.Next(now)
+			t.last = now
 		}
 		if t.next.IsZero() {
 			notes = append(notes, note{slog.LevelWarn, "cron expression has no next time; the task will not run on its schedule",
@@ -315,6 +325,7 @@ func (s *Scheduler) start() error {
 			notes = append(notes, s.tick(t, now, now)...)
 		}
 	}
+	s.clockMoved = true // the origins, and the marks resumed from
 	n := len(s.tasks)
 	s.mu.Unlock()
 	s.log.Info("scheduler started", "tasks", n)
