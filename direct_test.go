@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/brood-go/brood"
 	"github.com/brood-go/brood/internal/helperproc"
+	"golang.org/x/sys/unix"
 )
 
 // Path switches (DESIGN §3a): the Messenger's guarantees across a change
@@ -268,6 +271,28 @@ func directMain() {
 		}
 		cfg.Worker = func(ctx context.Context, p *brood.Process) error {
 			p.Messenger().On("seq", func(brood.Message) {})
+			return idle(ctx, p)
+		}
+	case "exec": // each process, once it has its channels, runs a program
+		cfg.Workers = 2
+		probe := func(p *brood.Process, want int) {
+			if !peers(p, want) {
+				return
+			}
+			out, err := exec.Command("ls", "-l", "/proc/self/fd").Output()
+			if err != nil {
+				helperproc.Event("exec-error %d %v", slot(p), err)
+				return
+			}
+			helperproc.Event("inherited %d %d direct=%d %s", slot(p), os.Getpid(), len(brood.DirectPeers(p.Messenger())),
+				inheritedFDs(string(out), strings.Split(os.Getenv("DIRECT_OUTSIDE_FDS"), ",")))
+		}
+		cfg.Agent = func(ctx context.Context, p *brood.Process) error {
+			onReadyOnce(p, func(context.Context) { probe(p, cfg.Workers) })
+			return idle(ctx, p)
+		}
+		cfg.Worker = func(ctx context.Context, p *brood.Process) error {
+			onReadyOnce(p, func(context.Context) { probe(p, 1) })
 			return idle(ctx, p)
 		}
 	default:
@@ -661,4 +686,92 @@ func TestDirectCounters(t *testing.T) {
 		t.Logf("status messages %+v", st.Messages)
 		stopCluster(t, r.Cluster)
 	})
+}
+
+// inheritedFDs renders what `ls -l /proc/self/fd` run by a child lists
+// beyond its standard streams, the directory ls reads and outside (the
+// test's own inheritable descriptors, as "FD=TARGET"): "fds" followed by
+// ",FD=TARGET" for each such descriptor, which the program inherited.
+func inheritedFDs(ls string, outside []string) string {
+	out := "fds"
+	for _, line := range strings.Split(ls, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 || f[len(f)-2] != "->" {
+			continue
+		}
+		fd, target := f[len(f)-3], f[len(f)-1]
+		if fd == "0" || fd == "1" || fd == "2" || strings.HasPrefix(target, "/proc/") || slices.Contains(outside, fd+"="+target) {
+			continue
+		}
+		out += "," + fd + "=" + target
+	}
+	return out
+}
+
+// A program that the agent or a worker runs inherits none of brood's
+// descriptors: not the IPC channel, not a direct channel (received at spawn
+// or over SCM_RIGHTS), not a listener. They are close-on-exec in every
+// process, not only in the master.
+func TestDirectChannelsNotInheritedByExec(t *testing.T) {
+	bothPaths(t, func(t *testing.T, direct bool) {
+		args, mode := []string{"--listen", "127.0.0.1:0", "--relay-only"}, "DIRECT_MODE=0"
+		if direct {
+			args, mode = []string{"--listen", "127.0.0.1:0"}, "DIRECT_MODE=1"
+		}
+		c := helperproc.Start(t, "direct", args, helperproc.Options{Env: []string{"DIRECT_SCENARIO=exec", mode, "DIRECT_OUTSIDE_FDS=" + inheritableFDs(t)}})
+		c.WaitReady(startTimeout)
+		for _, slot := range []int{0, 1, 2} {
+			l := c.WaitFor(20*time.Second, fmt.Sprintf("slot %d's probe", slot), helperproc.IsEvent(func(ev string) bool {
+				f := strings.Fields(ev)
+				return len(f) >= 2 && (f[0] == "inherited" || f[0] == "exec-error" || f[0] == "direct-wait-error") && atoi(f[1]) == slot
+			}))
+			f := strings.Fields(l.Str("event"))
+			if f[0] != "inherited" || len(f) != 5 {
+				t.Fatalf("slot %d: %s", slot, l.Str("event"))
+			}
+			if f[4] != "fds" {
+				t.Errorf("slot %d (pid %s): a program it ran inherited %s", slot, f[2], strings.TrimPrefix(f[4], "fds,"))
+			}
+			var channels int
+			fmt.Sscanf(f[3], "direct=%d", &channels)
+			want := 0 // relay-only
+			switch {
+			case direct && slot == 0:
+				want = 2 // the agent, to each worker
+			case direct:
+				want = 1 // a worker, to the agent
+			}
+			if channels != want {
+				t.Errorf("slot %d: %d direct channels when it ran the program, want %d", slot, channels, want)
+			}
+		}
+		stopCluster(t, c)
+	})
+}
+
+// inheritableFDs lists the descriptors this test process holds without
+// close-on-exec ("FD=TARGET", comma-separated): whatever started the test
+// left them to it, and os/exec passes them on to every process of the
+// cluster; they are not brood's.
+func inheritableFDs(t *testing.T) string {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil || fd <= 2 {
+			continue
+		}
+		flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+		if err != nil || flags&unix.FD_CLOEXEC != 0 {
+			continue // the directory's own descriptor is gone by now
+		}
+		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil {
+			out = append(out, e.Name()+"="+target)
+		}
+	}
+	return strings.Join(out, ",")
 }
