@@ -46,8 +46,9 @@ const GatherNow = "now"
 // schedules of the one before it (across reload, crash restart and upgrade).
 const (
 	// ActScheduleClock (agent -> master) carries the agent's schedule clock,
-	// raw bytes encoded by internal/schedule (Clock.AppendBinary), sent each
-	// time a tick starts; the master keeps the latest, uninterpreted.
+	// raw bytes encoded by internal/schedule (Clock.AppendBinary), sent when
+	// the agent's scheduler starts and each time a tick starts; the master
+	// keeps the latest, uninterpreted.
 	ActScheduleClock = "brood:schedule-clock"
 	// ActScheduleResume (master -> a starting agent) hands it the clock the
 	// agent before it sent last, ahead of its brood:ready, so that its
