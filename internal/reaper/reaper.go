@@ -6,7 +6,7 @@
 // ECHILD (the bug of wait4(-1) reapers: ramr/go-reaper #2 and #11).
 //
 // So the reaper never calls wait4(-1). On SIGCHLD, on Forget and on a slow
-// sweep it lists /proc for zombies whose parent is this process, and waits
+// sweep it lists the zombies among this process's children (see zombies), and waits
 // with wait4(pid, WNOHANG) for each one it does not own. A pid is owned from
 // before its fork until its Wait has returned: Own holds the reaper's lock
 // across the start and the registration, the reaper holds the same lock from
@@ -30,6 +30,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -224,27 +225,85 @@ func (r *Reaper) reap() {
 	}
 }
 
-// zombies lists the zombies whose parent is this process.
+// zombies lists the zombies whose parent is this process. It reads the
+// children of each of its threads (/proc/PID/task/TID/children, where the
+// kernel has CONFIG_PROC_CHILDREN), so a scan costs in proportion to this
+// process's children, not to every process on the host (a subreaper outside a
+// container shares /proc with the whole machine). Without those files it
+// scans /proc.
+//
+// The kernel's children lists can miss a child while others are being
+// created or reaped as they are read. A zombie missed so is found by the
+// next scan: the owner's Forget after its Wait triggers one, and the sweep
+// bounds the wait otherwise.
 func (r *Reaper) zombies() ([]int, error) {
-	d, err := os.Open("/proc")
-	if err != nil {
-		return nil, err
+	pids, err := r.children()
+	if errors.Is(err, errNoChildrenFiles) {
+		pids, err = allProcesses()
 	}
-	defer d.Close()
-	names, err := d.Readdirnames(-1)
 	if err != nil {
 		return nil, err
 	}
 	var out []int
-	for _, name := range names {
-		pid, err := strconv.Atoi(name)
-		if err != nil {
-			continue // not a process
-		}
+	for _, pid := range pids {
 		st, err := proc.ReadStat(pid)
 		if err == nil && st.State == 'Z' && st.PPID == r.self {
 			out = append(out, pid)
 		}
 	}
 	return out, nil
+}
+
+// errNoChildrenFiles: the kernel has no /proc/PID/task/TID/children.
+var errNoChildrenFiles = errors.New("no /proc children files")
+
+// children lists the children of every thread of this process.
+func (r *Reaper) children() ([]int, error) {
+	dir := "/proc/" + strconv.Itoa(r.self) + "/task/"
+	tids, err := readNames(dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []int
+	found := false
+	for _, tid := range tids {
+		b, err := os.ReadFile(dir + tid + "/children")
+		if err != nil {
+			continue // the thread has exited, or the kernel has no such file
+		}
+		found = true
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				out = append(out, pid)
+			}
+		}
+	}
+	if !found {
+		return nil, errNoChildrenFiles
+	}
+	return out, nil
+}
+
+// allProcesses lists the pids in /proc.
+func allProcesses() ([]int, error) {
+	names, err := readNames("/proc")
+	if err != nil {
+		return nil, err
+	}
+	var out []int
+	for _, name := range names {
+		if pid, err := strconv.Atoi(name); err == nil {
+			out = append(out, pid)
+		}
+	}
+	return out, nil
+}
+
+func readNames(dir string) ([]string, error) {
+	d, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	return d.Readdirnames(-1)
 }

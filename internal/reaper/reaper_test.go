@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -246,4 +247,89 @@ func TestNilReaper(t *testing.T) {
 	}
 	r.Forget(cmd.Process.Pid)
 	r.Stop()
+}
+
+// The threads' children lists and a scan of /proc find the same children:
+// running ones and zombies alike.
+func TestChildrenListsMatchProcScan(t *testing.T) {
+	var cmds []*exec.Cmd
+	for range 3 {
+		c := exec.Command("sleep", "30")
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		cmds = append(cmds, c)
+	}
+	exited := exec.Command("true")
+	if err := exited.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, c := range cmds {
+			c.Process.Kill()
+			c.Wait()
+		}
+		exited.Wait()
+	})
+	want := []int{exited.Process.Pid}
+	for _, c := range cmds {
+		want = append(want, c.Process.Pid)
+	}
+	slices.Sort(want)
+	r := &Reaper{self: os.Getpid()}
+	kids, err := r.children()
+	if errors.Is(err, errNoChildrenFiles) {
+		t.Skip("this kernel has no /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN)")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	all, err := allProcesses()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var scanned []int
+	for _, pid := range all {
+		if st, err := proc.ReadStat(pid); err == nil && st.PPID == r.self {
+			scanned = append(scanned, pid)
+		}
+	}
+	slices.Sort(kids)
+	slices.Sort(scanned)
+	if !slices.Equal(kids, want) || !slices.Equal(scanned, want) {
+		t.Fatalf("children lists %v, /proc scan %v, want %v", kids, scanned, want)
+	}
+	waitFor(t, 5*time.Second, "the exited child to be a zombie", func() bool {
+		return slices.Contains(zombieChildren(t), exited.Process.Pid)
+	})
+}
+
+// A scan of this process's children against one of all of /proc (what the
+// reaper did before): the first grows with the children, the second with the
+// host's processes.
+func BenchmarkZombies(b *testing.B) {
+	r := &Reaper{self: os.Getpid()}
+	if _, err := r.children(); err != nil {
+		b.Skip(err)
+	}
+	procs, _ := allProcesses()
+	b.Logf("%d processes on this host", len(procs))
+	b.Run("children", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := r.zombies(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("proc-scan", func(b *testing.B) {
+		for b.Loop() {
+			pids, err := allProcesses()
+			if err != nil {
+				b.Fatal(err)
+			}
+			for _, pid := range pids {
+				proc.ReadStat(pid)
+			}
+		}
+	})
 }
