@@ -39,16 +39,32 @@ func schedClockMain() {
 			return nil
 		}
 	}
+	schedules := []brood.Schedule{
+		{Name: "w", Every: every, Type: brood.OneWorker, Task: record("w")},
+		{Name: "a", Every: every, Type: brood.InAgent, Task: record("a")},
+	}
+	if d, err := time.ParseDuration(os.Getenv("SCHED_LONG")); err == nil {
+		// A task that runs longer than its interval, without overlap:
+		// "long-start|long-end <unix ns of the tick> <pid> <unix ns now>".
+		schedules = append(schedules, brood.Schedule{Name: "long", Every: every, Type: brood.OneWorker,
+			Task: func(ctx context.Context, p *brood.Process) error {
+				at, _ := brood.TickTime(ctx)
+				helperproc.Event("long-start %d %d %d", at.UnixNano(), os.Getpid(), time.Now().UnixNano())
+				defer func() { helperproc.Event("long-end %d %d %d", at.UnixNano(), os.Getpid(), time.Now().UnixNano()) }()
+				select {
+				case <-time.After(d):
+				case <-ctx.Done():
+				}
+				return nil
+			}})
+	}
 	brood.Main(brood.Config{
 		Name:        "schedclock",
 		Workers:     2,
 		Logger:      helperproc.Logger(),
 		StopTimeout: 5 * time.Second,
 		Listen:      []string{"127.0.0.1:0"},
-		Schedules: []brood.Schedule{
-			{Name: "w", Every: every, Type: brood.OneWorker, Task: record("w")},
-			{Name: "a", Every: every, Type: brood.InAgent, Task: record("a")},
-		},
+		Schedules:   schedules,
 		Agent: func(ctx context.Context, p *brood.Process) error {
 			if d, err := time.ParseDuration(os.Getenv("SCHED_AGENT_DELAY")); err == nil {
 				time.Sleep(d) // a slow initialisation: the replacement gap spans ticks
@@ -296,4 +312,74 @@ func TestScheduleClockBeforeTheFirstTick(t *testing.T) {
 		}
 	}
 	t.Logf("%d reloads in %v, the longest %v; ticks late: %d", reloads, end.Sub(start).Round(time.Millisecond), longest, lateTicks(c))
+}
+
+// A run that outlives its agent: the agent is SIGKILLed while a worker runs
+// a task that takes longer than its interval and must not overlap itself.
+// The new agent inherits the run (it asks the workers what they are running)
+// and skips the task's ticks until it ends: no two runs of it at once,
+// across the replacement as within one agent.
+func TestScheduleNoOverlapAcrossAgents(t *testing.T) {
+	const run = 2 * time.Second // far longer than the agent's restart
+	c := helperproc.Start(t, "schedclock", nil, helperproc.Options{Env: []string{"SCHED_LONG=" + run.String()}})
+	c.WaitReady(startTimeout)
+	isStart := hasPrefix("long-start ")
+	c.WaitEvents(10*time.Second, "the first run of long", 1, isStart)
+	agent := c.ChildPIDs("agent")[0]
+	before := c.Count(helperproc.MasterMsg("restarted"))
+	if err := syscall.Kill(agent, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	c.WaitFor(10*time.Second, "the agent's restart", func(l helperproc.Line) bool {
+		if helperproc.MasterMsg("restarted")(l) {
+			seen++
+		}
+		return seen > before
+	})
+	// The run the killed agent sent, and the next.
+	c.WaitEvents(20*time.Second, "two runs of long", 2, isStart)
+	c.WaitEvents(20*time.Second, "the end of two runs of long", 2, hasPrefix("long-end "))
+	stopCluster(t, c)
+
+	type span struct {
+		at, pid    int64
+		start, end int64
+	}
+	runs := map[[2]int64]*span{}
+	for _, ev := range c.ReadEvents() {
+		var kind string
+		var at, pid, when int64
+		if n, _ := fmt.Sscanf(ev, "%s %d %d %d", &kind, &at, &pid, &when); n != 4 || !strings.HasPrefix(kind, "long-") {
+			continue
+		}
+		k := [2]int64{at, pid}
+		if runs[k] == nil {
+			runs[k] = &span{at: at, pid: pid}
+		}
+		if kind == "long-start" {
+			runs[k].start = when
+		} else {
+			runs[k].end = when
+		}
+	}
+	var list []*span
+	for _, r := range runs {
+		list = append(list, r)
+	}
+	slices.SortFunc(list, func(a, b *span) int { return int(a.start - b.start) })
+	for i := 1; i < len(list); i++ {
+		prev, cur := list[i-1], list[i]
+		if prev.end == 0 || cur.start < prev.end {
+			t.Errorf("the run of the tick at %v (pid %d) started %v before the run of the tick at %v (pid %d) ended",
+				time.Unix(0, cur.at), cur.pid, time.Duration(prev.end-cur.start), time.Unix(0, prev.at), prev.pid)
+		}
+	}
+	inherited := c.Count(func(l helperproc.Line) bool {
+		return l.Str("role") == "agent" && strings.HasPrefix(l.Msg(), "schedule run inherited")
+	})
+	t.Logf("%d runs of long; runs inherited by the new agent: %d", len(list), inherited)
+	if inherited != 1 {
+		t.Errorf("the new agent inherited %d runs, want the one the killed agent sent", inherited)
+	}
 }

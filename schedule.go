@@ -76,8 +76,11 @@ func (t ScheduleType) String() string { return schedule.Type(t).String() }
 // Cron or alignment (Type OneInFleet or not) changed. OneInFleet tasks in a
 // fleet are not resumed: their claims already run each tick once in the
 // fleet, and the other members ran the ticks of the gap. The no-overlap rule
-// holds within one agent: a run still going in a worker when the agent is
-// replaced is not known to its successor.
+// holds across agents too: a new agent asks the workers, before its
+// schedules start, which ticks of the agents before it they are still
+// running (waiting up to a second for them), and counts those runs as its
+// own until they report, so a task does not start while its run sent by the
+// previous agent goes on (an InAgent run dies with its agent).
 type Schedule struct {
 	// Name identifies the task (CLI: `schedule run NAME`): [A-Za-z0-9._-]+.
 	Name string
@@ -164,30 +167,71 @@ type outcomeMsg struct {
 	Err      string  `json:"err,omitempty"`
 	Duration float64 `json:"duration_seconds"`
 	PID      int     `json:"pid"`
+	// Agent is the pid of the agent that sent the tick (0 for an InAgent
+	// run, and from a worker of an older build): a run that outlived its
+	// agent reports to the next one, which inherited it.
+	Agent int `json:"agent,omitempty"`
+}
+
+// runningMsg is a tick a worker is running, in its answer to
+// wire.ActScheduleRunning.
+type runningMsg struct {
+	Task    string    `json:"task"`
+	Seq     uint64    `json:"seq"`
+	Agent   int       `json:"agent"` // the pid of the agent that sent it
+	At      time.Time `json:"at"`
+	Started time.Time `json:"started"`
 }
 
 // taskRunner runs ticks in a worker (or, for InAgent tasks, in the agent).
 type taskRunner struct {
 	p     *Process
 	tasks map[string]Schedule
+
+	mu      sync.Mutex
+	running map[*runningMsg]struct{} // the ticks being run, until reported
 }
 
 func newTaskRunner(p *Process, list []Schedule) *taskRunner {
-	r := &taskRunner{p: p, tasks: make(map[string]Schedule, len(list))}
+	r := &taskRunner{p: p, tasks: make(map[string]Schedule, len(list)), running: map[*runningMsg]struct{}{}}
 	for _, s := range list {
 		r.tasks[s.Name] = s
 	}
 	return r
 }
 
-// run executes one tick on a goroutine the process waits for at stop, and calls
-// report with the outcome. A panic is reported as the run's error, then handled
-// as a guarded panic.
-func (r *taskRunner) run(t tickMsg, report func(outcomeMsg)) {
+// inFlight lists the ticks being run, oldest first.
+func (r *taskRunner) inFlight() []runningMsg {
+	r.mu.Lock()
+	out := make([]runningMsg, 0, len(r.running))
+	for t := range r.running {
+		out = append(out, *t)
+	}
+	r.mu.Unlock()
+	slices.SortFunc(out, func(a, b runningMsg) int { return a.Started.Compare(b.Started) })
+	return out
+}
+
+// run executes one tick, sent by the agent of pid agent (0: this process is
+// the agent), on a goroutine the process waits for at stop, and calls report
+// with the outcome. A panic is reported as the run's error, then handled as a
+// guarded panic. Until it has reported, the tick is in inFlight.
+func (r *taskRunner) run(t tickMsg, agent int, report func(outcomeMsg)) {
 	s, ok := r.tasks[t.Task]
 	if !ok {
-		report(outcomeMsg{Task: t.Task, Seq: t.Seq, Err: "unknown task in this process", PID: os.Getpid()})
+		report(outcomeMsg{Task: t.Task, Seq: t.Seq, Err: "unknown task in this process", PID: os.Getpid(), Agent: agent})
 		return
+	}
+	rm := &runningMsg{Task: t.Task, Seq: t.Seq, Agent: agent, At: t.At, Started: time.Now()}
+	r.mu.Lock()
+	r.running[rm] = struct{}{}
+	r.mu.Unlock()
+	inner := report
+	report = func(o outcomeMsg) {
+		r.mu.Lock()
+		delete(r.running, rm)
+		r.mu.Unlock()
+		inner(o)
 	}
 	r.p.goroutines.Add(1)
 	go func() {
@@ -199,7 +243,7 @@ func (r *taskRunner) run(t tickMsg, report func(outcomeMsg)) {
 			defer cancel()
 		}
 		start := time.Now()
-		out := outcomeMsg{Task: t.Task, Seq: t.Seq, PID: os.Getpid()}
+		out := outcomeMsg{Task: t.Task, Seq: t.Seq, PID: os.Getpid(), Agent: agent}
 		defer func() {
 			if v := recover(); v != nil {
 				out.Err = fmt.Sprintf("panic: %v", v)
@@ -230,12 +274,13 @@ func installWorkerSchedules(p *Process, list []Schedule) {
 			p.log.Error("bad schedule tick", "err", err)
 			return
 		}
-		r.run(t, func(o outcomeMsg) {
+		r.run(t, msg.From, func(o outcomeMsg) {
 			if err := m.tell(ipc.DestAgent, 0, wire.ActScheduleDone, o); err != nil {
 				p.log.Error("schedule outcome not sent", "task", o.Task, "seq", o.Seq, "err", err)
 			}
 		})
 	})
+	m.On(wire.ActScheduleRunning, func(msg Message) { msg.Reply(r.inFlight()) })
 }
 
 // agentScheduler is the agent side: the clock, dispatch, and the outcomes.
@@ -249,9 +294,24 @@ type agentScheduler struct {
 
 	clockBuf []byte // reportClock's encoding buffer (Run's goroutine only)
 
+	resumed bool // a previous agent's clock was handed over (before Run)
+
 	mu       sync.Mutex
 	rr       int
 	inflight map[int][]tickMsg // worker pid -> ticks sent and not reported
+	// The previous agents' runs still going in workers (see inherit), by
+	// worker pid; and, while inherit runs, the outcomes of such runs that
+	// came before it had registered them.
+	inherited  map[int][]runningMsg
+	inheriting bool
+	early      map[runningKey]bool
+}
+
+// runningKey identifies a run across agents.
+type runningKey struct {
+	task       string
+	seq        uint64
+	agent, pid int
 }
 
 // installAgentSchedules starts the scheduler in the agent once the cluster is
@@ -261,7 +321,8 @@ func installAgentSchedules(p *Process, list []Schedule) error {
 	if err != nil {
 		return err
 	}
-	a := &agentScheduler{p: p, runner: newTaskRunner(p, list), types: map[string]ScheduleType{}, inflight: map[int][]tickMsg{}}
+	a := &agentScheduler{p: p, runner: newTaskRunner(p, list), types: map[string]ScheduleType{}, inflight: map[int][]tickMsg{},
+		inherited: map[int][]runningMsg{}, early: map[runningKey]bool{}}
 	a.claims.install(p)
 	for _, s := range list {
 		a.types[s.Name] = s.Type
@@ -278,6 +339,9 @@ func installAgentSchedules(p *Process, list []Schedule) error {
 	m.On(ActionReady, func(Message) {
 		startOnce.Do(func() {
 			p.Go(func(ctx context.Context) {
+				if a.resumed {
+					a.inherit(ctx)
+				}
 				if err := a.sched.Run(ctx); err != nil {
 					p.log.Error("scheduler stopped", "err", err)
 				}
@@ -297,11 +361,16 @@ func installAgentSchedules(p *Process, list []Schedule) error {
 			return
 		}
 		a.mu.Lock()
-		lost := a.inflight[ev.PID]
+		lost, lostInherited := a.inflight[ev.PID], a.inherited[ev.PID]
 		delete(a.inflight, ev.PID)
+		delete(a.inherited, ev.PID)
 		a.mu.Unlock()
+		why := "worker exited before reporting: " + ev.Reason
 		for _, t := range lost {
-			a.sched.Report(schedule.Outcome{Task: t.Task, Seq: t.Seq, PID: ev.PID, Err: "worker exited before reporting: " + ev.Reason})
+			a.sched.Report(schedule.Outcome{Task: t.Task, Seq: t.Seq, PID: ev.PID, Err: why})
+		}
+		for _, t := range lostInherited {
+			a.sched.Report(schedule.Outcome{Task: t.Task, Seq: t.Seq, PID: ev.PID, Origin: t.Agent, Err: why})
 		}
 	})
 	m.On(wire.ActScheduleList, func(msg Message) { msg.Reply(a.list()) })
@@ -329,7 +398,67 @@ func (a *agentScheduler) resume(b []byte) {
 	}
 	if err := a.sched.Resume(clock); err != nil {
 		a.p.log.Error("schedule clock not resumed", "err", err)
+		return
 	}
+	a.resumed = true
+}
+
+// inheritWait bounds how long a new agent's scheduler waits, at its start,
+// for the workers to say which ticks they are running.
+const inheritWait = time.Second
+
+// inherit asks every ready worker which ticks of the agents before this one
+// it is still running, and makes them runs in flight of this scheduler
+// (Scheduler.Inherit): a task without AllowOverlap does not start again
+// while its run goes on in a worker, whichever agent sent it. Called before
+// Run. A worker that does not answer within inheritWait (its handlers are
+// busy, or it is of an older build) is logged and left out.
+func (a *agentScheduler) inherit(ctx context.Context) {
+	m := a.p.Messenger()
+	self := os.Getpid()
+	ctx, cancel := context.WithTimeout(ctx, inheritWait)
+	defer cancel()
+	a.mu.Lock()
+	a.inheriting = true
+	a.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, mb := range m.Members() {
+		if mb.Role != Worker || !mb.Ready {
+			continue
+		}
+		wg.Go(func() {
+			reply, err := m.request(ctx, mb.PID, wire.ActScheduleRunning, nil)
+			var runs []runningMsg
+			if err == nil {
+				err = reply.Decode(&runs)
+			}
+			if err != nil {
+				a.p.log.Warn("schedule runs of the previous agent not known: a task may overlap its run in this worker", "worker_pid", mb.PID, "err", err)
+				return
+			}
+			for _, rm := range runs {
+				if rm.Agent == 0 || rm.Agent == self {
+					continue
+				}
+				a.mu.Lock()
+				k := runningKey{rm.Task, rm.Seq, rm.Agent, mb.PID}
+				done := a.early[k]
+				delete(a.early, k)
+				if !done {
+					a.inherited[mb.PID] = append(a.inherited[mb.PID], rm)
+				}
+				a.mu.Unlock()
+				if !done {
+					a.sched.Inherit(schedule.Inherited{Task: rm.Task, Seq: rm.Seq, Origin: rm.Agent, PID: mb.PID, At: rm.At, Started: rm.Started})
+				}
+			}
+		})
+	}
+	wg.Wait()
+	a.mu.Lock()
+	a.inheriting = false
+	clear(a.early)
+	a.mu.Unlock()
 }
 
 // reportClock sends the scheduler's clock to the master, which keeps it for
@@ -354,7 +483,7 @@ func (a *agentScheduler) dispatch(t schedule.Tick) (int, error) {
 		}
 	}
 	if a.types[t.Task] == InAgent {
-		a.runner.run(msg, a.report)
+		a.runner.run(msg, 0, a.report)
 		return 1, nil
 	}
 	var ready []int
@@ -391,16 +520,29 @@ func (a *agentScheduler) dispatch(t schedule.Tick) (int, error) {
 }
 
 func (a *agentScheduler) report(o outcomeMsg) {
+	out := schedule.Outcome{Task: o.Task, Seq: o.Seq, Err: o.Err, PID: o.PID, Duration: time.Duration(o.Duration * float64(time.Second))}
 	a.mu.Lock()
-	list := a.inflight[o.PID]
-	for i, t := range list {
-		if t.Task == o.Task && t.Seq == o.Seq {
-			a.inflight[o.PID] = append(list[:i:i], list[i+1:]...)
-			break
+	if o.Agent != 0 && o.Agent != os.Getpid() {
+		// A run an agent before this one sent: inherited, or about to be.
+		out.Origin = o.Agent
+		list := a.inherited[o.PID]
+		i := slices.IndexFunc(list, func(t runningMsg) bool { return t.Task == o.Task && t.Seq == o.Seq && t.Agent == o.Agent })
+		if i >= 0 {
+			a.inherited[o.PID] = slices.Delete(list, i, i+1)
+		} else if a.inheriting {
+			a.early[runningKey{o.Task, o.Seq, o.Agent, o.PID}] = true
+		}
+	} else {
+		list := a.inflight[o.PID]
+		for i, t := range list {
+			if t.Task == o.Task && t.Seq == o.Seq {
+				a.inflight[o.PID] = append(list[:i:i], list[i+1:]...)
+				break
+			}
 		}
 	}
 	a.mu.Unlock()
-	a.sched.Report(schedule.Outcome{Task: o.Task, Seq: o.Seq, Err: o.Err, PID: o.PID, Duration: time.Duration(o.Duration * float64(time.Second))})
+	a.sched.Report(out)
 	// The master's event stream records every run (`events`).
 	run := wire.ScheduleRun{Task: o.Task, Err: o.Err, Duration: o.Duration, PID: o.PID}
 	if err := a.p.Messenger().tell(ipc.DestMaster, 0, wire.ActScheduleRan, run); err != nil {

@@ -139,7 +139,7 @@ func (s *Scheduler) joinCatchUp(t *task, at, now time.Time) bool {
 	switch {
 	case t.spec.AllowOverlap || !now.Before(t.lateUntil) || len(t.backlog) >= MaxCatchUp:
 		return false
-	case len(t.backlog) == 0 && (len(t.runs) == 0 || t.runs[len(t.runs)-1].tick.Seq != t.lateSeq):
+	case len(t.backlog) == 0 && (len(t.runs) == 0 || t.runs[len(t.runs)-1].tick.Seq != t.lateSeq || t.runs[len(t.runs)-1].origin != 0):
 		return false
 	}
 	t.backlog = append(t.backlog, at)

@@ -466,3 +466,57 @@ func TestResumeBeforeTheFirstTick(t *testing.T) {
 		}
 	})
 }
+
+func TestInheritedRunBlocksOverlap(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		// The previous agent's run of job (its seq 7, on pid 100) is still
+		// going: this scheduler's ticks skip until its outcome comes, and an
+		// outcome of this scheduler's own seq 7 does not end it.
+		job := schedule.Spec{Name: "job", Every: 100 * time.Millisecond}
+		other := schedule.Spec{Name: "other", Every: 100 * time.Millisecond, AllowOverlap: true}
+		h := start(t, []schedule.Spec{job, other}, schedule.Options{})
+		for _, task := range []string{"job", "other"} {
+			h.s.Inherit(schedule.Inherited{Task: task, Seq: 7, Origin: 41, PID: 100, At: t0.Add(-time.Second), Started: t0.Add(-900 * time.Millisecond)})
+		}
+		h.s.Inherit(schedule.Inherited{Task: "gone", Seq: 1, Origin: 41, PID: 100}) // ignored
+		if st := h.status("job"); st.Running != 1 {
+			t.Fatalf("job: %d running, want the inherited run", st.Running)
+		}
+		h.advance(100 * time.Millisecond)
+		if tk := h.next(); tk.Task != "other" || tk.Seq != 1 {
+			t.Fatalf("got %+v, want other's first tick (it allows overlap)", tk)
+		}
+		h.ok(schedule.Tick{Task: "other", Seq: 1})
+		h.noTick()                                                  // job's tick was skipped
+		h.s.Report(schedule.Outcome{Task: "job", Seq: 7, PID: 100}) // not the inherited one: Origin 0
+		if st := h.status("job"); st.Running != 1 || st.Skips != 1 {
+			t.Fatalf("job: running %d, skips %d; want the inherited run still running and one skip", st.Running, st.Skips)
+		}
+		h.s.Report(schedule.Outcome{Task: "job", Seq: 7, PID: 100, Origin: 41})
+		if st := h.status("job"); st.Running != 0 || st.Runs != 1 || st.LastResult != "ok" {
+			t.Fatalf("job after the inherited outcome: %+v", st)
+		}
+		h.advance(100 * time.Millisecond)
+		for range 2 {
+			tk := h.next()
+			if tk.Task == "job" && tk.Seq != 2 {
+				t.Fatalf("job's tick %+v, want seq 2", tk)
+			}
+			h.ok(tk)
+		}
+	})
+}
+
+func TestInheritedRunTimesOut(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		// Timeout counts from when the process began the run.
+		job := schedule.Spec{Name: "job", Every: time.Second, Timeout: 500 * time.Millisecond}
+		h := start(t, []schedule.Spec{job}, schedule.Options{})
+		h.s.Inherit(schedule.Inherited{Task: "job", Seq: 3, Origin: 41, PID: 100, At: t0.Add(-time.Second), Started: t0.Add(-300 * time.Millisecond)})
+		h.advance(200 * time.Millisecond)
+		if st := h.status("job"); st.Running != 0 || st.Failures != 1 {
+			t.Fatalf("after its timeout: %+v, want it failed", st)
+		}
+		h.logged("schedule run failed", "timeout after 500ms")
+	})
+}

@@ -68,6 +68,20 @@ type Outcome struct {
 	Duration time.Duration
 	// PID identifies the process, for logs.
 	PID int
+	// Origin is zero for a run of this scheduler's, and for a run it
+	// inherited the Origin given to Inherit (which scheduler dispatched it).
+	Origin int
+}
+
+// Inherited is a run that a scheduler before this one dispatched and that a
+// process is still running: see Scheduler.Inherit.
+type Inherited struct {
+	Task    string    // Tick.Task
+	Seq     uint64    // the Tick.Seq of the scheduler that dispatched it
+	Origin  int       // which scheduler that was (in brood, its agent's pid); not 0
+	PID     int       // the process running it
+	At      time.Time // the tick's nominal time
+	Started time.Time // when the process began it
 }
 
 // Status describes a task for display, as returned by List.
@@ -193,6 +207,8 @@ type run struct {
 	expected, reported, failed, skipped int
 	firstErr, firstSkip                 string
 	longest                             time.Duration
+
+	origin, pid int // an inherited run (see Inherit): origin is not 0
 }
 
 // note is a log record built under the lock and written after it is released.
@@ -521,7 +537,7 @@ func (s *Scheduler) report(o Outcome) []note {
 	var r *run
 	if t := s.byName[o.Task]; t != nil {
 		for _, x := range t.runs {
-			if x.tick.Seq == o.Seq && x.state != queued {
+			if x.tick.Seq == o.Seq && x.state != queued && x.origin == o.Origin && (o.Origin == 0 || x.pid == o.PID) {
 				r = x
 				break
 			}
@@ -657,6 +673,33 @@ func (s *Scheduler) RunNow(name string) error {
 	s.log.Info("schedule run requested", "schedule", name, "seq", seq)
 	s.signal()
 	return nil
+}
+
+// Inherit makes a run that a scheduler before this one dispatched, and that
+// a process is still running, one of this scheduler's runs in flight: until
+// its Outcome (with the same Task, Seq, Origin and PID) is reported, or its
+// Timeout from Started passes, the task is running, so that a tick that
+// would overlap it is skipped unless AllowOverlap. The no-overlap rule so
+// holds across a replacement of the scheduler, not only within one. The
+// caller must report an Outcome with Err if the process exits first, as for
+// the runs it dispatches. An Origin of 0 or an unknown Task is ignored.
+func (s *Scheduler) Inherit(in Inherited) {
+	s.mu.Lock()
+	t := s.byName[in.Task]
+	if t == nil || in.Origin == 0 {
+		s.mu.Unlock()
+		return
+	}
+	r := &run{task: t, tick: Tick{Task: in.Task, Seq: in.Seq, At: in.At, Type: t.spec.Type},
+		state: running, queuedAt: in.Started, startedAt: in.Started, expected: 1, origin: in.Origin, pid: in.PID}
+	if t.spec.Timeout > 0 {
+		r.deadline = in.Started.Add(t.spec.Timeout)
+	}
+	t.runs = append(t.runs, r)
+	s.mu.Unlock()
+	s.log.Info("schedule run inherited from the previous agent, still running", "schedule", in.Task,
+		"seq", in.Seq, "at", in.At, "pid", in.PID, "since", in.Started)
+	s.signal() // its timeout may be the loop's next deadline
 }
 
 // WorkersAvailable tells the scheduler that a worker became ready: ticks waiting

@@ -19,16 +19,21 @@ const (
 
 // Internal actions between the master and its children.
 const (
-	ActLogsReopen    = "brood:logs-reopen"    // master -> everyone: reopen your files
-	ActLogsRotated   = "brood:logs-rotated"   // agent -> master: I renamed files ([]string)
-	ActLogsRotate    = "brood:logs-rotate"    // master -> agent (request): rotate what is due now
-	ActScheduleTick  = "brood:schedule-tick"  // agent -> worker: run this tick
-	ActScheduleDone  = "brood:schedule-done"  // worker -> agent: the outcome
-	ActScheduleRun   = "brood:schedule-run"   // -> agent (request): run a task now
-	ActScheduleList  = "brood:schedule-list"  // -> agent (request): the task table
-	ActScheduleRan   = "brood:schedule-ran"   // agent -> master: a run finished (ScheduleRun)
-	ActMetricsGather = "brood:metrics-gather" // master -> child (request): your metrics (encoded by internal/metrics); payload GatherNow or none
-	ActMetricsFinal  = "brood:metrics-final"  // child -> master: my metrics, as I stop gracefully
+	ActLogsReopen   = "brood:logs-reopen"   // master -> everyone: reopen your files
+	ActLogsRotated  = "brood:logs-rotated"  // agent -> master: I renamed files ([]string)
+	ActLogsRotate   = "brood:logs-rotate"   // master -> agent (request): rotate what is due now
+	ActScheduleTick = "brood:schedule-tick" // agent -> worker: run this tick
+	ActScheduleDone = "brood:schedule-done" // worker -> agent: the outcome
+	// ActScheduleRunning (agent -> worker, a request) asks for the ticks the
+	// worker is running, with the pid of the agent that sent each: a new
+	// agent inherits its predecessor's runs still going (no overlap across
+	// agents).
+	ActScheduleRunning = "brood:schedule-running"
+	ActScheduleRun     = "brood:schedule-run"   // -> agent (request): run a task now
+	ActScheduleList    = "brood:schedule-list"  // -> agent (request): the task table
+	ActScheduleRan     = "brood:schedule-ran"   // agent -> master: a run finished (ScheduleRun)
+	ActMetricsGather   = "brood:metrics-gather" // master -> child (request): your metrics (encoded by internal/metrics); payload GatherNow or none
+	ActMetricsFinal    = "brood:metrics-final"  // child -> master: my metrics, as I stop gracefully
 
 	ActLeaderWant  = "brood:leader-want"  // agent -> master: campaign for the fleet's leader lease for me
 	ActLeaderStart = "brood:leader-start" // master -> agent: you lead now (LeaderTerm)
