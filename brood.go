@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 
 	"github.com/brood-go/brood/internal/cli"
 	"github.com/brood-go/brood/internal/master"
@@ -100,6 +101,29 @@ func (c Config) withOptions(o cli.Options) Config {
 	return c
 }
 
+// masterProcs is the GOMAXPROCS of a master (not in single-process mode)
+// whose environment does not set GOMAXPROCS. The master only manages and
+// relays, as Egg's single-threaded one does; with one P the goroutines that
+// hand a message on to each other (a child's reader, the fleet's NATS
+// connection, the writers) run on one thread in turn, instead of waking
+// another thread each time (a futex wake and a CPU the workers want).
+// bench/RESULTS.md has what it changed (the fleet's round trip above all).
+// The master's low-priority work (internal/aside: a scrape's decoding and
+// merging) gets a second P while it runs. A program whose master relays much
+// (worker-to-worker broadcasts on many cores) can set GOMAXPROCS, which its
+// workers then inherit.
+const masterProcs = 1
+
+// masterGOMAXPROCS says what the master sets GOMAXPROCS to, if anything: in
+// single-process mode the master runs the program's code and keeps Go's
+// default, and a GOMAXPROCS in the environment is the operator's choice.
+func masterGOMAXPROCS(single bool, lookupEnv func(string) (string, bool)) (int, bool) {
+	if _, set := lookupEnv("GOMAXPROCS"); set || single {
+		return 0, false
+	}
+	return masterProcs, true
+}
+
 // runWithSignals runs the cluster in the foreground with the master's signal
 // handling (see master.RunWithSignals): SIGTERM or SIGINT stops it gracefully,
 // a second SIGINT forces it, SIGHUP reloads every worker, SIGUSR1 rotates and
@@ -113,6 +137,9 @@ func runWithSignals(ctx context.Context, cfg Config) error {
 		return err
 	}
 	setProcessName(cfg.Name + " master")
+	if n, ok := masterGOMAXPROCS(cfg.Single, os.LookupEnv); ok {
+		runtime.GOMAXPROCS(n)
+	}
 	err = master.RunWithSignals(ctx, cfg.master())
 	var se *master.StopError
 	if errors.As(err, &se) {
