@@ -440,17 +440,19 @@ func (a *agentScheduler) inherit(ctx context.Context) {
 				if rm.Agent == 0 || rm.Agent == self {
 					continue
 				}
+				// Under a.mu, so that report sees the run either
+				// inherited in both places or not at all (then it is
+				// early). The scheduler calls nothing back with its lock
+				// held, so a.mu before its lock is safe.
 				a.mu.Lock()
 				k := runningKey{rm.Task, rm.Seq, rm.Agent, mb.PID}
-				done := a.early[k]
-				delete(a.early, k)
-				if !done {
+				if a.early[k] {
+					delete(a.early, k)
+				} else {
 					a.inherited[mb.PID] = append(a.inherited[mb.PID], rm)
-				}
-				a.mu.Unlock()
-				if !done {
 					a.sched.Inherit(schedule.Inherited{Task: rm.Task, Seq: rm.Seq, Origin: rm.Agent, PID: mb.PID, At: rm.At, Started: rm.Started})
 				}
+				a.mu.Unlock()
 			}
 		})
 	}
