@@ -214,7 +214,7 @@ func byName(cs []*candidate, name string) *candidate {
 // TestCampaignOneLeaderAtATime: three candidates, the leader stops and
 // restarts its campaign five times. A stopping leader releases the lease, and
 // the next takes it over the release's delete marker, not after an expiry
-// (an observer's watcher records every operation on the key).
+// (an observer's watcher records the operations on the key it is sent).
 func TestCampaignOneLeaderAtATime(t *testing.T) {
 	s := startServer(t)
 	r := &recorder{}
@@ -239,8 +239,15 @@ func TestCampaignOneLeaderAtATime(t *testing.T) {
 			prev, seen = ops.before(next.token)
 			return seen
 		})
-		if prev.op != jetstream.KeyValueDelete {
+		switch took := next.start.Sub(before); {
+		case prev.rev == next.token-1 && prev.op != jetstream.KeyValueDelete:
 			t.Errorf("change %d: the lease was taken over a %v at revision %d, want the release's delete", change, prev.op, prev.rev)
+		case prev.rev != next.token-1 && took >= testTTL/2:
+			// The bucket keeps one revision per key: a watcher that lags
+			// misses a revision overwritten before it was sent (seen in
+			// CI: the delete, 2 ms before the create). Then only the time
+			// tells a release from an expiry.
+			t.Errorf("change %d: the observer missed revision %d, and the next leader took %v: an expiry, not the release", change, next.token-1, took)
 		}
 		c.start(t, r)
 	}
