@@ -166,7 +166,7 @@ type task struct {
 	cron cron.Schedule // nil for Every
 	next time.Time     // zero: never (disabled, not started, cron exhausted)
 	seq  uint64
-	runs []*run // in flight, in Seq order
+	runs []*run // in flight: inherited ones (see Inherit) first, then in Seq order
 
 	// last is the nominal time of the latest tick made from the schedule
 	// (its Mark in the Clock), or before the first the schedule's origin
