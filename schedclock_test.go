@@ -93,15 +93,7 @@ func isTick(task string) func(string) bool { return hasPrefix("tick " + task + "
 // ticks ran.
 func checkClockTicks(t *testing.T, events []string, task string, lost map[int64]bool) (ran, excused int) {
 	t.Helper()
-	var ats []int64
-	for _, ev := range events {
-		var name string
-		var at int64
-		var pid int
-		if n, _ := fmt.Sscanf(ev, "tick %s %d %d", &name, &at, &pid); n == 3 && name == task {
-			ats = append(ats, at)
-		}
-	}
+	ats := tickAts(events, task)
 	slices.Sort(ats)
 	for i := 1; i < len(ats); i++ {
 		d := time.Duration(ats[i] - ats[i-1])
@@ -118,6 +110,39 @@ func checkClockTicks(t *testing.T, events []string, task string, lost map[int64]
 		}
 	}
 	return len(ats), excused
+}
+
+// tickAts returns the nominal times (Unix ns) of the ticks of task recorded
+// in events, in the order they were recorded.
+func tickAts(events []string, task string) []int64 {
+	var ats []int64
+	for _, ev := range events {
+		var name string
+		var at int64
+		var pid int
+		if n, _ := fmt.Sscanf(ev, "tick %s %d %d", &name, &at, &pid); n == 3 && name == task {
+			ats = append(ats, at)
+		}
+	}
+	return ats
+}
+
+// killAgent SIGKILLs the cluster's agent and waits until the master has
+// restarted it.
+func killAgent(t *testing.T, c *helperproc.Cluster, what string) {
+	t.Helper()
+	agent := c.ChildPIDs("agent")[0]
+	before := c.Count(helperproc.MasterMsg("restarted"))
+	if err := syscall.Kill(agent, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	c.WaitFor(10*time.Second, what, func(l helperproc.Line) bool {
+		if helperproc.MasterMsg("restarted")(l) {
+			seen++
+		}
+		return seen > before
+	})
 }
 
 // lostToExitingWorkers returns the nominal times of the ticks of task whose
@@ -239,18 +264,7 @@ func TestScheduleClockAfterAgentCrash(t *testing.T) {
 		// Kill between two passes of the scheduler, not in one: a tick the
 		// agent has started but not run is the documented exception.
 		waitPassDone(t, c)
-		agent := c.ChildPIDs("agent")[0]
-		before := c.Count(helperproc.MasterMsg("restarted"))
-		if err := syscall.Kill(agent, syscall.SIGKILL); err != nil {
-			t.Fatal(err)
-		}
-		seen := 0
-		c.WaitFor(10*time.Second, fmt.Sprintf("restart %d of the agent", crash+1), func(l helperproc.Line) bool {
-			if helperproc.MasterMsg("restarted")(l) {
-				seen++
-			}
-			return seen > before
-		})
+		killAgent(t, c, fmt.Sprintf("restart %d of the agent", crash+1))
 	}
 	waitMoreTicks(t, c, 3)
 	stopCluster(t, c)
@@ -291,11 +305,8 @@ func TestScheduleClockBeforeTheFirstTick(t *testing.T) {
 	}
 	for _, task := range []string{"a", "w"} {
 		var ats []time.Time
-		for _, ev := range c.ReadEvents() {
-			var name string
-			var at int64
-			var pid int
-			if n, _ := fmt.Sscanf(ev, "tick %s %d %d", &name, &at, &pid); n == 3 && name == task && time.Unix(0, at).Before(end) {
+		for _, at := range tickAts(c.ReadEvents(), task) {
+			if time.Unix(0, at).Before(end) {
 				ats = append(ats, time.Unix(0, at))
 			}
 		}
@@ -325,18 +336,7 @@ func TestScheduleNoOverlapAcrossAgents(t *testing.T) {
 	c.WaitReady(startTimeout)
 	isStart := hasPrefix("long-start ")
 	c.WaitEvents(10*time.Second, "the first run of long", 1, isStart)
-	agent := c.ChildPIDs("agent")[0]
-	before := c.Count(helperproc.MasterMsg("restarted"))
-	if err := syscall.Kill(agent, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	seen := 0
-	c.WaitFor(10*time.Second, "the agent's restart", func(l helperproc.Line) bool {
-		if helperproc.MasterMsg("restarted")(l) {
-			seen++
-		}
-		return seen > before
-	})
+	killAgent(t, c, "the agent's restart")
 	// The run the killed agent sent, and the next.
 	c.WaitEvents(20*time.Second, "two runs of long", 2, isStart)
 	c.WaitEvents(20*time.Second, "the end of two runs of long", 2, hasPrefix("long-end "))
